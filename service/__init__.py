@@ -1,0 +1,4 @@
+"""Everything needed to keep the secret: the operator API, secrets store, restore and sync.
+
+Built on :mod:`skill`; arrives with the service issue.
+"""

@@ -1,0 +1,196 @@
+"""Reading and writing the pi and codex credential files.
+
+Every write is a locked read-modify-write: take the client's own lock, re-read the file, change
+only our entry, write atomically at 0600. Other providers' entries in the pi file are kept byte
+for byte (we splice their original text back in). A file that is not valid JSON is moved aside
+and the move reported, never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from skill.credentials import PI_PROVIDER_KEY, Credential
+from skill.errors import SkillError
+from skill.files import ensure_private_dir, move_aside, read_settled, write_private
+from skill.lock import DirLock, FlockLock
+from skill.settings import CredentialFormat, Settings
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    path: Path
+    changed: bool
+    moved_aside: Path | None = None
+
+
+class AuthFile(Protocol):
+    path: Path
+
+    def load(self) -> Credential | None: ...
+    def save(self, credential: Credential) -> SaveResult: ...
+    def remove(self) -> bool: ...
+
+
+def _parse_object(raw: bytes) -> dict[str, Any]:
+    document = json.loads(raw.decode("utf-8"))
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    return document
+
+
+class PiAuthFile:
+    """``auth.json`` of the pi agent: one entry per provider; ours is ``openai-codex``."""
+
+    def __init__(self, path: Path, *, stale: float = 30.0, timeout: float = 60.0) -> None:
+        self.path = path
+        self.lock = DirLock(path, stale=stale, timeout=timeout)
+
+    def load(self) -> Credential | None:
+        found = read_settled(self.path, _parse_object)
+        if found is None or PI_PROVIDER_KEY not in found[1]:
+            return None
+        return Credential.from_pi_entry(found[1][PI_PROVIDER_KEY])
+
+    def save(self, credential: Credential) -> SaveResult:
+        ensure_private_dir(self.path.parent)  # the lock directory lives there
+        with self.lock:
+            text, document, moved = self._read_for_update()
+            entry = credential.to_pi_entry(_obj(document.get(PI_PROVIDER_KEY)))
+            new_text = splice_entry(text, PI_PROVIDER_KEY, entry)
+            changed = write_private(self.path, new_text.encode("utf-8"))
+            return SaveResult(self.path, changed, moved)
+
+    def remove(self) -> bool:
+        """Remove our entry, keeping every other provider's. True if there was one."""
+        if not self.path.exists():
+            return False
+        with self.lock:
+            text, document, _ = self._read_for_update()
+            if PI_PROVIDER_KEY not in document:
+                return False
+            write_private(self.path, splice_entry(text, PI_PROVIDER_KEY, None).encode("utf-8"))
+            return True
+
+    def _read_for_update(self) -> tuple[str, dict[str, Any], Path | None]:
+        try:
+            found = read_settled(self.path, _parse_object)
+        except SkillError:
+            return "", {}, move_aside(self.path)
+        if found is None:
+            return "", {}, None
+        return found[0].decode("utf-8"), found[1], None
+
+
+class CodexAuthFile:
+    """``$CODEX_HOME/auth.json``: the whole file is one credential."""
+
+    def __init__(self, path: Path, *, timeout: float = 60.0) -> None:
+        self.path = path
+        self.lock = FlockLock(path, timeout=timeout)
+
+    def load(self) -> Credential | None:
+        found = read_settled(self.path, _parse_object)
+        if found is None or not found[1].get("tokens"):
+            return None
+        return Credential.from_codex(found[1])
+
+    def save(self, credential: Credential) -> SaveResult:
+        ensure_private_dir(self.path.parent)
+        with self.lock:
+            moved = None
+            try:
+                found = read_settled(self.path, _parse_object)
+            except SkillError:
+                found, moved = None, move_aside(self.path)
+            document = credential.to_codex(found[1] if found else None)
+            data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
+            return SaveResult(self.path, write_private(self.path, data), moved)
+
+    def remove(self) -> bool:
+        if not self.path.exists():
+            return False
+        with self.lock:
+            existed = self.path.exists()
+            self.path.unlink(missing_ok=True)
+            return existed
+
+
+def auth_files(
+    settings: Settings, formats: frozenset[CredentialFormat] | None = None
+) -> list[AuthFile]:
+    """The credential files a login writes, pi first."""
+    chosen = settings.credential_files if formats is None else formats
+    files: list[AuthFile] = []
+    if "pi" in chosen:
+        files.append(
+            PiAuthFile(
+                settings.pi_auth_file, stale=settings.lock_stale, timeout=settings.lock_timeout
+            )
+        )
+    if "codex" in chosen:
+        files.append(CodexAuthFile(settings.codex_auth_file, timeout=settings.lock_timeout))
+    return files
+
+
+def splice_entry(text: str, key: str, value: object | None) -> str:
+    """Set (or with None, drop) top-level ``key`` in the JSON object ``text``.
+
+    Every other top-level entry keeps its exact original text. The result is laid out as
+    ``JSON.stringify(obj, null, 2)`` lays it out, which is how pi writes the file.
+    """
+    entries = _top_level_entries(text) if text.strip() else []
+    rendered = None if value is None else _indent(json.dumps(value, indent=2, ensure_ascii=False))
+    out: list[tuple[str, str]] = []
+    for name, raw in entries:
+        if name != key:
+            out.append((name, raw))
+        elif rendered is not None:
+            out.append((name, rendered))
+            rendered = None  # later duplicates of the key are dropped
+    if rendered is not None:
+        out.append((key, rendered))
+    if not out:
+        return "{}"
+    body = ",\n".join(f"  {json.dumps(name, ensure_ascii=False)}: {raw}" for name, raw in out)
+    return "{\n" + body + "\n}"
+
+
+def _indent(rendered: str) -> str:
+    return rendered.replace("\n", "\n  ")
+
+
+def _top_level_entries(text: str) -> list[tuple[str, str]]:
+    """(key, original value text) for each entry of a JSON object, in order."""
+    decoder = json.JSONDecoder()
+    scan = json.decoder.scanstring  # type: ignore[attr-defined]
+    ws = " \t\n\r"
+    i = len(text) - len(text.lstrip(ws))
+    if text[i : i + 1] != "{":
+        raise ValueError("not a JSON object")
+    i += 1
+    entries: list[tuple[str, str]] = []
+    while True:
+        while text[i] in ws:
+            i += 1
+        if text[i] == "}":
+            return entries
+        if text[i] == ",":
+            i += 1
+            continue
+        name, i = scan(text, i + 1)
+        while text[i] in ws:
+            i += 1
+        i += 1  # the colon
+        while text[i] in ws:
+            i += 1
+        _, end = decoder.raw_decode(text, i)
+        entries.append((name, text[i:end]))
+        i = end
+
+
+def _obj(value: object) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None

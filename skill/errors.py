@@ -1,0 +1,217 @@
+"""The one error type of the ``skill`` package, and the table of its codes.
+
+Every failure a user can see is a :class:`SkillError` with a stable ``code``. The table below
+gives each code its kind, the CLI exit code and a default message that says what happened and
+what to do next. Messages never contain token, code or ``state`` values.
+
+Kinds:
+
+- ``permanent``: retrying cannot help (a dead refresh token); the user must sign in again.
+- ``transient``: network trouble, 5xx, 429; the same call may work later.
+- ``user``: the sign-in itself was refused or the input was wrong; the user can act on it.
+- ``local``: a problem with files or processes on this machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["permanent", "transient", "user", "local"]
+
+
+class ExitCode:
+    """CLI exit codes (documented in README.md)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    REFUSED = 3
+    TRANSIENT = 4
+    RELOGIN = 5
+    TIMEOUT = 6
+    LOCAL = 7
+    CANCELED = 130
+
+
+@dataclass(frozen=True)
+class _Spec:
+    kind: Kind
+    exit_code: int
+    message: str
+
+
+_RELOGIN = "Sign in again with `chatgpt-login start`."
+
+CODES: dict[str, _Spec] = {
+    # Talking to the issuer.
+    "network_error": _Spec(
+        "transient",
+        ExitCode.TRANSIENT,
+        "Could not reach the sign-in server. Check the network and proxy settings "
+        "(HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE), then try again.",
+    ),
+    "response_timeout": _Spec(
+        "transient",
+        ExitCode.TRANSIENT,
+        "The sign-in server did not answer in time. Try again in a minute.",
+    ),
+    "server_error": _Spec(
+        "transient",
+        ExitCode.TRANSIENT,
+        "The sign-in server had a problem. Try again in a minute.",
+    ),
+    "rate_limited": _Spec(
+        "transient",
+        ExitCode.TRANSIENT,
+        "The sign-in server is limiting requests. Wait a minute, then try again.",
+    ),
+    "invalid_response": _Spec(
+        "transient",
+        ExitCode.TRANSIENT,
+        "The sign-in server sent an answer this tool does not understand. Try again; "
+        "if it keeps happening, the protocol may have changed: report it.",
+    ),
+    # Refresh failures that no retry can fix (PROTOCOL.md §4).
+    "refresh_token_reused": _Spec(
+        "permanent",
+        ExitCode.RELOGIN,
+        f"The refresh token was already used by another program, so this sign-in ended. {_RELOGIN}",
+    ),
+    "refresh_token_expired": _Spec(
+        "permanent", ExitCode.RELOGIN, f"The sign-in has expired. {_RELOGIN}"
+    ),
+    "refresh_token_invalidated": _Spec(
+        "permanent",
+        ExitCode.RELOGIN,
+        f"The sign-in was revoked (signed out elsewhere or password changed). {_RELOGIN}",
+    ),
+    "invalid_grant": _Spec(
+        "permanent",
+        ExitCode.RELOGIN,
+        f"The sign-in server no longer accepts this sign-in. {_RELOGIN}",
+    ),
+    "refresh_rejected": _Spec(
+        "permanent",
+        ExitCode.RELOGIN,
+        f"The sign-in server refused to renew the sign-in. {_RELOGIN}",
+    ),
+    # The sign-in itself.
+    "state_mismatch": _Spec(
+        "user",
+        ExitCode.USAGE,
+        "That address belongs to a different sign-in attempt. Open the newest sign-in link, "
+        "sign in, and paste the address of the page that fails to load.",
+    ),
+    "access_denied": _Spec(
+        "user",
+        ExitCode.REFUSED,
+        "The sign-in was declined. Open the sign-in link again and approve access.",
+    ),
+    "missing_codex_entitlement": _Spec(
+        "user",
+        ExitCode.REFUSED,
+        "Codex is not enabled for this ChatGPT workspace. Ask the workspace admin to enable "
+        "Codex, or sign in with a personal Plus/Pro account.",
+    ),
+    "code_rejected": _Spec(
+        "user",
+        ExitCode.USAGE,
+        "The sign-in server rejected the code (it expires within minutes and works once). "
+        "Open the sign-in link again, sign in, and paste the new address promptly.",
+    ),
+    "plan_not_supported": _Spec(
+        "user",
+        ExitCode.REFUSED,
+        "This ChatGPT plan cannot use Codex models. A Plus, Pro, Team, Business, Edu or "
+        "Enterprise plan is needed: upgrade, or sign in with another account.",
+    ),
+    "device_auth_disabled": _Spec(
+        "user",
+        ExitCode.REFUSED,
+        "Device-code sign-in is not enabled for this account. Enable it in ChatGPT under "
+        "Settings > Security (or ask the workspace admin), or use the browser method.",
+    ),
+    "device_code_expired": _Spec(
+        "user",
+        ExitCode.TIMEOUT,
+        "The device code expired before it was approved. Start a new sign-in.",
+    ),
+    "login_timeout": _Spec(
+        "user",
+        ExitCode.TIMEOUT,
+        "The sign-in attempt timed out. Start a new sign-in and finish it within the time limit.",
+    ),
+    "canceled": _Spec(
+        "user", ExitCode.CANCELED, "The sign-in was canceled. Start again when ready."
+    ),
+    "bad_paste": _Spec(
+        "user",
+        ExitCode.USAGE,
+        "That is not the address of the sign-in result page. Paste the full address of the page "
+        "that failed to load (it starts with http://localhost:1455/auth/callback?code=).",
+    ),
+    # Files and processes on this machine.
+    "credentials_corrupt": _Spec(
+        "local",
+        ExitCode.LOCAL,
+        "The credential file is not valid JSON. It was moved aside; sign in again.",
+    ),
+    "credentials_missing": _Spec(
+        "local", ExitCode.LOCAL, f"No ChatGPT credential is stored on this machine. {_RELOGIN}"
+    ),
+    "credentials_invalid": _Spec(
+        "local",
+        ExitCode.LOCAL,
+        f"The stored ChatGPT credential is incomplete or malformed. {_RELOGIN}",
+    ),
+    "account_mismatch": _Spec(
+        "local",
+        ExitCode.LOCAL,
+        "The credential belongs to a different ChatGPT account than the one on this machine. "
+        "Log out first (`chatgpt-login logout`) if you mean to switch accounts.",
+    ),
+    "lock_timeout": _Spec(
+        "local",
+        ExitCode.LOCAL,
+        "Another program held the credential file lock for too long. Retry; if it persists, "
+        "check for a stuck pi or codex process.",
+    ),
+    "port_unavailable": _Spec(
+        "local",
+        ExitCode.LOCAL,
+        "None of the callback ports (1455, 1457) could be opened. Stop the program using "
+        "them (another sign-in?) or paste the address instead.",
+    ),
+    "internal": _Spec(
+        "local", ExitCode.FAILED, "Something unexpected went wrong. Please report this."
+    ),
+}
+
+
+class SkillError(Exception):
+    """A failure with a stable ``code`` from :data:`CODES`.
+
+    ``message`` defaults to the table's text; callers may pass a more specific one, which must
+    still say what to do next and must not contain secrets.
+    """
+
+    def __init__(self, code: str, message: str | None = None, *, status: int | None = None):
+        spec = CODES.get(code) or CODES["internal"]
+        self.code = code
+        self.kind: Kind = spec.kind
+        self.exit_code = spec.exit_code
+        self.message = message or spec.message
+        self.status = status
+        super().__init__(self.message)
+
+    @property
+    def transient(self) -> bool:
+        return self.kind == "transient"
+
+    @property
+    def permanent(self) -> bool:
+        return self.kind == "permanent"
+
+    def __repr__(self) -> str:
+        return f"SkillError({self.code!r})"

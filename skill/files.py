@@ -1,0 +1,121 @@
+"""Private files: atomic 0600 writes, reads that wait out a half-written file, moving aside.
+
+A credential file is never left half written by us, never readable by others, and never
+silently replaced when it is corrupt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from skill.errors import SkillError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+# codex rewrites auth.json by truncate-and-write; a reader can catch it empty or cut short.
+SETTLE_SECONDS = 0.5
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) and make ``path`` itself 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode != PRIVATE_DIR:
+        path.chmod(PRIVATE_DIR)
+
+
+def write_private(path: Path, data: bytes) -> bool:
+    """Atomically make ``path`` hold ``data`` with mode 0600, whatever the umask.
+
+    Temp file in the same directory (``O_EXCL|O_NOFOLLOW``), write, fsync, rename, fsync the
+    directory. Returns False, touching nothing but a too-open mode, when the file already
+    holds exactly ``data`` (so its mtime does not change).
+    """
+    ensure_private_dir(path.parent)
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_bytes() == data:
+            if stat.S_IMODE(path.stat().st_mode) != PRIVATE_FILE:
+                path.chmod(PRIVATE_FILE)
+            return False
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)  # the umask may have removed bits we need; never adds any
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return True
+
+
+def read_settled(
+    path: Path, parse: Callable[[bytes], T], *, settle: float = SETTLE_SECONDS
+) -> tuple[bytes, T] | None:
+    """Read and parse ``path``; None if it does not exist.
+
+    When parsing fails, re-read until ``settle`` seconds have passed: another program may be
+    in the middle of a non-atomic rewrite. Still failing after that means the file is corrupt
+    (``credentials_corrupt``).
+    """
+    deadline = time.monotonic() + settle
+    delay = 0.01
+    while True:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return raw, parse(raw)
+        except (ValueError, UnicodeError, SkillError):
+            if time.monotonic() >= deadline:
+                raise SkillError(
+                    "credentials_corrupt",
+                    f"{path} is not a valid credential file. It will be moved aside on the next "
+                    "sign-in; sign in again.",
+                ) from None
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.1)
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a corrupt file to ``<name>.corrupt-<UTC time>`` (kept 0600); return its new path."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, target)
+    target.chmod(PRIVATE_FILE)
+    _fsync_dir(path.parent)
+    log.warning("moved corrupt credential file aside to %s", target)
+    return target
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,154 @@
+"""Cross-process locks on credential files, compatible with the real clients.
+
+- pi guards ``auth.json`` with ``proper-lockfile``: the lock is a *directory* ``auth.json.lock``
+  made with ``mkdir`` (atomic), its mtime refreshed while held, and considered stale (holder
+  died) once the mtime is older than 30 s. :class:`DirLock` speaks exactly that protocol, so a
+  running pi agent and this project never write the same file at once.
+- codex keeps a lock *file* ``auth.json.lock`` beside its auth.json; :class:`FlockLock` takes an
+  exclusive ``flock`` on it, which is what Rust's ``File::lock`` does.
+
+Both wait with a deadline and raise ``lock_timeout`` when it passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+from skill.errors import SkillError
+
+log = logging.getLogger(__name__)
+
+_POLL_FIRST = 0.02
+_POLL_MAX = 0.25
+
+
+def _backoff(delay: float, deadline: float) -> float:
+    time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+    return min(delay * 1.5, _POLL_MAX)
+
+
+class DirLock:
+    """pi's ``proper-lockfile`` lock on ``target`` (the lock is ``<target>.lock/``)."""
+
+    def __init__(self, target: Path, *, stale: float = 30.0, timeout: float = 60.0) -> None:
+        self.path = target.with_name(target.name + ".lock")
+        self.stale = stale
+        self.timeout = timeout
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        delay = _POLL_FIRST
+        while True:
+            try:
+                self.path.mkdir(mode=0o700)
+            except FileExistsError:
+                if self._take_over_if_stale():
+                    continue
+            else:
+                self._start_keeper()
+                return
+            if time.monotonic() >= deadline:
+                raise SkillError(
+                    "lock_timeout",
+                    f"{self.path} stayed locked for {self.timeout:.0f} s. "
+                    "Retry; if it persists, check for a stuck pi process.",
+                )
+            delay = _backoff(delay, deadline)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._keeper is not None:
+            self._keeper.join()
+            self._keeper = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.rmdir()
+
+    def _take_over_if_stale(self) -> bool:
+        """Remove a lock whose holder stopped refreshing it; True if we removed one."""
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return True  # released meanwhile: try again at once
+        if age <= self.stale:
+            return False
+        # Rename first so two takers cannot both remove it; only one rename succeeds.
+        grave = self.path.with_name(f"{self.path.name}.stale-{secrets.token_hex(4)}")
+        try:
+            os.rename(self.path, grave)
+        except (FileNotFoundError, OSError):
+            return True
+        log.warning("took over a stale lock %s (%.0f s old)", self.path, age)
+        with contextlib.suppress(OSError):
+            grave.rmdir()
+        return True
+
+    def _start_keeper(self) -> None:
+        """Refresh the lock's mtime at half the stale interval, as proper-lockfile does."""
+        self._stop.clear()
+
+        def keep() -> None:
+            while not self._stop.wait(self.stale / 2):
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(self.path)
+
+        self._keeper = threading.Thread(target=keep, name="chatgpt-login-lock", daemon=True)
+        self._keeper.start()
+
+    def __enter__(self) -> DirLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class FlockLock:
+    """An exclusive ``flock`` on ``<target>.lock`` (a regular file, kept 0600)."""
+
+    def __init__(self, target: Path, *, timeout: float = 60.0) -> None:
+        self.path = target.with_name(target.name + ".lock")
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.path, flags, 0o600)
+        deadline = time.monotonic() + self.timeout
+        delay = _POLL_FIRST
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise SkillError("lock_timeout") from None
+                delay = _backoff(delay, deadline)
+            else:
+                self._fd = fd
+                return
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> FlockLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

@@ -1,0 +1,375 @@
+"""Our own login program: ``chatgpt-login oauth-login [--method browser|device]``.
+
+A terminal program the skill runner drives in tmux, and that a person can run by hand.
+
+Browser method: print the sign-in link on a line of its own, then wait for the code from
+either of two sources at once, whichever brings a valid one first:
+
+- the loopback listener on 127.0.0.1:1455 (1457 if taken), which the browser reaches when it
+  runs on this machine, and which the skill runner calls with a relayed URL;
+- standard input, where a person pastes the address of the page that failed to load (or the
+  bare code). Echo is off while reading so the pasted code stays out of the scrollback.
+
+A bad paste or callback prints ``Rejected: <why>`` and the attempt goes on. On success the
+program prints ``Credentials saved to <path>`` once per file and exits 0; on failure it prints
+``Error: <reason>`` and exits with the code from :mod:`skill.errors`.
+
+Device method: print the verification URL and one-time code, poll until approved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import IO, TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
+
+from skill.authorize import CALLBACK_PATH, authorize_url, redirect_uri
+from skill.errors import ExitCode, SkillError
+from skill.pkce import Pkce, new_state
+from skill.redirect import Callback, parse_redirect
+from skill.settings import Settings
+
+if TYPE_CHECKING:
+    from skill.oauth import OAuthClient, TokenSet
+
+Method = Literal["browser", "device"]
+
+# Failures after which the same attempt can still succeed: the user pastes again or reopens
+# the link (the link stays valid; a spent or expired code does not).
+RECOVERABLE = frozenset(
+    {
+        "bad_paste",
+        "state_mismatch",
+        "access_denied",
+        "missing_codex_entitlement",
+        "code_rejected",
+        "network_error",
+        "response_timeout",
+        "server_error",
+        "rate_limited",
+        "invalid_response",
+    }
+)
+SUCCESS_LINE = "Credentials saved to {path}"
+
+
+class _InterruptedError(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class _Event:
+    """Something that arrived: a callback from the listener, a paste, or a request to stop."""
+
+    kind: Literal["callback", "paste", "eof", "cancel"]
+    text: str = ""
+    callback: Callback | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: tuple[int, str] = (500, "")
+
+    def reply(self, status: int, message: str) -> None:
+        self.outcome = (status, message)
+        self.done.set()
+
+
+class _Console:
+    """Serialised line output (the listener thread prints too)."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def say(self, line: str = "") -> None:
+        with self._lock:
+            self._out.write(line + "\n")
+            self._out.flush()
+
+
+def run(
+    settings: Settings,
+    *,
+    method: Method = "browser",
+    stdin: IO[str] | None = None,
+    out: IO[str] | None = None,
+) -> int:
+    """Run one sign-in attempt; returns the process exit code."""
+    console = _Console(out or sys.stdout)
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in _STOP_SIGNALS}
+    try:
+        if method == "device":
+            saved = _device_login(settings, console)
+        else:
+            saved = _browser_login(settings, console, stdin or sys.stdin)
+    except _InterruptedError as stop:
+        console.say("Error: the sign-in was canceled. Start again when ready.")
+        return 128 + stop.signum
+    except SkillError as exc:
+        console.say(f"Error: {exc.message}")
+        return exc.exit_code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for line in saved:
+        console.say(line)
+    return ExitCode.OK
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise _InterruptedError(signum)
+
+
+# Browser method ---------------------------------------------------------------------------------
+
+
+def _browser_login(settings: Settings, console: _Console, stdin: IO[str]) -> list[str]:
+    pkce, state = Pkce(), new_state()
+    events: queue.Queue[_Event] = queue.Queue()
+    server = _bind_listener(settings, events, state, console)
+    port = server.server_address[1] if server else settings.callback_ports[0]
+    redirect = redirect_uri(settings, port)
+    console.say("Open this link in a browser and sign in to ChatGPT:")
+    console.say(authorize_url(settings, pkce=pkce, state=state, redirect=redirect))
+    console.say()
+    console.say(
+        f"Then paste here the full address of the page that fails to load "
+        f"(http://{settings.callback_host}:{port}{CALLBACK_PATH}?code=...) and press Enter."
+    )
+    minutes = settings.login_timeout / 60
+    where = f"listening on 127.0.0.1:{port}" if server else "no listener: paste only"
+    console.say(f"Waiting ({where}; times out in {minutes:.0f} min)...")
+
+    # Imported only now: the link is already on screen, so the user never waits for httpx.
+    from skill.oauth import OAuthClient  # noqa: PLC0415
+
+    if server:
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    threading.Thread(target=_read_pastes, args=(stdin, events), daemon=True).start()
+    attempt = _Attempt(pkce, state, port, redirect, listening=server is not None)
+    try:
+        with _echo_off(stdin), OAuthClient(settings) as client:
+            return _await_code(settings, client, events, console, attempt)
+    finally:
+        if server:
+            server.shutdown()
+            server.server_close()
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    pkce: Pkce
+    state: str
+    port: int
+    redirect: str
+    listening: bool
+
+
+def _await_code(
+    settings: Settings,
+    client: OAuthClient,
+    events: queue.Queue[_Event],
+    console: _Console,
+    attempt: _Attempt,
+) -> list[str]:
+    """Take events until one brings a code that exchanges; rejected ones print why."""
+    deadline = time.monotonic() + settings.login_timeout
+    while True:
+        try:
+            event = events.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise SkillError("login_timeout") from None
+        if event.kind == "cancel":
+            event.reply(200, "The sign-in was canceled.")
+            raise SkillError("canceled", "The sign-in was canceled by another login program.")
+        if event.kind == "eof":
+            if attempt.listening:
+                continue  # the listener can still bring the code
+            raise SkillError(
+                "canceled", "Input ended and no listener is running, so no code can arrive."
+            )
+        try:
+            callback = event.callback or _parse_paste(event.text, attempt, console)
+            tokens = client.exchange_code(
+                code=callback.code, verifier=attempt.pkce.verifier, redirect_uri=attempt.redirect
+            )
+            saved = _finish(settings, tokens)
+        except SkillError as exc:
+            event.reply(400 if exc.code in RECOVERABLE else 500, exc.message)
+            if exc.code not in RECOVERABLE:
+                raise
+            console.say(f"Rejected: {exc.message}")
+            console.say("Waiting for another try...")
+            continue
+        event.reply(200, "Signed in. You can close this page.")
+        return saved
+
+
+def _parse_paste(text: str, attempt: _Attempt, console: _Console) -> Callback:
+    console.say(f"Received a pasted address ({len(text.strip())} characters); checking it...")
+    return parse_redirect(text, state=attempt.state, port=attempt.port, allow_bare_code=True)
+
+
+def _read_pastes(stdin: IO[str], events: queue.Queue[_Event]) -> None:
+    """Forward every non-empty input line; report end of input once."""
+    with contextlib.suppress(ValueError, OSError):
+        for line in stdin:
+            if line.strip():
+                events.put(_Event("paste", text=line))
+    events.put(_Event("eof"))
+
+
+@contextlib.contextmanager
+def _echo_off(stdin: IO[str]) -> Iterator[None]:
+    """Keep pasted codes out of the terminal's scrollback, like a password prompt."""
+    import termios  # noqa: PLC0415
+
+    try:
+        fd = stdin.fileno()
+        saved = termios.tcgetattr(fd)
+    except (termios.error, OSError, ValueError, AttributeError):  # not a terminal
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+# The loopback listener ----------------------------------------------------------------------------
+
+
+class _Listener(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True  # TIME_WAIT only; two live listeners still cannot share a port
+
+    def __init__(
+        self, port: int, events: queue.Queue[_Event], state: str, console: _Console, wait: float
+    ) -> None:
+        super().__init__(("127.0.0.1", port), _CallbackHandler)
+        self.events, self.state, self.console, self.wait = events, state, console, wait
+
+
+def _bind_listener(
+    settings: Settings, events: queue.Queue[_Event], state: str, console: _Console
+) -> _Listener | None:
+    # Outcome of one callback: exchange plus writes, each bounded by the HTTP timeouts.
+    wait = 2 * (settings.connect_timeout + settings.read_timeout) + settings.lock_timeout
+    for port in settings.callback_ports:
+        try:
+            return _Listener(port, events, state, console, wait)
+        except OSError:
+            continue
+    return None
+
+
+class _CallbackHandler(http.server.BaseHTTPRequestHandler):
+    server: _Listener
+    server_version = "chatgpt-login"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/cancel":
+            self._ask(_Event("cancel"))
+            return
+        if path != CALLBACK_PATH:
+            self._send(404, "Not found. This server only takes the sign-in callback.")
+            return
+        port = self.server.server_address[1]
+        try:
+            callback = parse_redirect(
+                f"http://localhost:{port}{self.path}", state=self.server.state, port=port
+            )
+        except SkillError as exc:
+            self.server.console.say(f"Rejected: {exc.message}")
+            self._send(400, exc.message)
+            return
+        self._ask(_Event("callback", callback=callback))
+
+    def _ask(self, event: _Event) -> None:
+        """Hand the event to the main loop and answer with its outcome."""
+        self.server.events.put(event)
+        if not event.done.wait(self.server.wait):
+            self._send(504, "The sign-in is still being processed. Check the terminal.")
+            return
+        self._send(*event.outcome)
+
+    def _send(self, status: int, message: str) -> None:
+        body = (message + "\n").encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Silenced: the default logs the request line, which holds the code and state."""
+
+
+# Device method ----------------------------------------------------------------------------------
+
+
+def _device_login(settings: Settings, console: _Console) -> list[str]:
+    from skill.oauth import OAuthClient  # noqa: PLC0415
+
+    with OAuthClient(settings) as client:
+        device = client.request_device_code()
+        console.say("To sign in, open this page in a browser:")
+        console.say(device.verification_url)
+        console.say("and enter this one-time code:")
+        console.say(device.user_code)
+        console.say()
+        console.say(
+            "The code expires in 15 minutes. If the page says device sign-in is off, enable it "
+            "in ChatGPT under Settings > Security (or ask your workspace admin)."
+        )
+        console.say("Waiting for approval...")
+        grant = client.wait_for_device_approval(
+            device, timeout=min(settings.device_timeout, settings.login_timeout)
+        )
+        return _finish(settings, client.exchange_device_grant(grant))
+
+
+# Both methods -----------------------------------------------------------------------------------
+
+
+def _finish(settings: Settings, tokens: TokenSet) -> list[str]:
+    """Check the plan and write every configured credential file; return the lines to print."""
+    from skill.authfiles import auth_files  # noqa: PLC0415
+    from skill.credentials import Credential  # noqa: PLC0415
+
+    credential = Credential.from_tokens(tokens)
+    claims = credential.claims()
+    plan = (claims.plan_type or "unknown").lower()
+    if plan in settings.refused_plans:
+        raise SkillError(
+            "plan_not_supported",
+            f"This account is on the ChatGPT {plan} plan, which cannot use Codex models. A Plus, "
+            "Pro, Team, Business, Edu or Enterprise plan is needed: upgrade, or sign in with "
+            "another account.",
+        )
+    lines = [f"Signed in as {claims.email or 'unknown email'} (plan: {plan})."]
+    for auth_file in auth_files(settings):
+        result = auth_file.save(credential)
+        if result.moved_aside:
+            moved = result.moved_aside
+            lines.append(f"Warning: {result.path} was not valid JSON; moved it aside to {moved}.")
+        lines.append(SUCCESS_LINE.format(path=result.path))
+    return lines

@@ -1,0 +1,95 @@
+"""Shared fixtures: a strict fake issuer on 127.0.0.1 and settings that point at it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from skill.settings import Settings
+from tests.fake_issuer import FakeIssuer
+
+REPO = Path(__file__).resolve().parent.parent
+NPM_BIN = REPO / ".cache" / "npm" / "node_modules" / ".bin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:port (connections in TIME_WAIT do not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.fixture
+def issuer() -> Iterator[FakeIssuer]:
+    fake = FakeIssuer().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def ports() -> tuple[int, int]:
+    return free_port(), free_port()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, issuer: FakeIssuer, ports: tuple[int, int]) -> Settings:
+    return Settings(
+        issuer=issuer.url,
+        callback_ports=ports,
+        pi_agent_dir=tmp_path / "pi",
+        codex_home=tmp_path / "codex",
+        state_dir=tmp_path / "state",
+        connect_timeout=2,
+        read_timeout=5,
+        login_timeout=60,
+        lock_timeout=5,
+    )
+
+
+@pytest.fixture
+def login_env(tmp_path: Path, issuer: FakeIssuer, ports: tuple[int, int]) -> dict[str, str]:
+    """Environment for running the real CLI as a separate process against the fake issuer."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(REPO),
+        "CHATGPT_LOGIN_ISSUER": issuer.url,
+        "CHATGPT_LOGIN_CALLBACK_PORTS": f"{ports[0]},{ports[1]}",
+        "PI_CODING_AGENT_DIR": str(tmp_path / "pi"),
+        "CODEX_HOME": str(tmp_path / "codex"),
+        "CHATGPT_LOGIN_CONNECT_TIMEOUT": "2",
+        "CHATGPT_LOGIN_READ_TIMEOUT": "5",
+    }
+
+
+PYTHON = sys.executable
+
+
+def wait_until(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true; fail with ``what`` at the deadline."""
+    import time  # noqa: PLC0415
+
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)

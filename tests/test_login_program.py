@@ -1,0 +1,290 @@
+"""The login program as a real process against the fake issuer: paste, loopback and device
+paths, every kind of bad paste, timeouts and signals, and nothing left listening afterwards."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import stat
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.conftest import port_is_free, wait_until
+from tests.fake_issuer import FakeIssuer
+from tests.process import Program
+
+
+def start(env: dict[str, str], *args: str) -> Program:
+    return Program(["oauth-login", *args], env)
+
+
+def callback_get(url: str) -> tuple[int, str]:
+    """What the skill runner does: request the callback on loopback."""
+    try:
+        with urllib.request.urlopen(url, timeout=15) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def pi_entry(tmp_path: Path) -> dict[str, object]:
+    path = tmp_path / "pi" / "auth.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    entry = json.loads(path.read_text())["openai-codex"]
+    assert isinstance(entry, dict)
+    return entry
+
+
+def test_paste_path_writes_pi_file(
+    login_env: dict[str, str], issuer: FakeIssuer, tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    program = start(login_env)
+    url = program.authorize_url()
+    query = parse_qs(urlsplit(url).query)
+    assert query["redirect_uri"] == [f"http://localhost:{ports[0]}/auth/callback"]
+    program.type(issuer.sign_in(url))
+    program.wait_for(r"^Credentials saved to .*pi/auth.json$")
+    assert program.finish() == 0
+    entry = pi_entry(tmp_path)
+    assert entry["type"] == "oauth"
+    assert entry["accountId"] == issuer.account.account_id
+    assert entry["access"] == issuer.issued_access[-1]
+    assert isinstance(entry["expires"], int)
+    assert port_is_free(ports[0])
+    assert issuer.calls["grant:authorization_code"] == 1
+
+
+def test_loopback_path_answers_with_the_outcome(
+    login_env: dict[str, str], issuer: FakeIssuer, tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    program = start(login_env)
+    callback = issuer.sign_in(program.authorize_url())
+    relayed = callback.replace("localhost", "127.0.0.1", 1)
+    status, body = callback_get(relayed)
+    assert (status, body.strip()) == (200, "Signed in. You can close this page.")
+    assert program.finish() == 0
+    assert pi_entry(tmp_path)["accountId"] == issuer.account.account_id
+    assert port_is_free(ports[0])
+
+
+def test_writes_codex_file_too_when_asked(
+    login_env: dict[str, str], issuer: FakeIssuer, tmp_path: Path
+) -> None:
+    program = start(login_env, "--write", "pi,codex")
+    program.type(issuer.sign_in(program.authorize_url()))
+    program.wait_for(r"^Credentials saved to .*codex/auth.json$")
+    assert program.finish() == 0
+    codex = tmp_path / "codex" / "auth.json"
+    assert stat.S_IMODE(codex.stat().st_mode) == 0o600
+    document = json.loads(codex.read_text())
+    assert document["auth_mode"] == "chatgpt"
+    assert document["OPENAI_API_KEY"] is None
+    assert document["tokens"]["account_id"] == issuer.account.account_id
+    assert document["last_refresh"].endswith("Z")
+
+
+def test_device_path(login_env: dict[str, str], issuer: FakeIssuer, tmp_path: Path) -> None:
+    program = start(login_env, "--method", "device")
+    program.wait_for(r"/codex/device$")
+    user_code = program.wait_for(r"^([0-9A-F]{4}-[0-9A-F]{6})$").group(1)
+    program.wait_for(r"^Waiting for approval")
+    wait_until(lambda: issuer.calls["/api/accounts/deviceauth/token"] >= 1, what="first poll")
+    issuer.approve_device(user_code)
+    program.wait_for(r"^Credentials saved to ", timeout=15)
+    assert program.finish() == 0
+    assert pi_entry(tmp_path)["accountId"] == issuer.account.account_id
+    assert issuer.calls["/api/accounts/deviceauth/token"] >= 2  # pending at least once
+
+
+def test_device_disabled_says_how_to_enable(login_env: dict[str, str], issuer: FakeIssuer) -> None:
+    issuer.device_enabled = False
+    program = start(login_env, "--method", "device")
+    program.wait_for(r"^Error: Device-code sign-in is not enabled .*Settings > Security")
+    assert program.finish() == 3
+
+
+BAD_PASTES = [
+    ("not a url at all", r"not a web address|characters a code never has"),
+    ("https://auth.openai.com/oauth/authorize?client_id=x&state=y", r"the sign-in link itself"),
+    ("http://localhost:{port}/success?id_token=x", r"page shown after a sign-in finished"),
+    ("http://localhost:{port}/auth/callback?code=abc&state=WRONG", r"different sign-in attempt"),
+    ("http://localhost:{port}/auth/callback?state={state}", r"has no code"),
+    ("http://example.com:{port}/auth/callback?code=a&state={state}", r"not this sign-in's local"),
+    ("http://localhost:9/auth/callback?code=a&state={state}", r"older attempt"),
+    (
+        "http://localhost:{port}/auth/callback?error=access_denied&state={state}",
+        r"sign-in was declined",
+    ),
+    (
+        "http://localhost:{port}/auth/callback?error=access_denied"
+        "&error_description=missing_codex_entitlement&state={state}",
+        r"Codex is not enabled for this ChatGPT workspace",
+    ),
+]
+
+
+def test_bad_pastes_are_explained_and_the_attempt_goes_on(
+    login_env: dict[str, str], issuer: FakeIssuer, ports: tuple[int, int]
+) -> None:
+    program = start(login_env)
+    url = program.authorize_url()
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    for paste, why in BAD_PASTES:
+        mark = len(program.lines)
+        program.type(paste.format(port=ports[0], state=state))
+        program.wait_for(r"^Rejected: .*(" + why + ")", start=mark)
+        assert program.proc.poll() is None
+    program.type(issuer.sign_in(url))
+    program.wait_for(r"^Credentials saved to ")
+    assert program.finish() == 0
+    assert issuer.calls["grant:authorization_code"] == 1  # no bad paste reached the issuer
+
+
+def test_bad_callback_on_listener_gets_400_and_attempt_goes_on(
+    login_env: dict[str, str], issuer: FakeIssuer, ports: tuple[int, int]
+) -> None:
+    program = start(login_env)
+    url = program.authorize_url()
+    status, body = callback_get(f"http://127.0.0.1:{ports[0]}/auth/callback?code=x&state=nope")
+    assert status == 400 and "different sign-in attempt" in body
+    status, _ = callback_get(f"http://127.0.0.1:{ports[0]}/elsewhere")
+    assert status == 404
+    status, body = callback_get(issuer.sign_in(url).replace("localhost", "127.0.0.1"))
+    assert status == 200
+    assert program.finish() == 0
+
+
+def test_spent_code_is_rejected_then_a_fresh_sign_in_works(
+    login_env: dict[str, str], issuer: FakeIssuer
+) -> None:
+    program = start(login_env)
+    url = program.authorize_url()
+    callback = issuer.sign_in(url)
+    code = parse_qs(urlsplit(callback).query)["code"][0]
+    issuer.codes[code].used = True  # as if it had been spent already
+    program.type(callback)
+    program.wait_for(r"^Rejected: The sign-in server rejected the code")
+    program.type(issuer.sign_in(url))  # the same link still works
+    program.wait_for(r"^Credentials saved to ")
+    assert program.finish() == 0
+
+
+def test_free_plan_is_refused_and_nothing_is_written(
+    login_env: dict[str, str], issuer: FakeIssuer, tmp_path: Path
+) -> None:
+    issuer.account.plan = "free"
+    program = start(login_env)
+    program.type(issuer.sign_in(program.authorize_url()))
+    program.wait_for(r"^Error: .*free plan.*Plus, Pro, Team")
+    assert program.finish() == 3
+    assert not (tmp_path / "pi" / "auth.json").exists()
+
+
+def test_port_fallback_names_the_port_it_got(
+    login_env: dict[str, str], issuer: FakeIssuer, ports: tuple[int, int]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", ports[0]))
+        busy.listen()
+        program = start(login_env)
+        url = program.authorize_url()
+        assert parse_qs(urlsplit(url).query)["redirect_uri"] == [
+            f"http://localhost:{ports[1]}/auth/callback"
+        ]
+        status, _ = callback_get(issuer.sign_in(url).replace("localhost", "127.0.0.1"))
+        assert status == 200
+        assert program.finish() == 0
+
+
+def test_no_port_at_all_still_takes_a_paste(
+    login_env: dict[str, str], issuer: FakeIssuer, ports: tuple[int, int]
+) -> None:
+    with socket.socket() as one, socket.socket() as two:
+        for sock, port in ((one, ports[0]), (two, ports[1])):
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        program = start(login_env)
+        url = program.authorize_url()
+        program.wait_for(r"no listener: paste only")
+        program.type(issuer.sign_in(url))
+        assert program.finish() == 0
+
+
+def test_timeout_ends_cleanly(login_env: dict[str, str], ports: tuple[int, int]) -> None:
+    program = start(login_env, "--timeout", "1")
+    program.authorize_url()
+    program.wait_for(r"^Error: The sign-in attempt timed out", timeout=10)
+    assert program.finish() == 6
+    assert port_is_free(ports[0])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signals_end_cleanly(
+    login_env: dict[str, str], ports: tuple[int, int], signum: signal.Signals
+) -> None:
+    program = start(login_env)
+    program.authorize_url()
+    program.signal(signum)
+    program.wait_for(r"^Error: the sign-in was canceled")
+    assert program.finish() == 128 + signum
+    assert port_is_free(ports[0])
+
+
+def test_cancel_request_ends_the_attempt(login_env: dict[str, str], ports: tuple[int, int]) -> None:
+    """codex sends GET /cancel to whatever holds 1455 before taking the port over."""
+    program = start(login_env)
+    program.authorize_url()
+    status, _ = callback_get(f"http://127.0.0.1:{ports[0]}/cancel")
+    assert status == 200
+    assert program.finish() == 130
+    assert port_is_free(ports[0])
+
+
+def test_end_of_input_does_not_end_a_listening_attempt(
+    login_env: dict[str, str], issuer: FakeIssuer
+) -> None:
+    """pi exits 0 without saving at EOF; we keep waiting for the listener instead."""
+    program = start(login_env)
+    url = program.authorize_url()
+    program.close_stdin()
+    status, _ = callback_get(issuer.sign_in(url).replace("localhost", "127.0.0.1"))
+    assert status == 200
+    assert program.finish() == 0
+
+
+def test_corrupt_pi_file_is_moved_aside_and_reported(
+    login_env: dict[str, str], issuer: FakeIssuer, tmp_path: Path
+) -> None:
+    pi_dir = tmp_path / "pi"
+    pi_dir.mkdir()
+    (pi_dir / "auth.json").write_text('{"anthropic": {"type": "oauth"')  # cut short
+    program = start(login_env)
+    program.type(issuer.sign_in(program.authorize_url()))
+    program.wait_for(r"^Warning: .*auth.json was not valid JSON; moved it aside to .*corrupt-")
+    assert program.finish() == 0
+    aside = list(pi_dir.glob("auth.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_text() == '{"anthropic": {"type": "oauth"'
+    assert pi_entry(tmp_path)["accountId"] == issuer.account.account_id
+
+
+def test_no_secret_reaches_output_or_logs(
+    login_env: dict[str, str], issuer: FakeIssuer, tmp_path: Path
+) -> None:
+    program = Program(["-v", "oauth-login"], login_env)
+    url = program.authorize_url()
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    callback = issuer.sign_in(url)
+    code = parse_qs(urlsplit(callback).query)["code"][0]
+    program.type(callback)
+    assert program.finish() == 0
+    entry = pi_entry(tmp_path)
+    after_url = program.output.split(url, 1)[1]
+    for secret in (code, state, str(entry["access"]), str(entry["refresh"])):
+        assert secret not in after_url
+        assert secret not in program.stderr
