@@ -15,7 +15,13 @@ from typing import Any, Protocol
 
 from skill.credentials import PI_PROVIDER_KEY, Credential
 from skill.errors import SkillError
-from skill.files import ensure_private_dir, move_aside, read_settled, write_private
+from skill.files import (
+    ensure_private_dir,
+    move_aside,
+    read_settled,
+    sweep_temp_files,
+    write_private,
+)
 from skill.lock import DirLock, FlockLock
 from skill.settings import CredentialFormat, Settings
 
@@ -58,6 +64,7 @@ class PiAuthFile:
     def save(self, credential: Credential) -> SaveResult:
         ensure_private_dir(self.path.parent)  # the lock directory lives there
         with self.lock:
+            sweep_temp_files(self.path)
             text, document, moved = self._read_for_update()
             entry = credential.to_pi_entry(_obj(document.get(PI_PROVIDER_KEY)))
             new_text = splice_entry(text, PI_PROVIDER_KEY, entry)
@@ -101,6 +108,7 @@ class CodexAuthFile:
     def save(self, credential: Credential) -> SaveResult:
         ensure_private_dir(self.path.parent)
         with self.lock:
+            sweep_temp_files(self.path)
             moved = None
             try:
                 found = read_settled(self.path, _parse_object)

@@ -102,6 +102,20 @@ def read_settled(
         delay = min(delay * 2, 0.1)
 
 
+def sweep_temp_files(path: Path) -> int:
+    """Remove temp files a killed writer left beside ``path``; call only under its lock.
+
+    Every writer of ours holds the lock while its temp file exists, so any temp file seen under
+    the lock is an orphan (it still holds a credential: it must not linger).
+    """
+    removed = 0
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            orphan.unlink()
+            removed += 1
+    return removed
+
+
 def move_aside(path: Path) -> Path:
     """Rename a corrupt file to ``<name>.corrupt-<UTC time>`` (kept 0600); return its new path."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")

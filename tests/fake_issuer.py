@@ -174,8 +174,13 @@ class FakeIssuer:
         }
         if include_id:
             answer["id_token"] = make_jwt(
-                {"iss": self.url, "aud": CLIENT_ID, "exp": now + 3600, "email": account.email,
-                 AUTH_CLAIM: auth},
+                {
+                    "iss": self.url,
+                    "aud": CLIENT_ID,
+                    "exp": now + 3600,
+                    "email": account.email,
+                    AUTH_CLAIM: auth,
+                },
                 pi_safe=self.pi_safe,
             )
         return answer
@@ -199,7 +204,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # Plumbing ------------------------------------------------------------------------------------
 
-    def _send(self, status: int, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(body or {}).encode()
         self.send_response(status)
         for name, value in (headers or {}).items():
@@ -263,8 +270,12 @@ class _Handler(BaseHTTPRequestHandler):
             len(q.get("code_challenge", "")) != 43 and "code_challenge",
             not q.get("state") and "state",
             not {"openid", "offline_access"} <= set(q.get("scope", "").split()) and "scope",
-            (target.scheme != "http" or target.hostname not in ("localhost", "127.0.0.1")
-             or target.path != "/auth/callback") and "redirect_uri",
+            (
+                target.scheme != "http"
+                or target.hostname not in ("localhost", "127.0.0.1")
+                or target.path != "/auth/callback"
+            )
+            and "redirect_uri",
         ]
         bad = [p for p in problems if p]
         if bad:
@@ -272,14 +283,26 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fake = self.fake
         if fake.deny:
-            description = ("missing_codex_entitlement" if fake.deny == "missing_codex_entitlement"
-                           else "The user denied access")
-            params = {"error": "access_denied", "error_description": description, "state": q["state"]}
+            description = (
+                "missing_codex_entitlement"
+                if fake.deny == "missing_codex_entitlement"
+                else "The user denied access"
+            )
+            params = {
+                "error": "access_denied",
+                "error_description": description,
+                "state": q["state"],
+            }
         else:
             code = "ac_" + secrets.token_urlsafe(32)
             with fake.lock:
-                fake.codes[code] = _Code(q["code_challenge"], redirect, q["client_id"],
-                                         time.time() + fake.code_ttl, fake.account)
+                fake.codes[code] = _Code(
+                    q["code_challenge"],
+                    redirect,
+                    q["client_id"],
+                    time.time() + fake.code_ttl,
+                    fake.account,
+                )
             params = {"code": code, "scope": q["scope"], "state": q["state"]}
         self._send(302, {}, {"Location": f"{redirect}?{urlencode(params)}"})
 
@@ -339,8 +362,10 @@ class _Handler(BaseHTTPRequestHandler):
         user_code = f"{secrets.token_hex(2).upper()}-{secrets.token_hex(3).upper()}"
         with fake.lock:
             fake.devices[device_id] = _Device(user_code)
-        self._send(200, {"device_auth_id": device_id, "user_code": user_code,
-                         "interval": fake.device_interval})
+        self._send(
+            200,
+            {"device_auth_id": device_id, "user_code": user_code, "interval": fake.device_interval},
+        )
 
     def _device_token(self, body: dict[str, str]) -> None:
         fake = self.fake
@@ -357,7 +382,14 @@ class _Handler(BaseHTTPRequestHandler):
             verifier = b64url(secrets.token_bytes(64))
             challenge = b64url(hashlib.sha256(verifier.encode()).digest())
             code = "ac_" + secrets.token_urlsafe(32)
-            fake.codes[code] = _Code(challenge, f"{fake.url}/deviceauth/callback", CLIENT_ID,
-                                     time.time() + fake.code_ttl, fake.account)
-        self._send(200, {"authorization_code": code, "code_challenge": challenge,
-                         "code_verifier": verifier})
+            fake.codes[code] = _Code(
+                challenge,
+                f"{fake.url}/deviceauth/callback",
+                CLIENT_ID,
+                time.time() + fake.code_ttl,
+                fake.account,
+            )
+        self._send(
+            200,
+            {"authorization_code": code, "code_challenge": challenge, "code_verifier": verifier},
+        )

@@ -94,7 +94,9 @@ class Program:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            raise AssertionError(f"still running after {timeout}s; output:\n{self.output}") from None
+            raise AssertionError(
+                f"still running after {timeout}s; output:\n{self.output}"
+            ) from None
         deadline = time.monotonic() + 5
         while self._more_coming() and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -1,0 +1,111 @@
+"""The pi-compatible lock, against a real second process holding it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from skill.errors import SkillError
+from skill.lock import DirLock, FlockLock
+
+HOLD_DIR_LOCK = textwrap.dedent(
+    """
+    import os, sys, time
+    lock = sys.argv[1] + ".lock"
+    os.mkdir(lock)                      # what proper-lockfile does
+    print("held", flush=True)
+    end = time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < end:       # refresh the mtime, as proper-lockfile does
+        os.utime(lock)
+        time.sleep(0.05)
+    os.rmdir(lock)
+    """
+)
+
+
+def hold(target: Path, seconds: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_DIR_LOCK, str(target), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_waits_for_another_process_to_release(tmp_path: Path) -> None:
+    target = tmp_path / "auth.json"
+    holder = hold(target, 0.6)
+    started = time.monotonic()
+    with DirLock(target, stale=30, timeout=10):
+        waited = time.monotonic() - started
+        assert holder.wait(5) == 0
+    assert waited >= 0.4
+    assert not target.with_name("auth.json.lock").exists()
+
+
+def test_a_live_holder_makes_us_time_out_clearly(tmp_path: Path) -> None:
+    target = tmp_path / "auth.json"
+    holder = hold(target, 3)
+    try:
+        with pytest.raises(SkillError) as caught, DirLock(target, stale=30, timeout=0.3):
+            pass
+        assert caught.value.code == "lock_timeout"
+        assert "stuck pi process" in caught.value.message
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_is_taken_over(tmp_path: Path) -> None:
+    target = tmp_path / "auth.json"
+    lock_dir = target.with_name("auth.json.lock")
+    lock_dir.mkdir()
+    old = time.time() - 31
+    os.utime(lock_dir, (old, old))
+    started = time.monotonic()
+    with DirLock(target, stale=30, timeout=5):
+        assert lock_dir.is_dir()
+        assert time.time() - lock_dir.stat().st_mtime < 5
+    assert time.monotonic() - started < 1
+    assert not lock_dir.exists()
+    assert not list(tmp_path.glob("auth.json.lock.stale-*"))
+
+
+def test_the_holder_keeps_the_lock_fresh(tmp_path: Path) -> None:
+    target = tmp_path / "auth.json"
+    with DirLock(target, stale=0.4, timeout=5) as lock:
+        first = lock.path.stat().st_mtime
+        time.sleep(0.5)
+        assert lock.path.stat().st_mtime > first
+        # A second taker must not see a stale lock while we hold it.
+        with pytest.raises(SkillError):
+            DirLock(target, stale=0.4, timeout=0.6).acquire()
+
+
+def test_flock_lock_excludes_another_process(tmp_path: Path) -> None:
+    target = tmp_path / "auth.json"
+    script = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(0.5)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(target) + ".lock"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    with FlockLock(target, timeout=5):
+        assert time.monotonic() - started >= 0.3
+    proc.wait(5)
+    with pytest.raises(SkillError) as caught:
+        other = FlockLock(target, timeout=0.2)
+        with FlockLock(target, timeout=1):
+            other.acquire()
+    assert caught.value.code == "lock_timeout"
