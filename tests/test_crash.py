@@ -35,7 +35,7 @@ def test_sigkill_during_writes_never_leaves_an_unreadable_file(
         for _ in range(2)
     ]
     valid = {c.refresh_token for c in creds}
-    rng = random.Random(1455)
+    rng = random.Random(1455)  # noqa: S311 - kill timing, not cryptography
     unreadable, seen, leftovers = 0, set(), 0
     for _ in range(KILLS):
         pid = os.fork()
@@ -64,7 +64,7 @@ def test_sigkill_during_writes_never_leaves_an_unreadable_file(
             unreadable += 1
         leftovers = len(list(path.parent.glob(".auth.json.*.tmp")))
     print(
-        f"\nSIGKILL runs: {KILLS}, unreadable or torn files: {unreadable}, temp files left: {leftovers}"
+        f"\nSIGKILL runs: {KILLS}, unreadable or torn: {unreadable}, temp files left: {leftovers}"
     )
     assert unreadable == 0
     assert leftovers <= 1  # only the last kill's; each write sweeps earlier orphans

@@ -1,0 +1,79 @@
+"""The docs cannot drift: README's commands, options and exit codes are checked against the CLI."""
+
+from __future__ import annotations
+
+import re
+
+from skill.cli import build_parser
+from skill.errors import CODES, ExitCode
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+
+
+def subcommands() -> dict[str, object]:
+    parser = build_parser()
+    for action in parser._actions:  # argparse offers no public way to list subparsers
+        if action.dest == "command":
+            choices = action.choices
+            assert isinstance(choices, dict)
+            return dict(choices)
+    raise AssertionError("no subcommands")
+
+
+def test_quick_start_is_exactly_two_commands_that_exist() -> None:
+    block = README.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["scripts/run", "scripts/test"]
+    for command in commands:
+        assert (REPO / command).stat().st_mode & 0o111
+    assert (REPO / ".ci" / "run").read_text().strip().endswith("exec scripts/test")
+
+
+def test_every_command_in_the_readme_exists_with_its_options() -> None:
+    known = subcommands()
+    for name, rest in re.findall(r"chatgpt-login ([a-z][a-z-]+)([^\n`]*)", README):
+        assert name in known, name
+        help_text = known[name].format_help()  # type: ignore[attr-defined]
+        for option in re.findall(r"--[a-z-]+", rest):
+            assert option in help_text, (name, option)
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    for name, sub in subcommands().items():
+        assert "example:" in sub.format_help(), name  # type: ignore[attr-defined]
+        assert f"chatgpt-login {name}" in sub.format_help()  # type: ignore[attr-defined]
+
+
+def test_exit_code_table_matches_the_code() -> None:
+    table = dict(re.findall(r"^\| (\d+) \| ([^|]+) \|$", README, re.MULTILINE))
+    values = {v for k, v in vars(ExitCode).items() if k.isupper()} - {ExitCode.CANCELED}
+    assert {int(k) for k in table} == values
+    assert "128+N" in README
+    assert {spec.exit_code for spec in CODES.values()} <= values | {ExitCode.CANCELED}
+
+
+def test_every_error_message_says_what_to_do() -> None:
+    verbs = (
+        "sign in",
+        "try",
+        "open",
+        "ask",
+        "start",
+        "paste",
+        "check",
+        "wait",
+        "retry",
+        "log out",
+        "report",
+        "stop",
+        "enable",
+        "upgrade",
+        "fix",
+    )
+    for code, spec in CODES.items():
+        assert any(verb in spec.message.lower() for verb in verbs), code
+
+
+def test_unofficial_notice() -> None:
+    assert "Unofficial" in README and "app_EMoamEEZ73f0CkXaXp7hrann" in README

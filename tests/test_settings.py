@@ -1,0 +1,67 @@
+"""The one settings object: environment names, list parsing, defaults, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from skill.settings import Settings
+from tests.process import Program
+
+
+def test_defaults_match_the_real_clients(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("PI_CODING_AGENT_DIR", "CODEX_HOME", "XDG_STATE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = Settings()
+    assert settings.issuer == "https://auth.openai.com"
+    assert settings.client_id == "app_EMoamEEZ73f0CkXaXp7hrann"
+    assert settings.callback_ports == (1455, 1457)
+    assert settings.pi_auth_file == tmp_path / ".pi" / "agent" / "auth.json"
+    assert settings.codex_auth_file == tmp_path / ".codex" / "auth.json"
+    assert settings.state_dir == tmp_path / ".local" / "state" / "chatgpt-login"
+    assert settings.credential_files == frozenset({"pi"})
+    assert settings.refused_plans == frozenset({"free"})
+
+
+def test_environment_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CHATGPT_LOGIN_ISSUER", "http://127.0.0.1:9/")
+    monkeypatch.setenv("CHATGPT_LOGIN_CALLBACK_PORTS", "2455, 2457")
+    monkeypatch.setenv("CHATGPT_LOGIN_CREDENTIAL_FILES", "pi,codex")
+    monkeypatch.setenv("CHATGPT_LOGIN_REFUSED_PLANS", "free,go")
+    monkeypatch.setenv("PI_CODING_AGENT_DIR", str(tmp_path / "pi"))
+    monkeypatch.setenv("CODEX_HOME", str(tmp_path / "cx"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    settings = Settings()
+    assert settings.issuer == "http://127.0.0.1:9"
+    assert settings.callback_ports == (2455, 2457)
+    assert settings.credential_files == frozenset({"pi", "codex"})
+    assert settings.refused_plans == frozenset({"free", "go"})
+    assert settings.pi_agent_dir == tmp_path / "pi"
+    assert settings.codex_home == tmp_path / "cx"
+    assert settings.state_dir == tmp_path / "xdg" / "chatgpt-login"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("issuer", "auth.openai.com"),
+        ("callback_ports", "0"),
+        ("credential_files", "pi,keychain"),
+        ("read_timeout", "-1"),
+    ],
+)
+def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, field: str, value: str) -> None:
+    monkeypatch.setenv(f"CHATGPT_LOGIN_{field.upper()}", value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_cli_reports_a_bad_setting_without_echoing_it(login_env: dict[str, str]) -> None:
+    env = {**login_env, "CHATGPT_LOGIN_ISSUER": "not-a-url-secretvalue"}
+    program = Program(["oauth-login"], env)
+    assert program.finish() == 2
+    assert "Error: invalid setting: issuer" in program.stderr
+    assert "secretvalue" not in program.stderr
