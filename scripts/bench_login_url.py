@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -58,7 +59,9 @@ def time_to_url(argv: list[str], env: dict[str, str], cwd: str, timeout: float =
                 return time.monotonic() - started
         raise RuntimeError(f"{argv[0]} printed no URL within {timeout}s")
     finally:
-        proc.kill()
+        # The whole group: npm's codex wrapper would otherwise leave the native binary
+        # holding port 1455.
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 

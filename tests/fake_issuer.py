@@ -393,3 +393,27 @@ class _Handler(BaseHTTPRequestHandler):
             200,
             {"authorization_code": code, "code_challenge": challenge, "code_verifier": verifier},
         )
+
+
+def main() -> None:
+    """Serve the fake issuer for trying the login program by hand:
+
+    python -m tests.fake_issuer [port]
+    CHATGPT_LOGIN_ISSUER=http://127.0.0.1:<port> chatgpt-login oauth-login
+    Then open the printed link with ``curl -si '<link>' | grep -i ^location`` (the fake signs
+    you in at once) and paste the address after ``location:`` into the login program.
+    """
+    import sys  # noqa: PLC0415
+
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8765
+    fake = FakeIssuer()
+    fake._server = ThreadingHTTPServer(("127.0.0.1", port), type("H", (_Handler,), {"fake": fake}))
+    print(f"fake issuer on {fake.url}; Ctrl-C to stop", flush=True)
+    try:
+        fake._server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
