@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from skill.errors import SkillError
 
@@ -36,6 +36,8 @@ def decode_jwt_payload(token: str) -> dict[str, Any]:
 
 class Claims(BaseModel):
     """The account facts we show and check. No token values."""
+
+    model_config = ConfigDict(defer_build=True)
 
     account_id: str | None = None
     plan_type: str | None = None

@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from skill.errors import ExitCode
@@ -38,6 +39,7 @@ exit codes:
   5    the sign-in is dead: sign in again
   6    timed out
   7    a local file or lock problem
+  10   signed in on this machine, but persisting to the secrets store is pending
   128+N  stopped by signal N
 """
 
@@ -46,7 +48,37 @@ def _oauth_login(args: argparse.Namespace) -> int:
     from skill import login_program  # noqa: PLC0415
 
     settings = _settings(args, login_timeout=args.timeout, credential_files=args.write)
-    return login_program.run(settings, method=args.method)
+    return login_program.run(settings, method=args.method, attempt=args.attempt)
+
+
+def _agent_command(args: argparse.Namespace) -> int:
+    """Run one of the agent's commands with its output mode."""
+    from skill import commands  # noqa: PLC0415
+    from skill.errors import SkillError  # noqa: PLC0415
+
+    out = commands.Output(as_json=args.json)
+    run: dict[str, Callable[[Settings], int]] = {
+        "start": lambda st: commands.start(
+            st, out, method=args.method, driver=args.driver, restart=args.restart
+        ),
+        "complete": lambda st: commands.complete(st, out, url=_pasted(args.url)),
+        "wait": lambda st: commands.wait(st, out, timeout=args.timeout),
+        "status": lambda st: commands.status(st, out),
+        "cancel": lambda st: commands.cancel(st, out),
+        "logout": lambda st: commands.logout(st, out),
+    }
+    try:
+        return run[args.command](_settings(args))
+    except SkillError as exc:
+        return out.error(exc)
+
+
+def _pasted(url: str | None) -> str:
+    """The address from the argument, or from stdin (``-`` or none): stdin keeps it out of the
+    process list and shell history."""
+    if url is None or url == "-":
+        return sys.stdin.read(65536)
+    return url
 
 
 def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
@@ -54,7 +86,7 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
     from skill.settings import Settings  # noqa: PLC0415
 
     given = {key: value for key, value in overrides.items() if value is not None}
-    return Settings.model_validate(given)
+    return Settings.from_env(None, **given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,8 +123,80 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FORMATS",
         help="credential files to write: pi, codex or pi,codex (default: pi)",
     )
+    login.add_argument(
+        "--attempt",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="take the attempt the skill runner prepared in FILE (0600; deleted once read)",
+    )
     login.set_defaults(handler=_oauth_login)
+    _add_agent_commands(commands)
     return parser
+
+
+AGENT_COMMANDS = {
+    "start": (
+        "start a sign-in and print the link (or device code) for the user",
+        "Start a ChatGPT sign-in in the background (a login program in a private tmux session) "
+        "and print the link to send the user, or the device URL and code. If a sign-in is "
+        "already live, prints that one instead (--restart replaces it).",
+        "chatgpt-login start --method browser --driver native",
+    ),
+    "complete": (
+        "relay the address the user pasted back, and finish the sign-in",
+        "Check the address the user pasted (the page that failed to load after signing in), "
+        "hand it to the login program, wait for the result, then ask the service to persist "
+        "the credential. Reads the address from stdin when URL is - or missing, which keeps it "
+        "out of the process list and shell history.",
+        "chatgpt-login complete - <<'EOF'\n"
+        "  http://localhost:1455/auth/callback?code=...&state=...\n  EOF",
+    ),
+    "wait": (
+        "wait for a device-code sign-in to be approved",
+        "Wait until the user approves the device code shown by `chatgpt-login start --method "
+        "device` (or the sign-in ends), then finish like complete.",
+        "chatgpt-login wait --timeout 300",
+    ),
+    "status": (
+        "show the sign-in in progress and the credential on this machine",
+        "Show the current or last sign-in attempt and whether this machine holds a ChatGPT "
+        "credential (account, plan, expiry). Never prints a token.",
+        "chatgpt-login status --json",
+    ),
+    "cancel": (
+        "cancel the sign-in in progress",
+        "Cancel the live sign-in: its login program, tmux session and logs are removed.",
+        "chatgpt-login cancel",
+    ),
+    "logout": (
+        "sign out: revoke the sign-in and remove it from this machine",
+        "Cancel any live sign-in, revoke the refresh token at OpenAI (best effort), and remove "
+        "the ChatGPT entries from the credential files (other providers' entries stay).",
+        "chatgpt-login logout",
+    ),
+}
+
+
+def _add_agent_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, (summary, description, example) in AGENT_COMMANDS.items():
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+        if name == "start":
+            sub.add_argument("--method", choices=("browser", "device"), default="browser")
+            sub.add_argument("--driver", choices=("native", "pi-ai", "codex"), default="native")
+            sub.add_argument("--restart", action="store_true", help="replace a live sign-in")
+        elif name == "complete":
+            sub.add_argument("url", nargs="?", help="the pasted address, or - to read stdin")
+        elif name == "wait":
+            sub.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+        sub.set_defaults(handler=_agent_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

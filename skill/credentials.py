@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skill.claims import Claims
 from skill.errors import SkillError
-from skill.oauth import TokenSet
+from skill.tokens import TokenSet
 
 PI_PROVIDER_KEY = "openai-codex"
 
@@ -26,7 +26,7 @@ PI_PROVIDER_KEY = "openai-codex"
 class PiEntry(BaseModel):
     """pi's ``openai-codex`` entry. Unknown keys are kept."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     type: Literal["oauth"] = "oauth"
     access: str = Field(min_length=1, repr=False)
@@ -36,7 +36,7 @@ class PiEntry(BaseModel):
 
 
 class CodexTokens(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     id_token: str = Field(min_length=1, repr=False)
     access_token: str = Field(min_length=1, repr=False)
@@ -47,7 +47,7 @@ class CodexTokens(BaseModel):
 class CodexAuth(BaseModel):
     """The whole codex ``auth.json``. Unknown keys are kept."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     auth_mode: str | None = "chatgpt"
     OPENAI_API_KEY: str | None = Field(default=None, repr=False)
@@ -58,7 +58,7 @@ class CodexAuth(BaseModel):
 class Credential(BaseModel):
     """A signed-in ChatGPT account: tokens plus the facts needed to keep them alive."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     access_token: str = Field(min_length=1, repr=False)
     refresh_token: str = Field(min_length=1, repr=False)

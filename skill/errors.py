@@ -31,6 +31,7 @@ class ExitCode:
     RELOGIN = 5
     TIMEOUT = 6
     LOCAL = 7
+    PERSIST_PENDING = 10
     CANCELED = 130
 
 
@@ -150,6 +151,38 @@ CODES: dict[str, _Spec] = {
         ExitCode.USAGE,
         "That is not the address of the sign-in result page. Paste the full address of the page "
         "that failed to load (it starts with http://localhost:1455/auth/callback?code=).",
+    ),
+    # The skill runner.
+    "unsupported_method": _Spec(
+        "user",
+        ExitCode.USAGE,
+        "That driver cannot do that sign-in method. Start again with another --method or --driver.",
+    ),
+    "no_login": _Spec(
+        "user",
+        ExitCode.USAGE,
+        "No sign-in is in progress. Start one with `chatgpt-login start`, then paste the address.",
+    ),
+    "login_ended": _Spec(
+        "user",
+        ExitCode.FAILED,
+        "That sign-in attempt has already ended. Start a new one with `chatgpt-login start`.",
+    ),
+    "program_failed": _Spec(
+        "user",
+        ExitCode.FAILED,
+        "The login program reported a failure. Start a new sign-in with `chatgpt-login start`.",
+    ),
+    "program_timeout": _Spec(
+        "transient",
+        ExitCode.TIMEOUT,
+        "The login program did not answer in time. Check `chatgpt-login status`, or start again.",
+    ),
+    "listener_not_ours": _Spec(
+        "local",
+        ExitCode.LOCAL,
+        "Another program is listening on the sign-in port, so the address was not sent to it. "
+        "Stop that program (another sign-in?), then `chatgpt-login start --restart`.",
     ),
     # Files and processes on this machine.
     "credentials_corrupt": _Spec(

@@ -28,10 +28,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
+from skill.attempt import PremadeAttempt
 from skill.authorize import CALLBACK_PATH, authorize_url, redirect_uri
 from skill.errors import ExitCode, SkillError
 from skill.pkce import Pkce, new_state
@@ -39,7 +41,8 @@ from skill.redirect import Callback, parse_redirect
 from skill.settings import Settings
 
 if TYPE_CHECKING:
-    from skill.oauth import OAuthClient, TokenSet
+    from skill.oauth import OAuthClient
+    from skill.tokens import TokenSet
 
 Method = Literal["browser", "device"]
 
@@ -100,6 +103,7 @@ def run(
     settings: Settings,
     *,
     method: Method = "browser",
+    attempt: Path | None = None,
     stdin: IO[str] | None = None,
     out: IO[str] | None = None,
 ) -> int:
@@ -110,7 +114,8 @@ def run(
         if method == "device":
             saved = _device_login(settings, console)
         else:
-            saved = _browser_login(settings, console, stdin or sys.stdin)
+            premade = PremadeAttempt.take(attempt) if attempt else None
+            saved = _browser_login(settings, console, stdin or sys.stdin, premade)
     except _InterruptedError as stop:
         console.say("Error: the sign-in was canceled. Start again when ready.")
         return 128 + stop.signum
@@ -135,11 +140,15 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 # Browser method ---------------------------------------------------------------------------------
 
 
-def _browser_login(settings: Settings, console: _Console, stdin: IO[str]) -> list[str]:
-    pkce, state = Pkce(), new_state()
+def _browser_login(
+    settings: Settings, console: _Console, stdin: IO[str], premade: PremadeAttempt | None
+) -> list[str]:
+    pkce, state = (premade.pkce, premade.state) if premade else (Pkce(), new_state())
     events: queue.Queue[_Event] = queue.Queue()
-    server = _bind_listener(settings, events, state, console)
-    port = server.server_address[1] if server else settings.callback_ports[0]
+    # A premade attempt's link already names its port: bind that one or none.
+    ports = (premade.port,) if premade else settings.callback_ports
+    server = _bind_listener(settings, ports, events, state, console)
+    port = server.server_address[1] if server else ports[0]
     redirect = redirect_uri(settings, port)
     console.say("Open this link in a browser and sign in to ChatGPT:")
     console.say(authorize_url(settings, pkce=pkce, state=state, redirect=redirect))
@@ -213,7 +222,7 @@ def _await_code(
             console.say(f"Rejected: {exc.message}")
             console.say("Waiting for another try...")
             continue
-        event.reply(200, "Signed in. You can close this page.")
+        event.reply(200, "\n".join(["Signed in. You can close this page.", *saved]))
         return saved
 
 
@@ -266,11 +275,15 @@ class _Listener(http.server.ThreadingHTTPServer):
 
 
 def _bind_listener(
-    settings: Settings, events: queue.Queue[_Event], state: str, console: _Console
+    settings: Settings,
+    ports: tuple[int, ...],
+    events: queue.Queue[_Event],
+    state: str,
+    console: _Console,
 ) -> _Listener | None:
     # Outcome of one callback: exchange plus writes, each bounded by the HTTP timeouts.
     wait = 2 * (settings.connect_timeout + settings.read_timeout) + settings.lock_timeout
-    for port in settings.callback_ports:
+    for port in ports:
         try:
             return _Listener(port, events, state, console, wait)
         except OSError:

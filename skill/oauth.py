@@ -23,10 +23,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skill.errors import SkillError
 from skill.settings import Settings
+from skill.tokens import TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,10 @@ _LOOPBACK_PATTERNS = ("all://127.0.0.1", "all://localhost", "all://[::1]")
 _CONNECT_ATTEMPTS = 3
 
 
-class TokenSet(BaseModel):
-    """What the token endpoint returned. Token fields are hidden from ``repr``."""
-
-    access_token: str = Field(min_length=1, repr=False)
-    refresh_token: str | None = Field(default=None, repr=False)
-    id_token: str | None = Field(default=None, repr=False)
-    expires_in: int | None = None
-
-
 class DeviceCode(BaseModel):
     """A device-code attempt: show ``verification_url`` and ``user_code`` to the user."""
+
+    model_config = ConfigDict(defer_build=True)
 
     device_auth_id: str = Field(repr=False)
     user_code: str
@@ -66,6 +60,8 @@ class DeviceCode(BaseModel):
 
 class DeviceGrant(BaseModel):
     """The approved device attempt: a code plus the PKCE pair the server made."""
+
+    model_config = ConfigDict(defer_build=True)
 
     authorization_code: str = Field(repr=False)
     code_verifier: str = Field(repr=False)

@@ -1,18 +1,26 @@
 """The one settings object.
 
-Built once (``Settings()`` reads the environment; tests pass values directly) and handed down.
-Nothing else in the project reads ``os.environ``. Every field can be set with an environment
-variable ``CHATGPT_LOGIN_<FIELD>``; the credential directories also honour the variables the
-real clients use (``PI_CODING_AGENT_DIR``, ``CODEX_HOME``).
+Built once and handed down: ``Settings.from_env()`` in the CLI and the service, ``Settings(...)``
+with explicit values in tests. Nothing else in the project reads ``os.environ``. Every field can
+be set with an environment variable ``CHATGPT_LOGIN_<FIELD>``; the credential directories also
+honour the variables the real clients use (``PI_CODING_AGENT_DIR``, ``CODEX_HOME``). Lists are
+comma-separated; mappings are JSON.
+
+Why not pydantic-settings: importing it costs 0.1-0.2 s (it loads asyncio and every settings
+source) on each CLI call, more than half of ``chatgpt-login start``'s 0.3 s budget. Reading
+prefixed variables into a pydantic model is the few lines of :meth:`Settings.from_env`.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The Codex CLI's public PKCE client (no secret). Reusing it is what every third-party tool
 # does; it is unofficial (see README).
@@ -20,6 +28,19 @@ CODEX_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 DEFAULT_ISSUER = "https://auth.openai.com"
 
 CredentialFormat = Literal["pi", "codex"]
+
+# What a login program may inherit from our environment: locale, proxies and CAs. Nothing else
+# (an agent's environment can hold other secrets).
+PASSTHROUGH_ENV = (
+    "PATH", "LANG", "LC_ALL", "TZ",
+    "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY",
+    "https_proxy", "http_proxy", "all_proxy", "no_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE",
+)  # fmt: skip
+
+
+def _passthrough_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in PASSTHROUGH_ENV if name in os.environ}
 
 
 def _split_list(value: object) -> object:
@@ -29,15 +50,19 @@ def _split_list(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
+ENV_PREFIX = "CHATGPT_LOGIN_"
+# Variables of the real clients that set a field too (the prefixed name wins).
+ENV_ALIASES = {
+    "pi_agent_dir": "PI_CODING_AGENT_DIR",
+    "codex_home": "CODEX_HOME",
+    "xdg_state_home": "XDG_STATE_HOME",
+}
+
+
+class Settings(BaseModel):
     """Everything configurable, with the defaults a container user needs."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CHATGPT_LOGIN_",
-        extra="ignore",
-        frozen=True,
-        populate_by_name=True,
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # OAuth issuer and client (PROTOCOL.md §1-2).
     issuer: str = DEFAULT_ISSUER
@@ -45,7 +70,7 @@ class Settings(BaseSettings):
     originator: str = "codex_cli_rs"
     scope: str = "openid profile email offline_access"
     # Ports our login program tries, in order; the redirect_uri names the one it got.
-    callback_ports: Annotated[tuple[int, ...], NoDecode] = (1455, 1457)
+    callback_ports: tuple[int, ...] = (1455, 1457)
     callback_host: str = "localhost"
 
     # Timeouts in seconds. Every outbound call has explicit connect and read limits.
@@ -55,26 +80,44 @@ class Settings(BaseSettings):
     device_timeout: float = Field(default=900.0, gt=0)
 
     # Plans refused right after the exchange: they cannot use Codex models this way.
-    refused_plans: Annotated[frozenset[str], NoDecode] = frozenset({"free"})
+    refused_plans: frozenset[str] = frozenset({"free"})
 
     # Which credential files a login writes, and where they live.
-    credential_files: Annotated[frozenset[CredentialFormat], NoDecode] = frozenset({"pi"})
-    pi_agent_dir: Path = Field(
-        default_factory=lambda: Path.home() / ".pi" / "agent",
-        validation_alias=AliasChoices("CHATGPT_LOGIN_PI_AGENT_DIR", "PI_CODING_AGENT_DIR"),
-    )
-    codex_home: Path = Field(
-        default_factory=lambda: Path.home() / ".codex",
-        validation_alias=AliasChoices("CHATGPT_LOGIN_CODEX_HOME", "CODEX_HOME"),
-    )
+    credential_files: frozenset[CredentialFormat] = frozenset({"pi"})
+    pi_agent_dir: Path = Field(default_factory=lambda: Path.home() / ".pi" / "agent")
+    codex_home: Path = Field(default_factory=lambda: Path.home() / ".codex")
 
     # pi's proper-lockfile considers a lock stale after 30 s; we must agree with it.
     lock_stale: float = Field(default=30.0, gt=0)
     lock_timeout: float = Field(default=60.0, gt=0)
 
     # Private state (tmux socket, login state, logs). Default $XDG_STATE_HOME/chatgpt-login.
-    xdg_state_home: Path | None = Field(default=None, validation_alias="XDG_STATE_HOME")
+    xdg_state_home: Path | None = None
     state_dir: Path = Path()
+
+    # The skill runner: the login programs it drives and how long it waits for them.
+    start_timeout: float = Field(default=60.0, gt=0)  # npx may have to download pi-ai first
+    complete_timeout: float = Field(default=90.0, gt=0)
+    python_executable: str = sys.executable
+    pi_ai_command: str = "pi-ai"  # not on PATH: npx -y @mariozechner/pi-ai@0.73.1
+    codex_command: str = "codex"
+    child_env: dict[str, str] = Field(default_factory=_passthrough_env)
+
+    # The service the agent's commands ask to persist credentials.
+    service_url: str = "http://127.0.0.1:8080"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
+        """Settings from ``environ`` (default: the process environment); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            for key in (ENV_PREFIX + name.upper(), ENV_ALIASES.get(name)):
+                if key and key in env:
+                    raw = env[key]
+                    values[name] = json.loads(raw) if field.annotation == dict[str, str] else raw
+                    break
+        return cls.model_validate({**values, **overrides})
 
     @field_validator("callback_ports", "refused_plans", "credential_files", mode="before")
     @classmethod

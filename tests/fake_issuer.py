@@ -12,6 +12,7 @@ address the browser would land on (and fail to load, in a container).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import secrets
@@ -409,10 +410,8 @@ def main() -> None:
     fake = FakeIssuer()
     fake._server = ThreadingHTTPServer(("127.0.0.1", port), type("H", (_Handler,), {"fake": fake}))
     print(f"fake issuer on {fake.url}; Ctrl-C to stop", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         fake._server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
-from skill.oauth import TokenSet
+from skill.tokens import TokenSet
 from tests.fake_issuer import FakeIssuer
 
 KILLS = int(os.environ.get("CRASH_KILLS", "200"))

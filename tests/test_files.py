@@ -16,7 +16,7 @@ from skill.authfiles import CodexAuthFile, PiAuthFile, splice_entry
 from skill.credentials import Credential
 from skill.errors import SkillError
 from skill.files import read_settled, write_private
-from skill.oauth import TokenSet
+from skill.tokens import TokenSet
 from tests.fake_issuer import FakeIssuer
 
 

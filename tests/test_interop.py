@@ -12,7 +12,7 @@ import pytest
 
 from skill.authfiles import CodexAuthFile, PiAuthFile
 from skill.credentials import Credential
-from skill.oauth import TokenSet
+from skill.tokens import TokenSet
 from tests.conftest import NPM_BIN, REPO
 from tests.fake_issuer import FakeIssuer
 from tests.process import Program

@@ -18,9 +18,10 @@ from skill.authorize import authorize_url, redirect_uri
 from skill.claims import Claims, decode_jwt_payload
 from skill.credentials import Credential
 from skill.errors import SkillError
-from skill.oauth import OAuthClient, TokenSet
+from skill.oauth import OAuthClient
 from skill.pkce import Pkce, challenge_for, new_state
 from skill.settings import Settings
+from skill.tokens import TokenSet
 from tests.conftest import free_port, wait_until
 from tests.fake_issuer import FakeIssuer, make_jwt
 

@@ -15,7 +15,7 @@ def test_defaults_match_the_real_clients(monkeypatch: pytest.MonkeyPatch, tmp_pa
     for name in ("PI_CODING_AGENT_DIR", "CODEX_HOME", "XDG_STATE_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    settings = Settings()
+    settings = Settings.from_env()
     assert settings.issuer == "https://auth.openai.com"
     assert settings.client_id == "app_EMoamEEZ73f0CkXaXp7hrann"
     assert settings.callback_ports == (1455, 1457)
@@ -34,7 +34,7 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setenv("PI_CODING_AGENT_DIR", str(tmp_path / "pi"))
     monkeypatch.setenv("CODEX_HOME", str(tmp_path / "cx"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
-    settings = Settings()
+    settings = Settings.from_env()
     assert settings.issuer == "http://127.0.0.1:9"
     assert settings.callback_ports == (2455, 2457)
     assert settings.credential_files == frozenset({"pi", "codex"})
@@ -56,7 +56,7 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, field: str, value: str) -> None:
     monkeypatch.setenv(f"CHATGPT_LOGIN_{field.upper()}", value)
     with pytest.raises(ValidationError):
-        Settings()
+        Settings.from_env()
 
 
 def test_cli_reports_a_bad_setting_without_echoing_it(login_env: dict[str, str]) -> None:

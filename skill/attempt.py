@@ -1,0 +1,68 @@
+"""A browser sign-in attempt prepared ahead of the login program.
+
+The skill runner makes the PKCE pair, ``state`` and port itself, so ``chatgpt-login start`` can
+show the link at once instead of waiting for the login program to boot; the program then takes
+the attempt over. It travels in a 0600 file in the attempt's private directory (never argv or
+the environment) and is deleted once read.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from skill.authorize import authorize_url, redirect_uri
+from skill.errors import SkillError
+from skill.files import write_private
+from skill.pkce import Pkce, new_state
+from skill.settings import Settings
+
+
+@dataclass(frozen=True, repr=False)
+class PremadeAttempt:
+    """The secrets of one attempt; ``repr`` shows none of them."""
+
+    pkce: Pkce
+    state: str
+    port: int
+
+    def __repr__(self) -> str:
+        return f"PremadeAttempt(port={self.port})"
+
+    @classmethod
+    def new(cls, settings: Settings) -> PremadeAttempt:
+        return cls(Pkce(), new_state(), first_free_port(settings.callback_ports))
+
+    def save(self, path: Path) -> None:
+        data = {"verifier": self.pkce.verifier, "state": self.state, "port": self.port}
+        write_private(path, json.dumps(data).encode())
+
+    @classmethod
+    def take(cls, path: Path) -> PremadeAttempt:
+        try:
+            data = json.loads(path.read_text())
+            path.unlink()
+            return cls(Pkce(data["verifier"]), str(data["state"]), int(data["port"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SkillError("internal", "The prepared sign-in attempt is unreadable.") from exc
+
+
+def premade_link(settings: Settings, attempt: PremadeAttempt) -> str:
+    redirect = redirect_uri(settings, attempt.port)
+    return authorize_url(settings, pkce=attempt.pkce, state=attempt.state, redirect=redirect)
+
+
+def first_free_port(ports: tuple[int, ...]) -> int:
+    """The first port nothing listens on; the first one if all are taken (the program then
+    takes the address typed at its prompt instead)."""
+    for port in ports:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return ports[0]

@@ -1,0 +1,100 @@
+"""The state of the one live sign-in, shared by separate processes through a 0600 file.
+
+``start`` and ``complete`` run as separate processes (and the service sees the same login), so
+the attempt lives in ``<state_dir>/login.json``: id, driver, method, the attempt's ``state`` and
+redirect port, times and status. Changes happen under an exclusive ``flock``. Once the attempt
+ends, its ``state`` and sign-in link are scrubbed from the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from skill.drivers import DriverName, Method
+from skill.errors import SkillError
+from skill.files import ensure_private_dir, read_settled, write_private
+from skill.lock import FlockLock
+
+Status = Literal["waiting", "completing", "succeeded", "failed", "canceled", "expired"]
+LIVE: frozenset[Status] = frozenset({"waiting", "completing"})
+
+
+class LoginState(BaseModel):
+    id: str
+    driver: DriverName
+    method: Method
+    status: Status
+    session: str
+    started_at: datetime
+    expires_at: datetime
+    auth_url: str | None = Field(default=None, repr=False)
+    state: str | None = Field(default=None, repr=False)
+    redirect_port: int | None = None
+    verification_url: str | None = None
+    user_code: str | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    message: str | None = None
+    saved: list[str] = Field(default_factory=list)
+    code_sha256: str | None = None  # which pasted code finished it (for a repeated complete)
+    pane_pid: int | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE
+
+    @property
+    def expired_now(self) -> bool:
+        return self.live and datetime.now(UTC) >= self.expires_at
+
+    def ended(
+        self, status: Status, *, error: str | None = None, message: str | None = None
+    ) -> LoginState:
+        """The same attempt, ended: secrets scrubbed, outcome recorded."""
+        return self.model_copy(
+            update={
+                "status": status,
+                "finished_at": datetime.now(UTC),
+                "error": error,
+                "message": message,
+                "auth_url": None,
+                "state": None,
+            }
+        )
+
+
+class StateStore:
+    """``login.json`` and its lock in the private state directory."""
+
+    def __init__(self, state_dir: Path, *, timeout: float = 30.0) -> None:
+        self.dir = state_dir
+        self.path = state_dir / "login.json"
+        self.timeout = timeout
+
+    @contextmanager
+    def locked(self, *, timeout: float | None = None) -> Iterator[None]:
+        ensure_private_dir(self.dir)
+        with FlockLock(self.path, timeout=self.timeout if timeout is None else timeout):
+            yield
+
+    def load(self) -> LoginState | None:
+        try:
+            found = read_settled(self.path, json.loads)
+        except SkillError:
+            return None  # a damaged state file means no usable attempt; start writes a new one
+        if found is None:
+            return None
+        try:
+            return LoginState.model_validate(found[1])
+        except ValidationError:
+            return None
+
+    def save(self, state: LoginState) -> None:
+        write_private(self.path, state.model_dump_json(indent=2).encode())

@@ -1,0 +1,94 @@
+"""Processes and sockets, read from /proc: who listens on a port, and ending a process tree.
+
+Used so that a pasted code is only ever sent to a listener that belongs to our own login
+program (a foreign process on port 1455 would otherwise receive it), and so that ending a
+login leaves nothing behind (npm's codex wrapper, for one, leaves its native binary running
+when only the wrapper is killed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+PROC = Path("/proc")
+_LISTEN = "0A"
+
+
+def children_map() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces or parentheses: split after the last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it."""
+    tree = children_map()
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        if current not in found:
+            found.add(current)
+            todo.extend(tree.get(current, []))
+    return found
+
+
+def listener_inodes(port: int) -> set[str]:
+    """Socket inodes listening on ``port`` on loopback or any address."""
+    inodes: set[str] = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in (PROC / "net" / table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == _LISTEN and int(local.rsplit(":", 1)[1], 16) == port:
+                    inodes.add(inode)
+    return inodes
+
+
+def listener_pids(port: int, among: set[int]) -> set[int]:
+    """Which of the processes ``among`` hold a listening socket on ``port``."""
+    wanted = {f"socket:[{inode}]" for inode in listener_inodes(port)}
+    owners: set[int] = set()
+    for pid in among:
+        with contextlib.suppress(OSError):
+            for fd in (PROC / str(pid) / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in wanted:
+                        owners.add(pid)
+                        break
+    return owners
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+def end_processes(pids: set[int], *, grace: float = 1.0) -> None:
+    """SIGTERM, then SIGKILL whatever is still there after ``grace`` seconds."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in pids:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,397 @@
+"""The skill runner: one live sign-in at a time, driven in our private tmux server.
+
+``start`` launches a driver's login program behind a gate, waits (polling with a deadline) for
+its sign-in link or device code, and records the attempt in the state file. ``complete``
+validates a pasted address with the strict parser, hands the rebuilt callback to the program
+(HTTP to its own loopback listener, or typed at its paste prompt), waits for the program's
+verdict, collects the credential and writes the configured files. Every wait ends with a clear
+result: success, the program's own error line, a timeout, or the program's death. When an
+attempt ends, its processes, tmux session, log and working directory are removed, so no code,
+state or token outlives it anywhere we keep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from skill.attempt import PremadeAttempt, premade_link
+from skill.drivers import DRIVERS, Driver, DriverName, Method
+from skill.errors import SkillError
+from skill.files import ensure_private_dir
+from skill.loginstate import LoginState, StateStore
+from skill.procs import descendants, end_processes, listener_pids
+from skill.redirect import Callback, parse_redirect
+from skill.screen import find_authorize_link, find_device_code
+from skill.settings import Settings
+from skill.tmux import TmuxServer
+
+if TYPE_CHECKING:
+    from skill.credentials import Credential
+
+log = logging.getLogger(__name__)
+
+POLL = 0.02
+Tick = Callable[[float], None]
+
+
+def _no_tick(_: float) -> None:
+    return None
+
+
+class Runner:
+    def __init__(self, settings: Settings, *, tmux: TmuxServer | None = None) -> None:
+        self.settings = settings
+        self.dir = settings.state_dir
+        ensure_private_dir(self.dir)
+        self.store = StateStore(self.dir)
+        env = {**settings.child_env, "HOME": str(Path.home())}
+        self.tmux = tmux or TmuxServer(self.dir / "tmux.sock", base_env=env)
+
+    # Commands -------------------------------------------------------------------------------
+
+    def start(
+        self, *, method: Method = "browser", driver: DriverName = "native", restart: bool = False
+    ) -> tuple[LoginState, bool]:
+        """Start a sign-in; returns it and whether it was an already-live one (reused)."""
+        chosen = DRIVERS[driver]
+        with self.store.locked():
+            current = self._settle(self.store.load())
+            if current is not None and current.live:
+                if not restart:
+                    return current, True
+                self._end(current, "canceled", message="Replaced by a new sign-in.")
+            state = self._launch(chosen, method)
+            self.store.save(state)
+            if state.auth_url is not None:
+                return state, False  # a premade attempt: the link is known already
+            try:
+                state = self._wait_for_link(state, chosen)
+            except SkillError as exc:
+                self._end(state, "failed", error=exc.code, message=exc.message)
+                raise
+            self.store.save(state)
+            return state, False
+
+    def complete(self, pasted: str, *, on_tick: Tick = _no_tick) -> LoginState:
+        """Relay a pasted address and wait for the verdict. A rejected paste leaves the attempt
+        live; repeating the address that finished it returns the first result."""
+        with self.store.locked():
+            state = self._settle(self.store.load())
+            if state is None:
+                raise SkillError("no_login")
+            if state.status == "succeeded":
+                return state  # a repeated complete returns the first result
+            if not state.live:
+                raise SkillError("login_ended", _ended_message(state))
+            if state.method != "browser" or state.state is None or state.redirect_port is None:
+                raise SkillError(
+                    "unsupported_method",
+                    "This sign-in uses a device code: approve it in the browser, then run "
+                    "`chatgpt-login wait`.",
+                )
+            callback = parse_redirect(pasted, state=state.state, port=state.redirect_port)
+            state = state.model_copy(update={"status": "completing"})
+            self.store.save(state)
+            try:
+                return self._relay_and_finish(state, callback, on_tick)
+            except SkillError as exc:
+                current = self.store.load() or state
+                if current.status == "completing":
+                    self.store.save(current.model_copy(update={"status": "waiting"}))
+                raise exc from None
+
+    def wait(self, *, timeout: float | None = None, on_tick: Tick = _no_tick) -> LoginState:
+        """Wait for a live sign-in (device code, or a browser one completed elsewhere) to end."""
+        with self.store.locked():
+            state = self._settle(self.store.load())
+        if state is None:
+            raise SkillError("no_login")
+        if not state.live:
+            return state
+        limit = (state.expires_at - datetime.now(UTC)).total_seconds()
+        deadline = time.monotonic() + max(0.0, min(limit, timeout or limit))
+        driver = DRIVERS[state.driver]
+        mark = self.tmux.screen(state.session).count("\n")
+        verdict = self._await_verdict(state, driver, mark, deadline, on_tick)
+        with self.store.locked():
+            return self._conclude(state, driver, verdict, code_sha=None)
+
+    def status(self) -> LoginState | None:
+        """The current attempt. While another command holds it (a ``complete`` waiting for
+        its verdict) this reads the file as it stands instead of waiting."""
+        try:
+            with self.store.locked(timeout=0.2):
+                return self._settle(self.store.load())
+        except SkillError as exc:
+            if exc.code != "lock_timeout":
+                raise
+            return self.store.load()
+
+    def cancel(self) -> LoginState | None:
+        with self.store.locked():
+            state = self._settle(self.store.load())
+            if state is None or not state.live:
+                return state
+            return self._end(state, "canceled", message="Canceled.")
+
+    # Starting -------------------------------------------------------------------------------
+
+    def _launch(self, driver: Driver, method: Method) -> LoginState:
+        login_id = secrets.token_hex(4)
+        ensure_private_dir(self.dir / "work")
+        workdir = self.dir / "work" / login_id
+        ensure_private_dir(workdir)
+        argv, env = driver.command(self.settings, method, workdir)
+        premade = None
+        if driver.name == "native" and method == "browser":
+            premade = PremadeAttempt.new(self.settings)
+            premade.save(workdir / "attempt.json")
+            argv += ["--attempt", str(workdir / "attempt.json")]
+        session = f"login-{login_id}"
+        self.tmux.start(session, argv, env=env, cwd=workdir, log_file=self._log(login_id))
+        now = datetime.now(UTC)
+        link = {}
+        if premade is not None:
+            link = {
+                "auth_url": premade_link(self.settings, premade),
+                "state": premade.state,
+                "redirect_port": premade.port,
+            }
+        return LoginState(
+            id=login_id,
+            driver=driver.name,
+            method=method,
+            status="waiting",
+            session=session,
+            started_at=now,
+            expires_at=now + timedelta(seconds=self.settings.login_timeout),
+            pane_pid=self.tmux.status(session).pid,
+            **link,
+        )
+
+    def _wait_for_link(self, state: LoginState, driver: Driver) -> LoginState:
+        deadline = time.monotonic() + self.settings.start_timeout
+        while True:
+            screen = self.tmux.screen(state.session)
+            if state.method == "browser":
+                link = find_authorize_link(screen)
+                if link is not None:
+                    return state.model_copy(
+                        update={
+                            "auth_url": link.url,
+                            "state": link.state,
+                            "redirect_port": link.redirect_port,
+                        }
+                    )
+            else:
+                device = find_device_code(screen)
+                if device is not None:
+                    return state.model_copy(
+                        update={
+                            "verification_url": device.verification_url,
+                            "user_code": device.user_code,
+                        }
+                    )
+            self._raise_if_dead(state, driver, screen)
+            if time.monotonic() >= deadline:
+                raise SkillError(
+                    "program_timeout",
+                    f"The {driver.name} login program printed no sign-in link within "
+                    f"{self.settings.start_timeout:.0f} s. Try again, or use --driver native.",
+                )
+            time.sleep(POLL)
+
+    # Completing -----------------------------------------------------------------------------
+
+    def _relay_and_finish(self, state: LoginState, callback: Callback, on_tick: Tick) -> LoginState:
+        driver = DRIVERS[state.driver]
+        if state.redirect_port is None:
+            raise SkillError("internal", "The sign-in has no redirect port. Start again.")
+        screen = self.tmux.screen(state.session)
+        mark = screen.count("\n")
+        pids = descendants(state.pane_pid) if state.pane_pid else set()
+        owned = listener_pids(state.redirect_port, pids)
+        deadline = time.monotonic() + self.settings.complete_timeout
+        from skill.relay import callback_url, relay_http  # noqa: PLC0415 - httpx only here
+
+        if owned:
+            answer = relay_http(
+                state.redirect_port, callback, timeout=self.settings.complete_timeout
+            )
+            log.info("relay answered %s after %d redirects", answer.status, answer.hops)
+            if driver.name == "native" and answer.status == 400:
+                raise SkillError("bad_paste", answer.body.strip() or "The address was rejected.")
+            if driver.name == "native" and answer.status == 200:
+                # Our program answers only after saving; its answer lists the files.
+                saved = re.findall(r"^Credentials saved to (.+)$", answer.body, re.MULTILINE)
+                done = state.model_copy(update={"saved": saved, "code_sha256": _sha(callback.code)})
+                return self._end(done, "succeeded", message="Signed in.")
+        elif driver.name == "native" or (
+            driver.paste_prompt is not None and driver.paste_prompt.search(screen)
+        ):
+            self.tmux.type_line(
+                state.session, _typeable(callback_url(state.redirect_port, callback))
+            )
+        elif listener_pids(state.redirect_port, _all_pids()):
+            raise SkillError("listener_not_ours")
+        else:
+            raise SkillError(
+                "login_ended",
+                "The login program is no longer waiting for the address. Check "
+                "`chatgpt-login status` and start again if needed.",
+            )
+        verdict = self._await_verdict(state, driver, mark, deadline, on_tick)
+        if isinstance(verdict, SkillError) and verdict.code == "bad_paste":
+            raise verdict
+        return self._conclude(state, driver, verdict, code_sha=_sha(callback.code))
+
+    def _await_verdict(
+        self, state: LoginState, driver: Driver, mark: int, deadline: float, on_tick: Tick
+    ) -> bool | SkillError:
+        """True on the program's success line; a SkillError for its failure, a recoverable
+        rejection (``bad_paste``), its death, or the deadline."""
+        started = time.monotonic()
+        while True:
+            screen = self.tmux.screen(state.session)
+            fresh = "\n".join(screen.split("\n")[mark:])
+            if driver.success.search(fresh):
+                if driver.name != "native" or not self.tmux.status(state.session).alive:
+                    return True  # native prints one line per file: wait for it to exit
+            elif driver.rejected is not None and (match := driver.rejected.search(fresh)):
+                return SkillError("bad_paste", match.group(1).strip())
+            else:
+                try:
+                    self._raise_if_dead(state, driver, screen)
+                except SkillError as exc:
+                    return exc
+            if time.monotonic() >= deadline:
+                return SkillError("program_timeout")
+            on_tick(time.monotonic() - started)
+            time.sleep(POLL)
+
+    def _conclude(
+        self, state: LoginState, driver: Driver, verdict: bool | SkillError, *, code_sha: str | None
+    ) -> LoginState:
+        if isinstance(verdict, SkillError):
+            if verdict.code == "program_timeout":
+                raise verdict  # the attempt may still finish; leave it live
+            self._end(state, "failed", error=verdict.code, message=verdict.message)
+            raise verdict
+        try:
+            saved = self._save_credential(state, driver)
+        except SkillError as exc:
+            self._end(state, "failed", error=exc.code, message=exc.message)
+            raise
+        done = state.model_copy(update={"saved": saved, "code_sha256": code_sha})
+        return self._end(done, "succeeded", message="Signed in.")
+
+    def _save_credential(self, state: LoginState, driver: Driver) -> list[str]:
+        """Write what a pi-ai or codex program produced into the configured files."""
+        workdir = self.dir / "work" / state.id
+        if driver.name == "native":
+            screen = self.tmux.screen(state.session)
+            return re.findall(r"^Credentials saved to (.+)$", screen, re.MULTILINE)
+        from skill.authfiles import auth_files  # noqa: PLC0415 - not on the start path
+
+        credential = driver.collect(workdir)
+        if credential is None:
+            raise SkillError("internal", f"{driver.name} left no credential. Start again.")
+        _refuse_plan(credential, self.settings)
+        saved = []
+        for auth_file in auth_files(self.settings):
+            try:
+                saved.append(str(auth_file.save(credential).path))
+            except SkillError as exc:
+                if exc.code != "credentials_invalid":  # a pi entry cannot make a codex file
+                    raise
+        return saved
+
+    # Ending ---------------------------------------------------------------------------------
+
+    def _end(self, state: LoginState, status: str, **outcome: str | None) -> LoginState:
+        """End the attempt: processes, session, log and working directory go; state scrubbed."""
+        pids = descendants(state.pane_pid) if state.pane_pid else set()
+        self.tmux.kill(state.session)
+        end_processes(pids)
+        self._log(state.id).unlink(missing_ok=True)
+        shutil.rmtree(self.dir / "work" / state.id, ignore_errors=True)
+        ended = state.ended(status, **outcome)  # type: ignore[arg-type]
+        self.store.save(ended)
+        return ended
+
+    def _settle(self, state: LoginState | None) -> LoginState | None:
+        """Bring a live attempt's status up to date: expired, or its program gone."""
+        if state is None or not state.live:
+            return state
+        if state.expired_now:
+            return self._end(state, "expired", error="login_timeout", message=None)
+        if not self.tmux.exists(state.session):
+            return self._end(
+                state,
+                "failed",
+                error="program_failed",
+                message="The login program is gone (the machine or service restarted?). "
+                "Start a new sign-in with `chatgpt-login start`.",
+            )
+        return state
+
+    def _raise_if_dead(self, state: LoginState, driver: Driver, screen: str) -> None:
+        status = self.tmux.status(state.session)
+        if status.alive:
+            return
+        failures = driver.failure.findall(screen)
+        reason = failures[-1].strip() if failures else f"it exited with status {status.exit_status}"
+        raise SkillError(
+            "program_failed",
+            f"The {driver.name} login program failed: {reason} Start a new sign-in with "
+            "`chatgpt-login start`.",
+        )
+
+    def _log(self, login_id: str) -> Path:
+        logs = self.dir / "logs"
+        ensure_private_dir(logs)
+        return logs / f"{login_id}.log"
+
+
+def _refuse_plan(credential: Credential, settings: Settings) -> None:
+    plan = (credential.claims().plan_type or "unknown").lower()
+    if plan in settings.refused_plans:
+        raise SkillError(
+            "plan_not_supported",
+            f"This account is on the ChatGPT {plan} plan, which cannot use Codex models. A Plus, "
+            "Pro, Team, Business, Edu or Enterprise plan is needed.",
+        )
+
+
+def _typeable(text: str) -> str:
+    """Refuse anything that could act as more than text at a prompt."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text) or text.startswith("-"):
+        raise SkillError("bad_paste")
+    if text.rstrip().endswith(";"):
+        raise SkillError("bad_paste")
+    return text
+
+
+def _sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _all_pids() -> set[int]:
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+
+
+def _ended_message(state: LoginState) -> str:
+    what = {"failed": "failed", "canceled": "was canceled", "expired": "expired"}.get(
+        state.status, state.status
+    )
+    detail = f" ({state.message})" if state.message else ""
+    return f"That sign-in attempt {what}{detail}. Start a new one with `chatgpt-login start`."
