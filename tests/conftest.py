@@ -93,3 +93,23 @@ def wait_until(predicate: object, timeout: float = 10.0, what: str = "condition"
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.01)
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A short private state directory (a tmux socket path must stay under 108 bytes); its
+    tmux server is killed afterwards."""
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    path = Path(tempfile.mkdtemp(prefix="cgl-", dir="/tmp"))
+    yield path
+    subprocess.run(["tmux", "-S", str(path / "tmux.sock"), "kill-server"], capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def runner_settings(settings: Settings, state_dir: Path) -> Settings:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    return settings.model_copy(update={"state_dir": state_dir, "child_env": env})

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import secrets
+import ssl
 import threading
 import time
 import urllib.request
@@ -97,16 +98,25 @@ class FakeIssuer:
     issued_access: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
+    _public_url: str | None = None
+    client_ssl: ssl.SSLContext | None = None  # how sign_in() trusts an HTTPS issuer
 
     # Lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> FakeIssuer:
+    def start(
+        self, *, port: int = 0, tls: ssl.SSLContext | None = None, public_url: str | None = None
+    ) -> FakeIssuer:
+        """Serve on 127.0.0.1:``port``; with ``tls``, over HTTPS, known as ``public_url``
+        (for example https://auth.openai.com inside a test network namespace)."""
         issuer = self
 
         class Handler(_Handler):
             fake = issuer
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self._public_url = public_url
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         return self
@@ -119,14 +129,17 @@ class FakeIssuer:
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._public_url or f"http://127.0.0.1:{self._server.server_address[1]}"
 
     # What a browser and a user do ---------------------------------------------------------------
 
     def sign_in(self, authorize_url: str) -> str:
         """Open the authorize URL like a browser; return the callback address it redirects to."""
         request = urllib.request.Request(authorize_url)
-        opener = urllib.request.build_opener(_NoRedirect)
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
+        if self.client_ssl is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=self.client_ssl))
+        opener = urllib.request.build_opener(*handlers)
         try:
             opener.open(request, timeout=5)
         except urllib.error.HTTPError as exc:

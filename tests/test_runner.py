@@ -1,0 +1,281 @@
+"""The skill runner with the native driver: real tmux, real login processes, the fake issuer."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import stat
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from skill.errors import SkillError
+from skill.procs import descendants, listener_pids
+from skill.runner import Runner
+from skill.settings import Settings
+from skill.tmux import TmuxServer
+from tests.conftest import port_is_free, wait_until
+from tests.fake_issuer import FakeIssuer
+
+
+def leftovers(runner: Runner, settings: Settings) -> dict[str, object]:
+    """What a finished attempt must not leave behind."""
+    return {
+        "sessions": runner.tmux.sessions(),
+        "listeners": [p for p in settings.callback_ports if not port_is_free(p)],
+        "logs": sorted(os.listdir(settings.state_dir / "logs")),
+        "work": sorted(os.listdir(settings.state_dir / "work")),
+    }
+
+
+CLEAN = {"sessions": [], "listeners": [], "logs": [], "work": []}
+
+
+def test_start_complete_end_to_end(runner_settings: Settings, issuer: FakeIssuer) -> None:
+    runner = Runner(runner_settings)
+    state, reused = runner.start()
+    assert not reused and state.status == "waiting" and state.auth_url
+    assert state.redirect_port == runner_settings.callback_ports[0]
+    assert runner.tmux.sessions() == [state.session]
+    log_file = runner_settings.state_dir / "logs" / f"{state.id}.log"
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
+    wait_until(lambda: not port_is_free(runner_settings.callback_ports[0]), what="listener")
+
+    callback = issuer.sign_in(state.auth_url)
+    done = runner.complete(f"  <{callback}>\n")
+    assert done.status == "succeeded"
+    assert done.saved == [str(runner_settings.pi_auth_file)]
+    assert stat.S_IMODE(runner_settings.pi_auth_file.stat().st_mode) == 0o600
+    assert leftovers(runner, runner_settings) == CLEAN
+    record = json.loads((runner_settings.state_dir / "login.json").read_text())
+    assert record["state"] is None and record["auth_url"] is None
+    assert stat.S_IMODE((runner_settings.state_dir / "login.json").stat().st_mode) == 0o600
+
+    again = runner.complete(callback)  # the same address a second time: the first result
+    assert (again.status, again.id, again.saved) == ("succeeded", done.id, done.saved)
+    assert issuer.calls["grant:authorization_code"] == 1
+
+
+def test_bad_pastes_leave_the_attempt_live(runner_settings: Settings, issuer: FakeIssuer) -> None:
+    runner = Runner(runner_settings)
+    state, _ = runner.start()
+    assert state.auth_url
+    port = state.redirect_port
+    bad = [
+        state.auth_url,
+        f"http://localhost:{port}/auth/callback?code=abc&state=old",
+        f"http://localhost:{port}/success",
+        f"http://localhost:{port}/auth/callback?error=access_denied&state={state.state}",
+        "hello",
+    ]
+    for paste in bad:
+        with pytest.raises(SkillError):
+            runner.complete(paste)
+        current = runner.status()
+        assert current is not None and current.status == "waiting"
+    assert runner.complete(issuer.sign_in(state.auth_url)).status == "succeeded"
+
+
+def test_a_spent_code_is_rejected_by_the_program_and_the_attempt_goes_on(
+    runner_settings: Settings, issuer: FakeIssuer
+) -> None:
+    runner = Runner(runner_settings)
+    state, _ = runner.start()
+    assert state.auth_url
+    wait_until(lambda: not port_is_free(state.redirect_port or 0), what="listener")
+    callback = issuer.sign_in(state.auth_url)
+    issuer.codes[parse_qs(urlsplit(callback).query)["code"][0]].used = True
+    with pytest.raises(SkillError, match="rejected the code") as caught:
+        runner.complete(callback)
+    assert caught.value.code == "bad_paste"
+    assert runner.status().status == "waiting"  # type: ignore[union-attr]
+    assert runner.complete(issuer.sign_in(state.auth_url)).status == "succeeded"
+
+
+def test_no_login_and_ended_login(runner_settings: Settings) -> None:
+    runner = Runner(runner_settings)
+    with pytest.raises(SkillError) as caught:
+        runner.complete("http://localhost:1455/auth/callback?code=a&state=b")
+    assert caught.value.code == "no_login"
+    runner.start()
+    runner.cancel()
+    with pytest.raises(SkillError) as caught:
+        runner.complete("http://localhost:1455/auth/callback?code=a&state=b")
+    assert caught.value.code == "login_ended" and "canceled" in caught.value.message
+
+
+def test_second_start_returns_the_live_one_and_restart_replaces_it(
+    runner_settings: Settings,
+) -> None:
+    runner = Runner(runner_settings)
+    first, _ = runner.start()
+    same, reused = runner.start()
+    assert reused and same.id == first.id and same.auth_url == first.auth_url
+    fresh, reused = runner.start(restart=True)
+    assert not reused and fresh.id != first.id
+    assert runner.tmux.sessions() == [fresh.session]
+    runner.cancel()
+
+
+def test_fifty_start_cancel_cycles_leave_nothing(runner_settings: Settings) -> None:
+    runner = Runner(runner_settings)
+    pids: set[int] = set()
+    for _ in range(50):
+        state, _ = runner.start()
+        pids |= descendants(state.pane_pid) if state.pane_pid else set()
+        runner.cancel()
+    assert leftovers(runner, runner_settings) == CLEAN
+    wait_until(lambda: not [p for p in pids if Path(f"/proc/{p}").exists()], what="processes gone")
+
+
+def test_a_dead_program_gives_a_clear_error(runner_settings: Settings, issuer: FakeIssuer) -> None:
+    runner = Runner(runner_settings)
+    state, _ = runner.start()
+    assert state.auth_url and state.pane_pid
+    wait_until(lambda: not port_is_free(state.redirect_port or 0), what="listener")
+    program = max(descendants(state.pane_pid))
+    os.kill(program, signal.SIGKILL)
+    with pytest.raises(SkillError) as caught:
+        runner.complete(issuer.sign_in(state.auth_url))
+    assert caught.value.code in {"program_failed", "login_ended"}
+    assert "start" in caught.value.message
+    final = runner.status()
+    assert final is not None and final.status == "failed"
+    assert leftovers(runner, runner_settings) == CLEAN
+
+
+def test_an_expired_attempt_is_reported_and_cleaned(runner_settings: Settings) -> None:
+    quick = runner_settings.model_copy(update={"login_timeout": 0.5})
+    runner = Runner(quick)
+    runner.start()
+    time.sleep(0.6)
+    state = runner.status()
+    assert state is not None and state.status == "expired"
+    assert leftovers(runner, quick) == CLEAN
+
+
+def test_a_foreign_listener_never_receives_the_code(
+    runner_settings: Settings, issuer: FakeIssuer
+) -> None:
+    """Both callback ports are held by another program: the address is typed into our
+    program's terminal instead, and the foreign listener gets nothing."""
+    seen: list[str] = []
+
+    class Spy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    spies = [
+        http.server.ThreadingHTTPServer(("127.0.0.1", p), Spy)
+        for p in runner_settings.callback_ports
+    ]
+    for spy in spies:
+        threading.Thread(target=spy.serve_forever, daemon=True).start()
+    try:
+        runner = Runner(runner_settings)
+        state, _ = runner.start()
+        assert state.auth_url
+        wait_until(
+            lambda: "paste only" in runner.tmux.screen(state.session), what="paste-only mode"
+        )
+        done = runner.complete(issuer.sign_in(state.auth_url))
+        assert done.status == "succeeded"
+    finally:
+        for spy in spies:
+            spy.shutdown()
+            spy.server_close()
+    assert seen == []
+
+
+def test_the_log_keeps_the_last_lines_and_is_removed_at_the_end(
+    runner_settings: Settings, issuer: FakeIssuer
+) -> None:
+    runner = Runner(runner_settings)
+    state, _ = runner.start()
+    log_file = runner_settings.state_dir / "logs" / f"{state.id}.log"
+    wait_until(lambda: b"Waiting (listening" in log_file.read_bytes(), what="log lines")
+    assert state.auth_url
+    runner.complete(issuer.sign_in(state.auth_url))
+    assert not log_file.exists()
+
+
+def test_tmux_server_has_a_clean_environment(runner_settings: Settings) -> None:
+    os.environ["CHATGPT_LOGIN_TEST_CANARY"] = "canary-secret-env"
+    try:
+        runner = Runner(runner_settings)
+        state, _ = runner.start()
+        assert state.pane_pid
+        environ = Path(f"/proc/{max(descendants(state.pane_pid))}/environ").read_bytes()
+        assert b"canary-secret-env" not in environ
+        server_env = runner.tmux._run("show-environment", "-g").stdout
+        assert "canary-secret-env" not in server_env
+        runner.cancel()
+    finally:
+        del os.environ["CHATGPT_LOGIN_TEST_CANARY"]
+
+
+def test_device_method(runner_settings: Settings, issuer: FakeIssuer) -> None:
+    runner = Runner(runner_settings)
+    state, _ = runner.start(method="device")
+    assert state.verification_url and state.verification_url.endswith("/codex/device")
+    assert state.user_code
+    wait_until(lambda: issuer.calls["/api/accounts/deviceauth/token"] >= 1, what="first poll")
+    issuer.approve_device(state.user_code)
+    done = runner.wait(timeout=20)
+    assert done.status == "succeeded"
+    assert runner_settings.pi_auth_file.exists()
+    assert leftovers(runner, runner_settings) == CLEAN
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "; run-shell 'touch {marker}'",
+        "a\nb",
+        "-N 5",
+        "\x1b[31m\x1b]0;title\x07",
+        "C-c",
+        "foo; kill-server",
+        "$(touch {marker})",
+    ],
+)
+def test_typed_text_never_runs_anything(state_dir: Path, tmp_path: Path, payload: str) -> None:
+    """Text typed into a pane is only text: no tmux command, key name or shell expansion."""
+    marker = tmp_path / "ran"
+    text = payload.format(marker=marker)
+    tmux = TmuxServer(state_dir / "tmux.sock", base_env={"PATH": os.environ["PATH"]})
+    (state_dir / "logs").mkdir()
+    received = tmp_path / "received"
+    tmux.start(
+        "inject", ["sh", "-c", f"stty -echo; head -c {len(text.encode()) + 1} > {received}"],
+        env={"PATH": os.environ["PATH"]}, cwd=tmp_path, log_file=state_dir / "logs" / "x.log",
+    )  # fmt: skip
+    tmux.type_line("inject", text)
+    wait_until(lambda: received.exists() and received.stat().st_size > 0, what="typed text")
+    wait_until(lambda: not tmux.status("inject").alive, what="reader done")
+    assert tmux.sessions() == ["inject"]  # no kill-server ran
+    assert not marker.exists()
+    # The terminal turns CR into LF; otherwise every byte arrives exactly as given.
+    assert received.read_bytes() == (text + "\n").replace("\r", "\n").encode()
+
+
+def test_listener_ownership_is_read_from_proc(ports: tuple[int, int]) -> None:
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", ports[0]), http.server.BaseHTTPRequestHandler
+    )
+    try:
+        assert listener_pids(ports[0], {os.getpid()}) == {os.getpid()}
+        assert listener_pids(ports[0], {1}) == set()
+        assert listener_pids(ports[1], {os.getpid()}) == set()
+    finally:
+        server.server_close()
