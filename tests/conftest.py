@@ -105,7 +105,9 @@ def state_dir() -> Iterator[Path]:
 
     path = Path(tempfile.mkdtemp(prefix="cgl-", dir="/tmp"))
     yield path
-    subprocess.run(["tmux", "-S", str(path / "tmux.sock"), "kill-server"], capture_output=True)
+    subprocess.run(
+        ["tmux", "-S", str(path / "tmux.sock"), "kill-server"], capture_output=True, check=False
+    )
     shutil.rmtree(path, ignore_errors=True)
 
 

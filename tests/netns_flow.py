@@ -82,8 +82,8 @@ def main(spec_path: str) -> int:
             callback = issuer.sign_in(state.auth_url)
             result["redirect_host"] = callback.split("/")[2]
             if scenario == "paste_prompt":
-                wait_until(lambda: "Paste the authorization code" in runner.tmux.screen(state.session),
-                           30, "pi-ai's paste prompt")  # fmt: skip
+                prompt = "Paste the authorization code"
+                wait_until(lambda: prompt in runner.tmux.screen(state.session), 30, "pi's prompt")
             started = time.monotonic()
             done = runner.complete(callback)
             result["complete_seconds"] = time.monotonic() - started

@@ -49,7 +49,9 @@ def sign_in(netns: str, ca: CertAuthority, tmp_path: Path, **spec: str) -> dict[
     return result
 
 
-def test_pi_ai_relayed_over_its_listener(netns: str, test_ca: CertAuthority, tmp_path: Path) -> None:
+def test_pi_ai_relayed_over_its_listener(
+    netns: str, test_ca: CertAuthority, tmp_path: Path
+) -> None:
     result = sign_in(netns, test_ca, tmp_path, driver="pi-ai", method="browser", scenario="ok")
     assert result["status"] == "succeeded", result
     assert result["auth_url_host"] == "auth.openai.com"
@@ -66,7 +68,9 @@ def test_pi_ai_paste_prompt_is_typed(netns: str, test_ca: CertAuthority, tmp_pat
     assert result["pi_entry"]["accountId"] == "acct-1111"
 
 
-def test_pi_ai_failure_reports_its_own_error(netns: str, test_ca: CertAuthority, tmp_path: Path) -> None:
+def test_pi_ai_failure_reports_its_own_error(
+    netns: str, test_ca: CertAuthority, tmp_path: Path
+) -> None:
     result = sign_in(netns, test_ca, tmp_path, driver="pi-ai", method="browser",
                      scenario="exchange_fails")  # fmt: skip
     assert result["status"] == "error" and result["error"] == "program_failed", result
@@ -92,7 +96,9 @@ def test_codex_browser_follows_its_success_redirect(
     assert result["pi_mode"] == "0o600"
 
 
-def test_codex_failure_reports_its_own_error(netns: str, test_ca: CertAuthority, tmp_path: Path) -> None:
+def test_codex_failure_reports_its_own_error(
+    netns: str, test_ca: CertAuthority, tmp_path: Path
+) -> None:
     result = sign_in(netns, test_ca, tmp_path, driver="codex", method="browser",
                      scenario="exchange_fails")  # fmt: skip
     assert result["status"] == "error" and result["error"] == "program_failed", result
