@@ -147,7 +147,7 @@ def status(settings: Settings, out: Output) -> int:
 
 def cancel(settings: Settings, out: Output) -> int:
     state = Runner(settings).cancel()
-    if state is None or state.status != "canceled":
+    if state is None:
         out.emit(["No sign-in was in progress."], {"canceled": False})
     else:
         out.emit(["Canceled the sign-in."], {"canceled": True, "login": _public(state)})

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
-
+from skill.relay import loopback_request
 from skill.settings import Settings
 
 PERSIST_PATH = "/v1/credentials/persist"
@@ -32,23 +31,22 @@ def request_persist(settings: Settings) -> PersistResult:
     if not token:
         return PersistResult(False, _pending("the chatgpt-login service is not running"))
     try:
-        with httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0), trust_env=False) as client:
-            response = client.post(
-                settings.service_url.rstrip("/") + PERSIST_PATH,
-                headers={"Authorization": f"Bearer {token}"},
-                json={},
-            )
-    except httpx.HTTPError:
+        answer = loopback_request(
+            "POST",
+            settings.service_url.rstrip("/") + PERSIST_PATH,
+            timeout=30.0,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            body=b"{}",
+        )
+    except OSError:
         return PersistResult(False, _pending("the chatgpt-login service did not answer"))
-    if response.status_code == 200:
+    if answer.status == 200:
         return PersistResult(True, "Credentials persisted to the secrets store.")
     try:
-        reason = str(response.json().get("message") or "")
-    except ValueError:
+        reason = str(answer.json().get("message") or "")
+    except (ValueError, AttributeError):
         reason = ""
-    return PersistResult(
-        False, _pending(reason or f"the service answered HTTP {response.status_code}")
-    )
+    return PersistResult(False, _pending(reason or f"the service answered HTTP {answer.status}"))
 
 
 def _pending(why: str) -> str:

@@ -1,16 +1,21 @@
-"""Delivering a validated callback to a login program.
+"""Delivering a validated callback to a login program, and other plain-HTTP loopback calls.
 
 Over HTTP when the program listens on the attempt's port: the request is rebuilt from the
 parsed ``code`` and ``state`` (never the pasted text), sent to 127.0.0.1 only, and redirects are
 followed only while they stay on loopback (codex finishes only after its ``/success`` page).
+
+These calls never leave the machine and never use TLS or a proxy, so they use the standard
+library's ``http.client``: httpx would add 0.12 s (its import and a TLS context) to
+``chatgpt-login complete``, whose budget is 0.4 s.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
-
-import httpx
 
 from skill.authorize import CALLBACK_PATH
 from skill.errors import SkillError
@@ -20,10 +25,32 @@ MAX_HOPS = 5
 
 
 @dataclass(frozen=True)
-class RelayAnswer:
+class Answer:
     status: int
     body: str
-    hops: int
+    location: str | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def loopback_request(
+    method: str, url: str, *, timeout: float, headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> Answer:  # fmt: skip
+    """One request to a loopback URL. Raises OSError (including timeouts) on failure."""
+    parts = urlsplit(url)
+    if parts.hostname not in LOOPBACK_HOSTS:
+        raise SkillError("internal", "Refusing a non-loopback address for a local call.")
+    connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    try:
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        connection.request(method, path or "/", body=body, headers=headers or {})
+        response = connection.getresponse()
+        text = response.read(64 * 1024).decode("utf-8", "replace")
+        return Answer(response.status, text, response.getheader("Location"))
+    finally:
+        connection.close()
 
 
 def callback_url(port: int, callback: Callback) -> str:
@@ -31,27 +58,23 @@ def callback_url(port: int, callback: Callback) -> str:
     return f"http://127.0.0.1:{port}{CALLBACK_PATH}?{query}"
 
 
-def relay_http(port: int, callback: Callback, *, timeout: float) -> RelayAnswer:
+def relay_http(port: int, callback: Callback, *, timeout: float) -> Answer:
     """GET the callback on loopback and follow loopback redirects; the last answer wins."""
     url = callback_url(port, callback)
-    limits = httpx.Timeout(timeout, connect=5.0)
-    # trust_env=False: a proxy must never see a loopback callback.
-    with httpx.Client(timeout=limits, trust_env=False, follow_redirects=False) as client:
-        for hop in range(MAX_HOPS + 1):
-            try:
-                response = client.get(url)
-            except httpx.TimeoutException as exc:
-                raise SkillError("program_timeout") from exc
-            except httpx.HTTPError as exc:
-                raise SkillError(
-                    "login_ended",
-                    "The login program stopped listening before the address reached it. "
-                    "Check `chatgpt-login status`, then start again if needed.",
-                ) from exc
-            location = response.headers.get("location")
-            if not response.is_redirect or not location:
-                return RelayAnswer(response.status_code, response.text[:2000], hop)
-            url = urljoin(url, location)
-            if urlsplit(url).hostname not in LOOPBACK_HOSTS:
-                return RelayAnswer(response.status_code, "", hop)
-    return RelayAnswer(310, "too many redirects", MAX_HOPS)
+    for _ in range(MAX_HOPS + 1):
+        try:
+            answer = loopback_request("GET", url, timeout=timeout)
+        except TimeoutError as exc:
+            raise SkillError("program_timeout") from exc
+        except OSError as exc:
+            raise SkillError(
+                "login_ended",
+                "The login program stopped listening before the address reached it. "
+                "Check `chatgpt-login status`, then start again if needed.",
+            ) from exc
+        if answer.status not in (301, 302, 303, 307, 308) or not answer.location:
+            return answer
+        url = urljoin(url, answer.location)
+        if urlsplit(url).hostname not in LOOPBACK_HOSTS:
+            return Answer(answer.status, "")
+    return Answer(310, "too many redirects")

@@ -30,6 +30,7 @@ from skill.files import ensure_private_dir
 from skill.loginstate import LoginState, StateStore
 from skill.procs import descendants, end_processes, listener_pids
 from skill.redirect import Callback, parse_redirect
+from skill.relay import callback_url, relay_http
 from skill.screen import find_authorize_link, find_device_code
 from skill.settings import Settings
 from skill.tmux import TmuxServer
@@ -137,10 +138,11 @@ class Runner:
             return self.store.load()
 
     def cancel(self) -> LoginState | None:
+        """End the live sign-in; returns it, or None if none was live."""
         with self.store.locked():
             state = self._settle(self.store.load())
             if state is None or not state.live:
-                return state
+                return None
             return self._end(state, "canceled", message="Canceled.")
 
     # Starting -------------------------------------------------------------------------------
@@ -216,18 +218,17 @@ class Runner:
         driver = DRIVERS[state.driver]
         if state.redirect_port is None:
             raise SkillError("internal", "The sign-in has no redirect port. Start again.")
-        screen = self.tmux.screen(state.session)
-        mark = screen.count("\n")
         pids = descendants(state.pane_pid) if state.pane_pid else set()
         owned = listener_pids(state.redirect_port, pids)
         deadline = time.monotonic() + self.settings.complete_timeout
-        from skill.relay import callback_url, relay_http  # noqa: PLC0415 - httpx only here
-
+        # Reading the screen loads libtmux; the native program's HTTP answer makes it needless.
+        screen = "" if owned and driver.name == "native" else self.tmux.screen(state.session)
+        mark = screen.count("\n")
         if owned:
             answer = relay_http(
                 state.redirect_port, callback, timeout=self.settings.complete_timeout
             )
-            log.info("relay answered %s after %d redirects", answer.status, answer.hops)
+            log.info("relay answered %s", answer.status)
             if driver.name == "native" and answer.status == 400:
                 raise SkillError("bad_paste", answer.body.strip() or "The address was rejected.")
             if driver.name == "native" and answer.status == 200:
@@ -235,6 +236,8 @@ class Runner:
                 saved = re.findall(r"^Credentials saved to (.+)$", answer.body, re.MULTILINE)
                 done = state.model_copy(update={"saved": saved, "code_sha256": _sha(callback.code)})
                 return self._end(done, "succeeded", message="Signed in.")
+            if driver.name == "native":
+                mark = 0  # its verdict is in its output; read all of it
         elif driver.name == "native" or (
             driver.paste_prompt is not None and driver.paste_prompt.search(screen)
         ):

@@ -1,8 +1,9 @@
 """Our private tmux server: the one place that talks to the tmux binary.
 
 One server per user, its socket in the 0700 state directory, never the user's default server.
-It is started with a minimal environment (``env -i``), so secrets in the caller's environment do
-not reach the tmux server or anything it runs. Handles are re-queried, never cached.
+Every command we send runs with a minimal environment (``env -i``), so whichever one starts the
+server gives it that environment, and secrets in the caller's environment do not reach the
+server or anything it runs. Handles are re-queried, never cached.
 
 libtmux gives the typed pane handles used to read the screen and type. Importing it costs
 about 0.1 s, a third of ``chatgpt-login start``'s budget, so the handful of fire-and-forget
@@ -79,10 +80,6 @@ class TmuxServer:
             )
         return done
 
-    def _ensure_started(self) -> None:
-        # Kept alive while empty, so the server keeps the clean environment it started with.
-        self._run("start-server", ";", "set-option", "-g", "exit-empty", "off")
-
     def start(
         self,
         name: str,
@@ -100,11 +97,11 @@ class TmuxServer:
         os.close(fd)
         target = f"={name}:"
         try:
-            # One tmux invocation: start the server if needed, create the gated session, keep
-            # the pane after exit, log it, then open the gate.
+            # One tmux invocation: start the server if needed (through _run, so with the clean
+            # environment), create the gated session, keep the pane after exit, log it, then
+            # open the gate. The server exits by itself when its last session is gone.
             self._run(
                 "start-server", ";",
-                "set-option", "-g", "exit-empty", "off", ";",
                 "new-session", "-d", "-s", name, "-x", str(WIDTH), "-y", str(HEIGHT),
                 "-c", str(cwd), f"{opener} && exec {program}", ";",
                 "set-option", "-t", target, "remain-on-exit", "on", ";",

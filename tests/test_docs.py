@@ -77,3 +77,53 @@ def test_every_error_message_says_what_to_do() -> None:
 
 def test_unofficial_notice() -> None:
     assert "Unofficial" in README and "app_EMoamEEZ73f0CkXaXp7hrann" in README
+
+
+SKILL = (REPO / "SKILL.md").read_text()
+
+
+def _source_text() -> str:
+    """The skill package's source with implicitly joined string literals glued back together."""
+    text = "".join(p.read_text() for p in sorted((REPO / "skill").glob("*.py")))
+    return re.sub(r'"\s*\n\s*f?"', "", text)
+
+
+def test_skill_md_front_matter() -> None:
+    front = SKILL.split("---")[1]
+    assert re.search(r"^name: chatgpt-login$", front, re.MULTILINE)
+    description = re.search(r"^description: (.+)$", front, re.MULTILINE)
+    assert description and "Use when" in description.group(1)
+
+
+def test_skill_md_commands_exist() -> None:
+    known = subcommands()
+    mentioned = re.findall(r"chatgpt-login ([a-z][a-z-]+)((?: --?[a-z-]+(?: [a-z-]+)?)*)", SKILL)
+    assert {name for name, _ in mentioned} >= {
+        "start",
+        "complete",
+        "wait",
+        "status",
+        "cancel",
+        "logout",
+    }
+    for name, rest in mentioned:
+        assert name in known, name
+        help_text = known[name].format_help()  # type: ignore[attr-defined]
+        for option in re.findall(r"--[a-z-]+", rest):
+            assert option in help_text, (name, option)
+
+
+def test_skill_md_troubleshooting_covers_every_error_and_quotes_real_messages() -> None:
+    rows = re.findall(r"^\| `([a-z_]+)` \| (.+?) \| (.+?) \|$", SKILL, re.MULTILINE)
+    assert {code for code, _, _ in rows} == set(CODES)
+    source = _source_text()
+    for code, shown, _ in rows:
+        for fragment in re.findall(r'"([^"]+)"', shown):
+            for raw in fragment.split("..."):
+                piece = raw.strip(" .:")
+                assert not piece or piece in source, (code, piece)
+
+
+def test_skill_md_exit_codes_match() -> None:
+    for code in re.findall(r"^- exit (\d+)", SKILL, re.MULTILINE):
+        assert int(code) in {ExitCode.OK, ExitCode.PERSIST_PENDING, ExitCode.USAGE}

@@ -1,0 +1,154 @@
+"""The agent's commands as real processes: JSON output, exit codes, the paste on stdin,
+persistence through a local service, logout, and a sweep for leaked secrets."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.conftest import PYTHON, REPO, free_port
+from tests.fake_issuer import FakeIssuer
+
+
+@pytest.fixture
+def env(login_env: dict[str, str], state_dir: Path) -> dict[str, str]:
+    return {
+        **login_env,
+        "XDG_STATE_HOME": str(state_dir.parent),
+        "CHATGPT_LOGIN_STATE_DIR": str(state_dir),
+    }
+
+
+def cli(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int, dict[str, Any], str]:
+    done = subprocess.run(
+        [PYTHON, "-m", "skill.cli", *args, "--json"], input=stdin, capture_output=True,
+        text=True, env=env, cwd=REPO, timeout=60, check=False,
+    )  # fmt: skip
+    return done.returncode, json.loads(done.stdout), done.stdout + done.stderr
+
+
+def test_start_complete_status_over_the_cli(env: dict[str, str], issuer: FakeIssuer) -> None:
+    code, started, _ = cli(env, "start")
+    assert code == 0 and started["status"] == "waiting" and started["auth_url"]
+    callback = issuer.sign_in(started["auth_url"])
+    code, done, _ = cli(env, "complete", "-", stdin=callback + "\n")
+    assert code == 10  # signed in locally; no service running, so persistence is pending
+    assert done["status"] == "succeeded" and done["persisted"] is False
+    assert "Persistence pending" in done["persist_message"]
+    code, again, _ = cli(env, "complete", callback)  # positional works too; same result
+    assert code == 10 and again["id"] == done["id"]
+    code, status, _ = cli(env, "status")
+    assert code == 0 and status["login"]["status"] == "succeeded"
+    assert status["credential"]["account_id"] == "acct-1111"
+    assert "auth_url" not in status["login"]
+
+
+def test_a_bad_paste_is_exit_2_and_the_attempt_lives_on(env: dict[str, str]) -> None:
+    cli(env, "start")
+    code, error, _ = cli(env, "complete", "-", stdin="https://auth.openai.com/oauth/authorize?x=1")
+    assert code == 2 and error == {"ok": False, "error": "bad_paste", "message": error["message"]}
+    assert "sign-in link itself" in error["message"]
+    _, status, _ = cli(env, "status")
+    assert status["login"]["status"] == "waiting"
+    assert cli(env, "cancel")[1]["canceled"] is True
+    assert cli(env, "cancel")[1]["canceled"] is False
+
+
+def test_complete_without_a_sign_in(env: dict[str, str]) -> None:
+    code, error, _ = cli(env, "complete", "-", stdin="http://localhost:1455/auth/callback?code=a")
+    assert (code, error["error"]) == (2, "no_login")
+    assert "chatgpt-login start" in error["message"]
+
+
+def test_wrong_method_for_driver(env: dict[str, str]) -> None:
+    code, error, _ = cli(env, "start", "--driver", "pi-ai", "--method", "device")
+    assert (code, error["error"]) == (2, "unsupported_method")
+
+
+@pytest.fixture
+def service(env: dict[str, str], state_dir: Path) -> Iterator[list[str]]:
+    """A stand-in for the service's persist endpoint (the service itself is a later issue)."""
+    seen: list[str] = []
+    token = "svc-token-canary-9f2"
+
+    class Persist(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            ok = self.path == "/v1/credentials/persist" and seen[-1] == f"Bearer {token}"
+            body = json.dumps({"persisted": True} if ok else {"error": "unauthorized"}).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Persist)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (state_dir / "service.token").write_text(token)
+    env["CHATGPT_LOGIN_SERVICE_URL"] = f"http://127.0.0.1:{server.server_address[1]}"
+    yield seen
+    server.shutdown()
+
+
+def test_complete_asks_the_service_to_persist(
+    env: dict[str, str], issuer: FakeIssuer, service: list[str]
+) -> None:
+    _, started, _ = cli(env, "start")
+    code, done, _ = cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
+    assert code == 0 and done["persisted"] is True
+    assert service == ["Bearer svc-token-canary-9f2"]
+
+
+def test_logout_revokes_and_removes_only_our_entry(
+    env: dict[str, str], issuer: FakeIssuer, tmp_path: Path
+) -> None:
+    _, started, _ = cli(env, "start")
+    cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
+    pi_file = tmp_path / "pi" / "auth.json"
+    document = json.loads(pi_file.read_text())
+    document["anthropic"] = {"type": "oauth", "access": "keep"}
+    pi_file.write_text(json.dumps(document, indent=2))
+    refresh = document["openai-codex"]["refresh"]
+    code, out, _ = cli(env, "logout")
+    assert code == 0 and out["revoked"] is True and out["removed"] == [str(pi_file)]
+    assert issuer.revoked == [refresh]
+    assert json.loads(pi_file.read_text()) == {"anthropic": {"type": "oauth", "access": "keep"}}
+    _, status, _ = cli(env, "status")
+    assert status["credential"] is None
+
+
+def test_no_secret_reaches_output_logs_or_leftover_files(
+    env: dict[str, str], issuer: FakeIssuer, state_dir: Path, tmp_path: Path
+) -> None:
+    """Canaries: the code, state, tokens and verifier of a whole sign-in must appear in no
+    command output and in no file we keep (the credential file itself aside)."""
+    noisy = {**env}
+    _, started, start_out = cli(noisy, "-v", "start")
+    state = parse_qs(urlsplit(started["auth_url"]).query)["state"][0]
+    callback = issuer.sign_in(started["auth_url"])
+    code = parse_qs(urlsplit(callback).query)["code"][0]
+    _, _, complete_out = cli(noisy, "-v", "complete", "-", stdin=callback)
+    _, _, status_out = cli(noisy, "-v", "status")
+    entry = json.loads((tmp_path / "pi" / "auth.json").read_text())["openai-codex"]
+    canaries = [code, state, entry["access"], entry["refresh"]]
+    for secret in canaries:
+        assert secret not in complete_out and secret not in status_out
+    assert code not in start_out
+    kept = [p for p in state_dir.rglob("*") if p.is_file() and p.name != "tmux.sock"]
+    for path in kept:
+        text = path.read_bytes()
+        for secret in canaries:
+            assert secret.encode() not in text, path
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in kept)
+    assert os.listdir(state_dir / "logs") == [] and os.listdir(state_dir / "work") == []
