@@ -88,6 +88,7 @@ class TmuxServer:
         env: Mapping[str, str],
         cwd: Path,
         log_file: Path,
+        width: int = WIDTH,
     ) -> None:
         """Run ``argv`` in a new session ``name`` with exactly ``env``, logging to ``log_file``."""
         gate = f"gate-{name}"
@@ -102,7 +103,7 @@ class TmuxServer:
             # open the gate. The server exits by itself when its last session is gone.
             self._run(
                 "start-server", ";",
-                "new-session", "-d", "-s", name, "-x", str(WIDTH), "-y", str(HEIGHT),
+                "new-session", "-d", "-s", name, "-x", str(width), "-y", str(HEIGHT),
                 "-c", str(cwd), f"{opener} && exec {program}", ";",
                 "set-option", "-t", target, "remain-on-exit", "on", ";",
                 "set-option", "-t", target, "history-limit", "5000", ";",
