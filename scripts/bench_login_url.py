@@ -12,6 +12,7 @@ from .cache/npm when scripts/test has installed them, plus bare Python start-up 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -61,7 +62,8 @@ def time_to_url(argv: list[str], env: dict[str, str], cwd: str, timeout: float =
     finally:
         # The whole group: npm's codex wrapper would otherwise leave the native binary
         # holding port 1455.
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 

@@ -89,7 +89,13 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
     return Settings.from_env(None, **given)
 
 
-def build_parser() -> argparse.ArgumentParser:
+if TYPE_CHECKING:
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def build_parser(extend: Callable[[Commands], None] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``extend`` adds more subcommands (the service package adds its own, since
+    ``skill`` never imports ``service``)."""
     parser = argparse.ArgumentParser(
         prog="chatgpt-login",
         description=DESCRIPTION,
@@ -132,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     login.set_defaults(handler=_oauth_login)
     _add_agent_commands(commands)
+    if extend is not None:
+        extend(commands)
     return parser
 
 
@@ -178,7 +186,7 @@ AGENT_COMMANDS = {
 }
 
 
-def _add_agent_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_agent_commands(commands: Commands) -> None:
     for name, (summary, description, example) in AGENT_COMMANDS.items():
         sub = commands.add_parser(
             name,
@@ -199,8 +207,8 @@ def _add_agent_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         sub.set_defaults(handler=_agent_command)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -161,7 +161,9 @@ def _browser_login(
     where = f"listening on 127.0.0.1:{port}" if server else "no listener: paste only"
     console.say(f"Waiting ({where}; times out in {minutes:.0f} min)...")
 
-    # Imported only now: the link is already on screen, so the user never waits for httpx.
+    # Imported only now: the link is already on screen, so the user never waits for httpx;
+    # the credential-file modules are loaded here too, while the user is still signing in.
+    import skill.authfiles  # noqa: F401, PLC0415
     from skill.oauth import OAuthClient  # noqa: PLC0415
 
     if server:

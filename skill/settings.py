@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -39,6 +39,16 @@ PASSTHROUGH_ENV = (
 )  # fmt: skip
 
 
+def _file_secret(directory: Path, name: str, alias: str | None) -> str | None:
+    for candidate in (name, alias.lower() if alias else None):
+        if candidate:
+            try:
+                return (directory / candidate).read_text().strip()
+            except OSError:
+                continue
+    return None
+
+
 def _passthrough_env() -> dict[str, str]:
     return {name: os.environ[name] for name in PASSTHROUGH_ENV if name in os.environ}
 
@@ -51,12 +61,16 @@ def _split_list(value: object) -> object:
 
 
 ENV_PREFIX = "CHATGPT_LOGIN_"
-# Variables of the real clients that set a field too (the prefixed name wins).
+# Variables of other tools that set a field too (the prefixed name wins).
 ENV_ALIASES = {
     "pi_agent_dir": "PI_CODING_AGENT_DIR",
     "codex_home": "CODEX_HOME",
     "xdg_state_home": "XDG_STATE_HOME",
+    "secrets_api_token": "FAT_TOOLS_TOKEN",
 }
+# Where file secrets live (compose mounts them there); one file per field, named after the
+# field (``operator_token``) or its variable in lower case (``fat_tools_token``).
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
 
 
 class Settings(BaseModel):
@@ -107,16 +121,19 @@ class Settings(BaseModel):
     service_url: str = "http://127.0.0.1:8080"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
-        """Settings from ``environ`` (default: the process environment); ``overrides`` win."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Self:
+        """Settings from ``environ`` (default: the process environment), then file secrets
+        (``CHATGPT_LOGIN_SECRETS_DIR``, default /run/secrets); ``overrides`` win over both."""
         env = os.environ if environ is None else environ
+        secrets_dir = Path(env.get(ENV_PREFIX + "SECRETS_DIR", DEFAULT_SECRETS_DIR))
         values: dict[str, Any] = {}
         for name, field in cls.model_fields.items():
-            for key in (ENV_PREFIX + name.upper(), ENV_ALIASES.get(name)):
-                if key and key in env:
-                    raw = env[key]
-                    values[name] = json.loads(raw) if field.annotation == dict[str, str] else raw
-                    break
+            alias = ENV_ALIASES.get(name)
+            raw = next((env[k] for k in (ENV_PREFIX + name.upper(), alias) if k and k in env), None)
+            if raw is None:
+                raw = _file_secret(secrets_dir, name, alias)
+            if raw is not None:
+                values[name] = json.loads(raw) if field.annotation == dict[str, str] else raw
         return cls.model_validate({**values, **overrides})
 
     @field_validator("callback_ports", "refused_plans", "credential_files", mode="before")

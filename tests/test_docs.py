@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from skill.cli import build_parser
+from service.cli import build_parser
 from skill.errors import CODES, ExitCode
 from tests.conftest import REPO
 

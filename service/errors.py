@@ -1,0 +1,40 @@
+"""The one error type of the ``service`` package.
+
+A :class:`ServiceError` has a stable ``code`` and the HTTP ``status`` the API answers with;
+:func:`service.app.create_app` turns it into ``{"error": code, "message": ...}``. A
+:class:`skill.errors.SkillError` raised below the API is answered the same way, with a status
+chosen from its kind. Messages say what happened and what to do, and never hold a secret.
+"""
+
+from __future__ import annotations
+
+from skill.errors import SkillError
+
+_SKILL_STATUS = {"user": 400, "permanent": 409, "transient": 503, "local": 500}
+
+
+class ServiceError(Exception):
+    def __init__(self, code: str, message: str, *, status: int = 500, transient: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.transient = transient
+
+    @classmethod
+    def from_skill(cls, exc: SkillError) -> ServiceError:
+        status = 404 if exc.code == "no_login" else _SKILL_STATUS.get(exc.kind, 500)
+        return cls(exc.code, exc.message, status=status, transient=exc.transient)
+
+    def __repr__(self) -> str:
+        return f"ServiceError({self.code!r}, status={self.status})"
+
+
+def unreachable(why: str) -> ServiceError:
+    return ServiceError(
+        "secrets_unreachable",
+        f"The secrets API could not be reached ({why}). The credential stays on this machine; "
+        "it is stored as soon as the API answers.",
+        status=503,
+        transient=True,
+    )

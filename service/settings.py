@@ -1,0 +1,49 @@
+"""The service's part of the one settings object.
+
+:class:`ServiceSettings` extends :class:`skill.settings.Settings` (same loader, same
+environment names) with what only the service needs: the secrets API and the operator token.
+Tokens come from the environment or from file secrets (compose's ``/run/secrets``); they are
+hidden from ``repr`` and never logged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from skill.settings import Settings
+
+TINYFAT_SECRETS_URL = "https://tinyfat.com/api/agent/secrets"
+
+
+class ServiceSettings(Settings):
+    # The remote secrets API (PROTOCOL.md §8). With a token and no URL, the original remote.
+    secrets_api_url: str | None = None
+    secrets_api_token: str | None = Field(default=None, repr=False)
+    secrets_key: str = "codex_credentials"
+    secrets_timeout: float = Field(default=10.0, gt=0)  # per request
+    secrets_attempts: int = Field(default=5, ge=1)
+    secrets_deadline: float = Field(default=30.0, gt=0)  # all attempts together
+    # Without a secrets API: a 0600 JSON file in the state directory.
+    secrets_file: Path | None = None
+
+    # The operator API.
+    bind: str = "127.0.0.1:8080"
+    operator_token: str | None = Field(default=None, repr=False)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> ServiceSettings:
+        if self.secrets_api_url is None and self.secrets_api_token:
+            object.__setattr__(self, "secrets_api_url", TINYFAT_SECRETS_URL)
+        if self.secrets_file is None:
+            object.__setattr__(self, "secrets_file", self.state_dir / "secrets.json")
+        return self
+
+    @property
+    def uses_secrets_api(self) -> bool:
+        return bool(self.secrets_api_url and self.secrets_api_token)
+
+    @property
+    def bind_host(self) -> str:
+        return self.bind.rsplit(":", 1)[0].strip("[]")

@@ -1,0 +1,127 @@
+"""A fake of the remote secrets API (PROTOCOL.md §8) on 127.0.0.1, with faults on demand.
+
+``faults`` is a queue: each entry shapes the answer to the next request. Kinds: ``delay`` (sleep
+longer than the client's timeout), ``reset`` (close the connection without an answer),
+``truncated`` (promise more body than is sent), ``malformed`` (not JSON), ``not_ok``
+(``{"ok": false}``), ``status:<code>`` (e.g. ``status:503``), ``retry_after:<seconds>`` (429).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+TOKEN = "fat-tools-canary-7c1e"
+
+
+@dataclass
+class FakeSecretsAPI:
+    token: str = TOKEN
+    record: dict[str, Any] = field(default_factory=dict)
+    faults: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    delay: float = 2.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+
+    def start(self) -> FakeSecretsAPI:
+        api = self
+
+        class Handler(_Handler):
+            fake = api
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/api/agent/secrets"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeSecretsAPI
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _answer(self, status: int, body: bytes, *, length: int | None = None,
+                headers: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up
+            self.wfile.write(body)
+
+    def _fault(self) -> bool:
+        """Apply the next queued fault; True if it answered (or broke) the request."""
+        fake = self.fake
+        with fake.lock:
+            fault = fake.faults.pop(0) if fake.faults else None
+        if fault is None:
+            return False
+        kind, _, arg = fault.partition(":")
+        if kind == "delay":
+            time.sleep(fake.delay)
+            return False
+        if kind == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        elif kind == "truncated":
+            self._answer(200, b'{"ok": tr', length=40)
+            self.connection.close()
+        elif kind == "malformed":
+            self._answer(200, b"<html>oops</html>")
+        elif kind == "not_ok":
+            self._answer(200, b'{"ok": false}')
+        elif kind == "status":
+            self._answer(int(arg), b'{"error": "fault"}')
+        elif kind == "retry_after":
+            self._answer(429, b'{"error": "slow down"}', headers={"Retry-After": arg})
+        return True
+
+    def _authorized(self) -> bool:
+        if self.headers.get("Authorization") == f"Bearer {self.fake.token}":
+            return True
+        self._answer(401, b'{"error": "unauthorized"}')
+        return False
+
+    def do_GET(self) -> None:
+        self.fake.requests.append("GET")
+        if self._fault() or not self._authorized():
+            return
+        with self.fake.lock:
+            body = json.dumps(self.fake.record).encode()
+        self._answer(200, body)
+
+    def do_PATCH(self) -> None:
+        self.fake.requests.append("PATCH")
+        length = int(self.headers.get("Content-Length") or 0)
+        patch = json.loads(self.rfile.read(length) or b"{}")
+        if self._fault() or not self._authorized():
+            return
+        with self.fake.lock:
+            for key, value in patch.items():  # merge-patch: null deletes
+                if value is None:
+                    self.fake.record.pop(key, None)
+                else:
+                    self.fake.record[key] = value
+        self._answer(200, b'{"ok": true}')
