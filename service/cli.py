@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from skill import cli as skill_cli
 from skill.errors import ExitCode
@@ -29,7 +31,45 @@ def _restore(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.app import local_token  # noqa: PLC0415
+    from service.settings import ServiceSettings  # noqa: PLC0415
+
+    settings = ServiceSettings.from_env(**({"bind": args.bind} if args.bind else {}))
+    if not settings.operator_token and settings.bind_host not in LOOPBACK:
+        print(
+            f"Error: refusing to listen on {settings.bind_host} without an operator token. Set "
+            "CHATGPT_LOGIN_OPERATOR_TOKEN (or the operator_token secret), or bind to 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return ExitCode.USAGE
+    local_token(settings)  # made once, before the workers start
+    conf = Path(__file__).with_name("gunicorn_conf.py")
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", settings.bind,
+            "service.wsgi:app"]  # fmt: skip
+    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and fixed arguments
+
+
 def add_service_commands(commands: skill_cli.Commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the operator API under gunicorn (127.0.0.1:8080 by default)",
+        description=(
+            "Run the service: the operator REST API (see /v1/openapi.json), persisting to the "
+            "secrets store. Every endpoint but /healthz and /readyz needs a bearer token: "
+            "CHATGPT_LOGIN_OPERATOR_TOKEN, or the local token the service writes to "
+            "<state dir>/service.token for the agent's own commands. Without an operator token "
+            "it only listens on loopback."
+        ),
+        epilog="example:\n  chatgpt-login serve --bind 127.0.0.1:8080",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--bind", default=None, metavar="HOST:PORT")
+    serve.set_defaults(handler=_serve)
+
     restore = commands.add_parser(
         "restore",
         help="restore the credential from the secrets store (run before the agent starts)",

@@ -1,0 +1,139 @@
+"""The operator API: a Flask application factory.
+
+``create_app(settings)`` wires the blueprints (logins, credentials, health) to one settings
+object and one secrets store. Every endpoint but ``/healthz`` and ``/readyz`` needs
+``Authorization: Bearer <token>``: the configured operator token, or the local token the service
+writes to ``<state_dir>/service.token`` (0600) so the agent's own commands can ask it to persist
+without ever holding the secrets API token. Errors are ``{"error": code, "message": text}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from typing import Any
+
+from flask import Flask, Response, current_app, g, jsonify, request
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from service.errors import ServiceError
+from service.secrets import SecretsStore, secrets_store
+from service.settings import ServiceSettings
+from service.state import Metrics, PersistState
+from skill.errors import SkillError
+from skill.files import ensure_private_dir, write_private
+from skill.lock import FlockLock
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+PUBLIC = frozenset({"health.healthz", "health.readyz"})
+
+
+def create_app(settings: ServiceSettings, *, store: SecretsStore | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["chatgpt_login"] = Context(settings, store or secrets_store(settings))
+
+    from service.routes import credentials, health, logins  # noqa: PLC0415
+
+    app.register_blueprint(logins.bp, url_prefix="/v1/logins")
+    app.register_blueprint(credentials.bp, url_prefix="/v1/credentials")
+    app.register_blueprint(health.bp)
+    app.before_request(_authenticate)
+    app.after_request(_no_store)
+    app.register_error_handler(ServiceError, _service_error)
+    app.register_error_handler(SkillError, lambda exc: _service_error(ServiceError.from_skill(exc)))
+    app.register_error_handler(ValidationError, _validation_error)
+    app.register_error_handler(HTTPException, _http_error)
+    return app
+
+
+class Context:
+    """What the routes share: settings, store, state files and the accepted tokens."""
+
+    def __init__(self, settings: ServiceSettings, store: SecretsStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.persist_state = PersistState(settings.state_dir / "service.json")
+        self.metrics = Metrics(settings.state_dir / "metrics.json")
+        self.tokens = [t.encode() for t in (settings.operator_token, local_token(settings)) if t]
+
+
+def context() -> Context:
+    found: Context = current_app.extensions["chatgpt_login"]
+    return found
+
+
+def local_token(settings: ServiceSettings) -> str:
+    """The token local callers (the agent's commands) read from the state directory."""
+    path = settings.state_dir / "service.token"
+    ensure_private_dir(settings.state_dir)
+    with FlockLock(path, timeout=10):  # every gunicorn worker must end up with the same one
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            token = ""
+        if not token:
+            token = secrets.token_urlsafe(32)
+            write_private(path, token.encode())
+    return token
+
+
+def body(model: type[Any]) -> Any:
+    """The request's JSON body validated by ``model`` (an empty body means all defaults)."""
+    raw = request.get_data(cache=True)
+    if raw and not request.is_json:
+        raise ServiceError(
+            "unsupported_media_type", "Send the body as JSON (Content-Type: application/json).",
+            status=415,
+        )  # fmt: skip
+    return model.model_validate_json(raw or b"{}")
+
+
+def _authenticate() -> Response | None:
+    if request.endpoint in PUBLIC:
+        return None
+    header = request.headers.get("Authorization", "")
+    given = header[7:].encode() if header.startswith("Bearer ") else b""
+    # Compare against every accepted token, always, in constant time.
+    matches = [hmac.compare_digest(given, token) for token in context().tokens]
+    if given and any(matches):
+        g.authenticated = True
+        return None
+    response = jsonify(error="unauthorized", message="Send Authorization: Bearer <operator token> "
+                       "(or the local token in the state directory's service.token).")  # fmt: skip
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Bearer realm="chatgpt-login"'
+    return response
+
+
+def _no_store(response: Response) -> Response:
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _service_error(exc: ServiceError) -> tuple[Response, int]:
+    return jsonify(error=exc.code, message=exc.message), exc.status
+
+
+def _validation_error(exc: ValidationError) -> tuple[Response, int]:
+    # include_input=False: a rejected body may hold a pasted URL; never echo it.
+    problems = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+        for e in exc.errors(include_input=False, include_url=False)
+    )
+    return jsonify(error="invalid_request", message=f"Invalid request body ({problems})."), 400
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    status = exc.code or 500
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+            415: "unsupported_media_type"}.get(status, "http_error")  # fmt: skip
+    message = {
+        404: "No such endpoint. See /v1/openapi.json.",
+        413: f"The request body is larger than {MAX_BODY} bytes.",
+    }.get(status, exc.description or exc.name)
+    return jsonify(error=code, message=message), status

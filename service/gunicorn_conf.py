@@ -1,0 +1,23 @@
+"""gunicorn settings for ``chatgpt-login serve`` (``gunicorn -c service/gunicorn_conf.py``)."""
+
+from service.settings import ServiceSettings
+
+_settings = ServiceSettings.from_env()
+
+bind = _settings.bind
+worker_class = "gthread"  # threads: a relay waits on a login program; others keep answering
+workers = 2
+threads = 4
+# Above every outbound wait: a secrets API write with all its retries, or a complete.
+timeout = int(max(_settings.secrets_deadline, _settings.complete_timeout) + 30)
+# Below a container's stop grace period (docker's default is 10 s).
+graceful_timeout = 8
+keepalive = 5
+limit_request_line = 8190
+limit_request_fields = 50
+limit_request_field_size = 8190
+accesslog = "-"
+# %(U)s is the path without the query string: nothing secret reaches the access log.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss'
+errorlog = "-"
+loglevel = "info"

@@ -1,0 +1,100 @@
+"""``/v1/credentials``: status, persist, restore and log out. Never a token value."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Blueprint, Response, jsonify
+
+from service.app import context
+from service.errors import ServiceError
+from service.models import CredentialStatus, Outcome
+from service.sync import local_credential, persist, restore_and_refresh
+from skill.authfiles import auth_files
+from skill.errors import SkillError
+
+bp = Blueprint("credentials", __name__)
+
+
+def persist_now() -> bool:
+    """Store the local credential; on failure remember that a persist is pending."""
+    ctx = context()
+    try:
+        ctx.metrics.timed("secrets_api", lambda: persist(ctx.settings, ctx.store))
+    except ServiceError:
+        ctx.metrics.count("persists", "failed")
+        ctx.persist_state.mark(persisted=False)
+        return False
+    ctx.metrics.count("persists", "ok")
+    ctx.persist_state.mark(persisted=True)
+    return True
+
+
+@bp.get("")
+def status() -> Response:
+    ctx = context()
+    credential = local_credential(ctx.settings)
+    state = ctx.persist_state.read()
+    if credential is None:
+        view = CredentialStatus(status="not_logged_in")
+    else:
+        claims = credential.claims()
+        last = state.get("last_persisted_at")
+        view = CredentialStatus(
+            status="needs_relogin" if state.get("needs_relogin") else "logged_in",
+            reason=state.get("needs_relogin"),
+            account_id=credential.account_id,
+            email=claims.email,
+            plan=claims.plan_type,
+            expires_at=credential.expires_at,
+            last_refresh=credential.last_refresh,
+            last_persisted_at=datetime.fromisoformat(last) if last else None,
+            persist_pending=bool(state.get("persist_pending")),
+        )
+    return jsonify(view.model_dump(mode="json"))
+
+
+@bp.post("/persist")
+def persist_route() -> Response:
+    ctx = context()
+    if local_credential(ctx.settings) is None:
+        raise ServiceError("credentials_missing", "No ChatGPT credential on this machine to "
+                           "persist. Sign in first (POST /v1/logins).", status=409)  # fmt: skip
+    if not persist_now():
+        raise ServiceError("secrets_unreachable", "The secrets store did not take the credential; "
+                           "it stays on this machine and the persist is pending. Retry later.",
+                           status=503)  # fmt: skip
+    return jsonify(Outcome(action="persisted", message="Credential stored.").model_dump())
+
+
+@bp.post("/restore")
+def restore_route() -> Response:
+    ctx = context()
+    result = restore_and_refresh(ctx.settings, ctx.store)
+    ctx.metrics.count("restores", result.action)
+    message = " ".join([result.message, *result.notes])
+    outcome = Outcome(ok=not result.failed, action=result.action, message=message)
+    return jsonify(outcome.model_dump())
+
+
+@bp.delete("")
+def logout() -> Response:
+    """Revoke at the issuer (best effort, reported), remove the local entries, delete the copy."""
+    ctx = context()
+    credential = local_credential(ctx.settings)
+    revoked = "nothing to revoke"
+    if credential is not None:
+        from skill.oauth import OAuthClient  # noqa: PLC0415
+
+        try:
+            with OAuthClient(ctx.settings) as client:
+                client.revoke(credential.refresh_token)
+            revoked = "revoked"
+        except SkillError as exc:
+            revoked = f"not revoked ({exc.code})"
+    for auth_file in auth_files(ctx.settings):
+        auth_file.remove()
+    ctx.store.delete()
+    ctx.persist_state.mark(persisted=True)
+    message = f"Signed out: local entries removed, stored copy deleted, sign-in {revoked}."
+    return jsonify(Outcome(action="logged_out", message=message).model_dump())

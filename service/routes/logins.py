@@ -1,0 +1,71 @@
+"""``/v1/logins``: start, inspect, complete and cancel the sign-in, through the same runner as
+the CLI (a login started from either is visible and completable from the other)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from service.app import body, context
+from service.errors import ServiceError
+from service.models import Login, LoginRequest, RedirectRequest
+from service.routes.credentials import persist_now
+from skill.loginstate import LoginState
+from skill.runner import Runner
+
+bp = Blueprint("logins", __name__)
+
+
+def view(state: LoginState) -> Login:
+    data = state.model_dump()
+    if not state.live:
+        data["auth_url"] = None
+    return Login.model_validate(data, from_attributes=False)
+
+
+def _runner() -> Runner:
+    return Runner(context().settings)
+
+
+def _live(login_id: str) -> LoginState:
+    state = _runner().status()
+    if state is None or state.id != login_id:
+        raise ServiceError("not_found", f"No sign-in {login_id!r}. List none; start one with "
+                           "POST /v1/logins.", status=404)  # fmt: skip
+    return state
+
+
+@bp.post("")
+def start() -> tuple[Response, int]:
+    request = body(LoginRequest)
+    state, reused = _runner().start(method=request.method, driver=request.driver)
+    context().metrics.count("logins_started", "reused" if reused else "new")
+    return jsonify(view(state).model_dump(mode="json")), 409 if reused else 201
+
+
+@bp.get("/<login_id>")
+def show(login_id: str) -> Response:
+    return jsonify(view(_live(login_id)).model_dump(mode="json"))
+
+
+@bp.post("/<login_id>/redirect")
+def redirect(login_id: str) -> Response:
+    pasted = body(RedirectRequest).url
+    _live(login_id)
+    try:
+        state = _runner().complete(pasted)
+    except Exception:
+        context().metrics.count("logins_completed", "rejected")
+        raise
+    context().metrics.count("logins_completed", state.status)
+    data = view(state).model_dump(mode="json")
+    data["persisted"] = persist_now() if state.status == "succeeded" else False
+    return jsonify(data)
+
+
+@bp.delete("/<login_id>")
+def cancel(login_id: str) -> Response:
+    _live(login_id)
+    state = _runner().cancel()
+    if state is None:
+        raise ServiceError("not_found", "That sign-in is no longer live.", status=404)
+    return jsonify(view(state).model_dump(mode="json"))

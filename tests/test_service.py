@@ -1,0 +1,274 @@
+"""The operator API through Flask's test client, with real tmux, the fake issuer and the fake
+secrets API; and one end-to-end run under real gunicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from service.app import create_app
+from service.openapi import ROUTES
+from service.settings import ServiceSettings
+from tests.conftest import PYTHON, REPO, free_port, wait_until
+from tests.fake_issuer import FakeIssuer
+from tests.fake_secrets import FakeSecretsAPI
+
+OPERATOR = "operator-canary-51d0"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeSecretsAPI]:
+    fake = FakeSecretsAPI().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def service_settings(runner_settings: Any, api: FakeSecretsAPI) -> ServiceSettings:
+    return ServiceSettings(
+        **runner_settings.model_dump(), secrets_api_url=api.url, secrets_api_token=api.token,
+        secrets_timeout=0.5, secrets_attempts=2, secrets_deadline=2, operator_token=OPERATOR,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def app(service_settings: ServiceSettings) -> Flask:
+    return create_app(service_settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def auth(token: str = OPERATOR) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_every_protected_operation_rejects_missing_and_wrong_tokens(client: FlaskClient) -> None:
+    for method, path, *_ in ROUTES:
+        url = path.replace("{login_id}", "x")
+        if path in ("/healthz", "/readyz"):
+            assert client.open(url, method=method.upper()).status_code in (200, 503)
+            continue
+        for headers in ({}, auth("wrong"), {"Authorization": OPERATOR}):
+            response = client.open(url, method=method.upper(), headers=headers)
+            assert response.status_code == 401, (method, path)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            assert response.json is not None and response.json["error"] == "unauthorized"
+
+
+def test_the_local_token_works_and_is_0600(
+    client: FlaskClient, service_settings: ServiceSettings
+) -> None:
+    token_file = service_settings.state_dir / "service.token"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    assert client.get("/v1/credentials", headers=auth(token_file.read_text())).status_code == 200
+
+
+def test_openapi_lists_exactly_the_served_routes(app: Flask, client: FlaskClient) -> None:
+    document = client.get("/v1/openapi.json", headers=auth()).json
+    assert document is not None and document["openapi"] == "3.1.0"
+    served = {
+        (method.lower(), rule.rule.replace("<login_id>", "{login_id}"))
+        for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+        for method in rule.methods or () if method not in ("HEAD", "OPTIONS")
+    }  # fmt: skip
+    documented = {(m, p) for p, ops in document["paths"].items() for m in ops}
+    assert served == documented
+
+
+def test_sign_in_through_the_api_and_persist(
+    client: FlaskClient, issuer: FakeIssuer, api: FakeSecretsAPI
+) -> None:
+    started = client.post(
+        "/v1/logins", json={"method": "browser", "driver": "native"}, headers=auth()
+    )
+    assert started.status_code == 201 and started.json is not None
+    login = started.json
+    again = client.post("/v1/logins", json={}, headers=auth())
+    assert again.status_code == 409 and again.json is not None and again.json["id"] == login["id"]
+    assert client.get(f"/v1/logins/{login['id']}", headers=auth()).json["status"] == "waiting"  # type: ignore[index]
+    callback = issuer.sign_in(login["auth_url"])
+    done = client.post(f"/v1/logins/{login['id']}/redirect", json={"url": callback}, headers=auth())
+    assert done.status_code == 200 and done.json is not None
+    assert done.json["status"] == "succeeded" and done.json["persisted"] is True
+    assert done.json["auth_url"] is None
+    stored = api.record["codex_credentials"]
+    assert stored["accountId"] == "acct-1111"
+    status = client.get("/v1/credentials", headers=auth())
+    assert status.headers["Cache-Control"] == "no-store"
+    view = status.json
+    assert view is not None and view["status"] == "logged_in" and view["plan"] == "plus"
+    assert view["persist_pending"] is False and view["last_persisted_at"]
+    text = status.get_data(as_text=True)
+    assert stored["access"] not in text and stored["refresh"] not in text
+
+
+def test_a_cli_login_is_completable_through_the_api(
+    client: FlaskClient, issuer: FakeIssuer, service_settings: ServiceSettings
+) -> None:
+    from skill.runner import Runner  # noqa: PLC0415
+
+    state, _ = Runner(service_settings).start()
+    assert state.auth_url
+    shown = client.get(f"/v1/logins/{state.id}", headers=auth()).json
+    assert shown is not None and shown["auth_url"] == state.auth_url
+    bad = client.post(
+        f"/v1/logins/{state.id}/redirect", json={"url": state.auth_url}, headers=auth()
+    )
+    assert bad.status_code == 400 and bad.json is not None and bad.json["error"] == "bad_paste"
+    assert state.auth_url not in bad.get_data(as_text=True)
+    url = issuer.sign_in(state.auth_url)
+    done = client.post(f"/v1/logins/{state.id}/redirect", json={"url": url}, headers=auth())
+    assert done.json is not None and done.json["status"] == "succeeded"
+    assert client.delete(f"/v1/logins/{state.id}", headers=auth()).status_code == 404
+
+
+def test_cancel_through_the_api(client: FlaskClient) -> None:
+    login = client.post("/v1/logins", headers=auth()).json
+    assert login is not None
+    gone = client.delete(f"/v1/logins/{login['id']}", headers=auth())
+    assert gone.status_code == 200 and gone.json is not None and gone.json["status"] == "canceled"
+    assert client.delete("/v1/logins/nope", headers=auth()).status_code == 404
+
+
+def test_persist_pending_survives_a_fault_and_clears(
+    client: FlaskClient, issuer: FakeIssuer, api: FakeSecretsAPI, service_settings: ServiceSettings
+) -> None:
+    from skill.authfiles import PiAuthFile  # noqa: PLC0415
+    from skill.credentials import Credential  # noqa: PLC0415
+    from skill.tokens import TokenSet  # noqa: PLC0415
+
+    credential = Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    PiAuthFile(service_settings.pi_auth_file).save(credential)
+    api.faults.extend(["status:503"] * 10)
+    failed = client.post("/v1/credentials/persist", headers=auth())
+    assert failed.status_code == 503 and failed.json is not None
+    assert failed.json["error"] == "secrets_unreachable"
+    assert client.get("/v1/credentials", headers=auth()).json["persist_pending"] is True  # type: ignore[index]
+    assert service_settings.pi_auth_file.exists()
+    api.faults.clear()
+    assert client.post("/v1/credentials/persist", headers=auth()).status_code == 200
+    assert client.post("/v1/credentials/persist", headers=auth()).status_code == 200  # idempotent
+    assert client.get("/v1/credentials", headers=auth()).json["persist_pending"] is False  # type: ignore[index]
+    metrics = client.get("/metrics", headers=auth()).get_data(as_text=True)
+    assert 'chatgpt_login_persists{outcome="ok"} 2' in metrics
+    assert 'chatgpt_login_persists{outcome="failed"} 1' in metrics
+
+
+def test_restore_and_logout(client: FlaskClient, issuer: FakeIssuer, api: FakeSecretsAPI,
+                            service_settings: ServiceSettings) -> None:  # fmt: skip
+    from skill.credentials import Credential  # noqa: PLC0415
+    from skill.tokens import TokenSet  # noqa: PLC0415
+
+    seeded = issuer.seed_refresh_token()
+    api.record["codex_credentials"] = Credential.from_tokens(
+        TokenSet.model_validate(seeded)
+    ).to_pi_entry()
+    restored = client.post("/v1/credentials/restore", headers=auth()).json
+    assert restored is not None and restored["action"] == "restored"
+    assert service_settings.pi_auth_file.exists()
+    out = client.delete("/v1/credentials", headers=auth()).json
+    assert out is not None and "revoked" in out["message"]
+    assert "codex_credentials" not in api.record
+    assert issuer.revoked == [seeded["refresh_token"]]
+    assert client.get("/v1/credentials", headers=auth()).json["status"] == "not_logged_in"  # type: ignore[index]
+
+
+def test_bad_bodies(client: FlaskClient) -> None:
+    huge = client.post("/v1/logins", data=b"{" + b" " * 70000 + b"}", headers={**auth(),
+                       "Content-Type": "application/json"})  # fmt: skip
+    assert (
+        huge.status_code == 413
+        and huge.json is not None
+        and huge.json["error"] == "payload_too_large"
+    )
+    text = client.post("/v1/logins", data="x", headers={**auth(), "Content-Type": "text/plain"})
+    assert text.status_code == 415
+    unknown = client.post(
+        "/v1/logins", json={"method": "browser", "secret": "s3cr3t-canary"}, headers=auth()
+    )
+    assert unknown.status_code == 400 and unknown.json is not None
+    assert unknown.json["error"] == "invalid_request" and "s3cr3t-canary" not in unknown.get_data(
+        as_text=True
+    )
+    assert client.get("/nope", headers=auth()).status_code == 404
+
+
+def test_readyz_reports_an_unreachable_store(client: FlaskClient, api: FakeSecretsAPI) -> None:
+    api.faults.extend(["status:503"] * 10)
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json is not None
+    assert ready.json["checks"]["secrets_store"] == "secrets_unreachable"
+
+
+def test_end_to_end_under_gunicorn(
+    login_env: dict[str, str], issuer: FakeIssuer, api: FakeSecretsAPI, state_dir: Path
+) -> None:
+    """serve + start + complete over the real CLI: signed in and persisted; SIGTERM stops it."""
+    port = free_port()
+    env = {**login_env, "CHATGPT_LOGIN_STATE_DIR": str(state_dir),
+           "CHATGPT_LOGIN_SECRETS_API_URL": api.url, "FAT_TOOLS_TOKEN": api.token,
+           "CHATGPT_LOGIN_SERVICE_URL": f"http://127.0.0.1:{port}",
+           "CHATGPT_LOGIN_SECRETS_DIR": str(state_dir / "no-secrets")}  # fmt: skip
+    server = subprocess.Popen([PYTHON, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}"],
+                              env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)  # fmt: skip
+    try:
+        wait_until(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, 20, "gunicorn up")
+        cli = [PYTHON, "-m", "service.cli"]
+        started = json.loads(subprocess.run([*cli, "start", "--json"], env=env, cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout)  # fmt: skip
+        callback = issuer.sign_in(started["auth_url"])
+        done = subprocess.run([*cli, "complete", "-", "--json"], input=callback, env=env,
+                              cwd=REPO, capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["persisted"] is True
+        assert api.record["codex_credentials"]["accountId"] == "acct-1111"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        out, _ = server.communicate(timeout=15)
+    assert time.monotonic() - stopped < 10
+    assert api.token not in out
+    assert "code=" not in out and "state=" not in out  # the access log has no query strings
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return int(response.status)
+    except OSError:
+        return 0
+
+
+def test_service_settings_read_compose_secrets(tmp_path: Path) -> None:
+    secrets = tmp_path / "run-secrets"
+    secrets.mkdir()
+    (secrets / "fat_tools_token").write_text("tok-from-file\n")
+    (secrets / "operator_token").write_text("op-from-file")
+    settings = ServiceSettings.from_env(
+        {"CHATGPT_LOGIN_SECRETS_DIR": str(secrets), "HOME": str(tmp_path)}
+    )
+    assert (
+        settings.secrets_api_token == "tok-from-file" and settings.operator_token == "op-from-file"
+    )
+    assert settings.secrets_api_url == "https://tinyfat.com/api/agent/secrets"
+    assert "tok-from-file" not in repr(settings) and "op-from-file" not in repr(settings)
+    plain = ServiceSettings.from_env(
+        {"CHATGPT_LOGIN_SECRETS_DIR": str(tmp_path / "none"), "HOME": str(tmp_path)}
+    )
+    assert not plain.uses_secrets_api and plain.secrets_file == plain.state_dir / "secrets.json"
+    assert os.environ.get("FAT_TOOLS_TOKEN") != "tok-from-file"
