@@ -28,6 +28,10 @@ class ServiceSettings(Settings):
     # Without a secrets API: a 0600 JSON file in the state directory.
     secrets_file: Path | None = None
 
+    # Keep-alive: renew this long before the access token expires (codex renews at 5 minutes,
+    # so running CLIs rarely renew it themselves).
+    refresh_window: float = Field(default=600.0, ge=0)
+
     # The operator API.
     bind: str = "127.0.0.1:8080"
     operator_token: str | None = Field(default=None, repr=False)

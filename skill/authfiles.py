@@ -53,7 +53,12 @@ class PiAuthFile:
 
     def __init__(self, path: Path, *, stale: float = 30.0, timeout: float = 60.0) -> None:
         self.path = path
-        self.lock = DirLock(path, stale=stale, timeout=timeout)
+        self.stale, self.timeout = stale, timeout
+
+    @property
+    def lock(self) -> DirLock:
+        """pi's lock on this file; a new handle each time, so threads never share one."""
+        return DirLock(self.path, stale=self.stale, timeout=self.timeout)
 
     def load(self) -> Credential | None:
         found = read_settled(self.path, _parse_object)
@@ -64,12 +69,17 @@ class PiAuthFile:
     def save(self, credential: Credential) -> SaveResult:
         ensure_private_dir(self.path.parent)  # the lock directory lives there
         with self.lock:
-            sweep_temp_files(self.path)
-            text, document, moved = self._read_for_update()
-            entry = credential.to_pi_entry(_obj(document.get(PI_PROVIDER_KEY)))
-            new_text = splice_entry(text, PI_PROVIDER_KEY, entry)
-            changed = write_private(self.path, new_text.encode("utf-8"))
-            return SaveResult(self.path, changed, moved)
+            return self.save_locked(credential)
+
+    def save_locked(self, credential: Credential) -> SaveResult:
+        """:meth:`save` for a caller that already holds :attr:`lock` (a refresh's critical
+        section: re-read, spend the refresh token, write, all under one lock)."""
+        sweep_temp_files(self.path)
+        text, document, moved = self._read_for_update()
+        entry = credential.to_pi_entry(_obj(document.get(PI_PROVIDER_KEY)))
+        new_text = splice_entry(text, PI_PROVIDER_KEY, entry)
+        changed = write_private(self.path, new_text.encode("utf-8"))
+        return SaveResult(self.path, changed, moved)
 
     def remove(self) -> bool:
         """Remove our entry, keeping every other provider's. True if there was one."""
@@ -97,7 +107,11 @@ class CodexAuthFile:
 
     def __init__(self, path: Path, *, timeout: float = 60.0) -> None:
         self.path = path
-        self.lock = FlockLock(path, timeout=timeout)
+        self.timeout = timeout
+
+    @property
+    def lock(self) -> FlockLock:
+        return FlockLock(self.path, timeout=self.timeout)
 
     def load(self) -> Credential | None:
         found = read_settled(self.path, _parse_object)

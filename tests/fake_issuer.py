@@ -88,6 +88,9 @@ class FakeIssuer:
     # Faults: each entry (status, body) answers the next token-endpoint call instead.
     token_faults: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     token_delay: float = 0.0
+    # Called with the refresh token before a refresh is processed; an answer it returns is sent
+    # instead (for races: "another process won").
+    refresh_hook: Any = None
 
     calls: Counter[str] = field(default_factory=Counter)
     codes: dict[str, _Code] = field(default_factory=dict)
@@ -356,6 +359,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _refresh(self, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
         fake = self.fake
         token = body.get("refresh_token", "")
+        if fake.refresh_hook is not None:
+            answer = fake.refresh_hook(token)
+            if answer is not None:
+                return answer  # type: ignore[no-any-return]
         if token in fake.used_refresh_tokens:
             return 401, {"error": {"code": "refresh_token_reused", "message": "already used"}}
         account = fake.refresh_tokens.pop(token, None)
