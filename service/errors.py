@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from skill.errors import SkillError
 
-_SKILL_STATUS = {"user": 400, "permanent": 409, "transient": 503, "local": 500}
+# A local problem (no credential, a file or lock in the way) is a conflict with this machine's
+# state, not a server fault; only "internal" is a 500.
+_SKILL_STATUS = {"user": 400, "permanent": 409, "transient": 503, "local": 409}
+_CODE_STATUS = {"no_login": 404, "internal": 500, "lock_timeout": 503}
 
 
 class ServiceError(Exception):
@@ -23,7 +26,7 @@ class ServiceError(Exception):
 
     @classmethod
     def from_skill(cls, exc: SkillError) -> ServiceError:
-        status = 404 if exc.code == "no_login" else _SKILL_STATUS.get(exc.kind, 500)
+        status = _CODE_STATUS.get(exc.code) or _SKILL_STATUS.get(exc.kind, 500)
         return cls(exc.code, exc.message, status=status, transient=exc.transient)
 
     def __repr__(self) -> str:

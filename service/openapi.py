@@ -35,6 +35,8 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, dict[int, type[BaseMod
     ("get", "/v1/credentials", "Credential status (never a token)", None, {200: CredentialStatus}),
     ("post", "/v1/credentials/persist", "Store the local credential", None,
      {200: Outcome, 409: ErrorBody, 503: ErrorBody}),
+    ("post", "/v1/credentials/refresh", "Renew the access token now", None,
+     {200: Outcome, 409: ErrorBody, 503: ErrorBody}),
     ("post", "/v1/credentials/restore", "Restore from the secrets store", None, {200: Outcome}),
     ("delete", "/v1/credentials", "Log out", None, {200: Outcome}),
     ("get", "/healthz", "Process is up", None, {200: Health}),

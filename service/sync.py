@@ -36,6 +36,7 @@ class RestoreResult:
     message: str
     refreshed: bool = False
     notes: list[str] = field(default_factory=list)
+    stored_generation: int = 0
 
     @property
     def failed(self) -> bool:
@@ -93,7 +94,13 @@ def restore(settings: ServiceSettings, store: SecretsStore) -> RestoreResult:
         except ServiceError as exc:
             return RestoreResult("unreachable", exc.message)
     notes = _write_local(settings, remote) if action == "restored" and remote else []
-    return RestoreResult(action, MESSAGES[action], notes=notes)
+    generation = stored.get("generation") if stored else 0
+    return RestoreResult(
+        action,
+        MESSAGES[action],
+        notes=notes,
+        stored_generation=generation if isinstance(generation, int) else 0,
+    )
 
 
 def _compare(

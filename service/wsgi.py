@@ -1,6 +1,13 @@
-"""The WSGI application gunicorn serves (``service.wsgi:app``)."""
+"""The WSGI application gunicorn serves (``service.wsgi:app``).
+
+Imported in each worker after the fork, so each worker starts its own keep-alive thread; only
+the one holding the leader lock works (see :mod:`service.keepalive`).
+"""
 
 from service.app import create_app
+from service.keepalive import KeepAlive
 from service.settings import ServiceSettings
 
-app = create_app(ServiceSettings.from_env())
+settings = ServiceSettings.from_env()
+app = create_app(settings)
+KeepAlive(settings, app.extensions["chatgpt_login"].store).start()

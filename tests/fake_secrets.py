@@ -28,6 +28,8 @@ class FakeSecretsAPI:
     faults: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     delay: float = 2.0
+    patch_delay: float = 0.0  # before storing a PATCH (widens a crash window)
+    acks: list[float] = field(default_factory=list)  # monotonic times of acknowledged PATCHes
     lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -118,6 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
         patch = json.loads(self.rfile.read(length) or b"{}")
         if self._fault() or not self._authorized():
             return
+        time.sleep(self.fake.patch_delay)
         with self.fake.lock:
             for key, value in patch.items():  # merge-patch: null deletes
                 if value is None:
@@ -125,3 +128,4 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     self.fake.record[key] = value
         self._answer(200, b'{"ok": true}')
+        self.fake.acks.append(time.monotonic())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from hashlib import sha256
 
 from flask import Blueprint, Response, jsonify
 
@@ -40,9 +41,12 @@ def status() -> Response:
     else:
         claims = credential.claims()
         last = state.get("last_persisted_at")
+        # A permanent refresh failure counts only while that same refresh token is on disk.
+        dead = state.get("dead_refresh") == sha256(credential.refresh_token.encode()).hexdigest()
+        reason = state.get("needs_relogin") if dead else None
         view = CredentialStatus(
-            status="needs_relogin" if state.get("needs_relogin") else "logged_in",
-            reason=state.get("needs_relogin"),
+            status="needs_relogin" if reason else "logged_in",
+            reason=reason,
             account_id=credential.account_id,
             email=claims.email,
             plan=claims.plan_type,
@@ -65,6 +69,29 @@ def persist_route() -> Response:
                            "it stays on this machine and the persist is pending. Retry later.",
                            status=503)  # fmt: skip
     return jsonify(Outcome(action="persisted", message="Credential stored.").model_dump())
+
+
+@bp.post("/refresh")
+def refresh_route() -> Response:
+    """Renew now (the refresh token is spent under pi's lock), then store the result."""
+    from service.keepalive import KeepAlive  # noqa: PLC0415
+
+    ctx = context()
+    keep = KeepAlive(ctx.settings, ctx.store)
+    try:
+        renewed = keep.refresher.ensure_fresh(force=True)
+    except SkillError as exc:
+        ctx.metrics.count("refreshes", exc.code)
+        if exc.permanent:
+            credential = local_credential(ctx.settings)
+            if credential is not None:
+                keep.mark_relogin(credential, exc)
+        raise
+    ctx.metrics.count("refreshes", "ok")
+    persisted = persist_now()
+    message = "Renewed." + ("" if persisted else " Storing it is pending.")
+    return jsonify(Outcome(action="refreshed" if renewed.refreshed else "adopted",
+                           message=message).model_dump())  # fmt: skip
 
 
 @bp.post("/restore")

@@ -1,0 +1,177 @@
+"""Keep-alive: sync-back of every change, refresh ahead of expiry, needs_relogin, one leader."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from service.app import create_app
+from service.keepalive import KeepAlive
+from service.secrets import HttpSecretsStore
+from service.settings import ServiceSettings
+from skill.authfiles import PiAuthFile
+from skill.credentials import Credential
+from skill.tokens import TokenSet
+from tests.conftest import REPO, wait_until
+from tests.fake_issuer import FakeIssuer
+from tests.fake_secrets import FakeSecretsAPI
+
+
+@pytest.fixture
+def api() -> Iterator[FakeSecretsAPI]:
+    fake = FakeSecretsAPI().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def keep_settings(tmp_path: Path, issuer: FakeIssuer, api: FakeSecretsAPI) -> ServiceSettings:
+    return ServiceSettings(
+        issuer=issuer.url, pi_agent_dir=tmp_path / "pi", codex_home=tmp_path / "codex",
+        state_dir=tmp_path / "state", secrets_api_url=api.url, secrets_api_token=api.token,
+        secrets_timeout=0.5, secrets_attempts=2, secrets_deadline=2, connect_timeout=2,
+        read_timeout=5,
+    )  # fmt: skip
+
+
+def store(settings: ServiceSettings) -> HttpSecretsStore:
+    assert settings.secrets_api_url and settings.secrets_api_token
+    return HttpSecretsStore(url=settings.secrets_api_url, token=settings.secrets_api_token,
+                            timeout=0.5, attempts=2, deadline=2)  # fmt: skip
+
+
+def write(issuer: FakeIssuer, settings: ServiceSettings, *, expires_in: float = 3600) -> Credential:
+    credential = Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    credential = credential.model_copy(
+        update={"expires_ms": int((time.time() + expires_in) * 1000)}
+    )
+    PiAuthFile(settings.pi_auth_file).save(credential)
+    return credential
+
+
+def stored(api: FakeSecretsAPI) -> dict[str, object]:
+    entry = api.record.get("codex_credentials")
+    assert isinstance(entry, dict)
+    return entry
+
+
+def test_changes_are_pushed_once(keep_settings: ServiceSettings, issuer: FakeIssuer,
+                                 api: FakeSecretsAPI) -> None:  # fmt: skip
+    keep = KeepAlive(keep_settings, store(keep_settings))
+    first = write(issuer, keep_settings)
+    assert keep.run_once().pushed
+    assert stored(api)["refresh"] == first.refresh_token and stored(api)["generation"] == 1
+    patches = api.requests.count("PATCH")
+    assert not keep.run_once().pushed  # nothing changed: nothing pushed
+    assert api.requests.count("PATCH") == patches
+    second = write(issuer, keep_settings)  # e.g. pi or codex refreshed on its own
+    assert keep.run_once().pushed
+    assert stored(api)["refresh"] == second.refresh_token and stored(api)["generation"] == 2
+    assert "lastRefresh" in stored(api)
+
+
+def test_refreshes_inside_the_window_only(keep_settings: ServiceSettings, issuer: FakeIssuer,
+                                          api: FakeSecretsAPI) -> None:  # fmt: skip
+    keep = KeepAlive(keep_settings, store(keep_settings))
+    write(issuer, keep_settings, expires_in=20 * 60)  # outside the 10-minute window
+    assert not keep.run_once().refreshed
+    soon = write(issuer, keep_settings, expires_in=5 * 60)  # inside it (codex waits for 5)
+    tick = keep.run_once()
+    assert tick.refreshed and tick.pushed
+    assert stored(api)["refresh"] != soon.refresh_token
+    assert issuer.calls["grant:refresh_token"] == 1
+
+
+def test_permanent_failure_means_needs_relogin_and_no_more_calls(
+    keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
+) -> None:
+    keep = KeepAlive(keep_settings, store(keep_settings))
+    dead = write(issuer, keep_settings, expires_in=-60)
+    issuer.refresh_tokens.pop(dead.refresh_token)
+    issuer.used_refresh_tokens.add(dead.refresh_token)
+    assert keep.run_once().error == "refresh_token_reused"
+    calls = issuer.calls["grant:refresh_token"]
+    for _ in range(3):
+        keep.run_once()
+    assert issuer.calls["grant:refresh_token"] == calls  # no further network attempts
+    client: FlaskClient = create_app(keep_settings).test_client()
+    token = (keep_settings.state_dir / "service.token").read_text()
+    view = client.get("/v1/credentials", headers={"Authorization": f"Bearer {token}"}).json
+    assert view is not None and view["status"] == "needs_relogin"
+    assert view["reason"] == "refresh_token_reused"
+    assert PiAuthFile(keep_settings.pi_auth_file).load() is not None  # kept, never deleted
+    write(issuer, keep_settings, expires_in=-60)  # a new sign-in: tried again, and it works
+    assert keep.run_once().refreshed
+    view = client.get("/v1/credentials", headers={"Authorization": f"Bearer {token}"}).json
+    assert view is not None and view["status"] == "logged_in"
+
+
+def test_transient_failures_back_off_and_keep_the_token(
+    keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
+) -> None:
+    keep = KeepAlive(keep_settings, store(keep_settings))
+    current = write(issuer, keep_settings, expires_in=60)
+    issuer.token_faults.append((503, {}))
+    assert keep.run_once().error == "server_error"
+    assert not keep.run_once().refreshed  # backing off: no call
+    assert issuer.calls["/oauth/token"] == 1
+    on_disk = PiAuthFile(keep_settings.pi_auth_file).load()
+    assert on_disk is not None and on_disk.access_token == current.access_token
+    keep._retry_at = 0.0  # the back-off has passed
+    assert keep.run_once().refreshed
+
+
+def test_a_pending_push_is_made_after_a_restart(
+    keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
+) -> None:
+    keep = KeepAlive(keep_settings, store(keep_settings))
+    credential = write(issuer, keep_settings)
+    api.faults.extend(["status:503"] * 10)
+    assert keep.run_once().error == "secrets_unreachable"
+    assert json.loads((keep_settings.state_dir / "service.json").read_text())["persist_pending"]
+    api.faults.clear()
+    restarted = KeepAlive(keep_settings, store(keep_settings))  # a new process after a crash
+    assert restarted.try_lead()
+    restarted.run_once()
+    assert stored(api)["refresh"] == credential.refresh_token
+
+
+LEADER = textwrap.dedent(
+    """
+    import sys, time
+    from service.keepalive import KeepAlive
+    from service.secrets import FileSecretsStore
+    from service.settings import ServiceSettings
+    settings = ServiceSettings.model_validate_json(sys.argv[1])
+    keep = KeepAlive(settings, FileSecretsStore(settings.state_dir / "s.json"))
+    print("leader" if keep.try_lead() else "follower", flush=True)
+    time.sleep(30)
+    """
+)
+
+
+def test_exactly_one_leader_and_a_successor_when_it_dies(keep_settings: ServiceSettings) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    spawn = lambda: subprocess.Popen(  # noqa: E731
+        [sys.executable, "-c", LEADER, keep_settings.model_dump_json()], stdout=subprocess.PIPE,
+        text=True, env=env)  # fmt: skip
+    first, second = spawn(), spawn()
+    try:
+        roles = sorted(p.stdout.readline().strip() for p in (first, second) if p.stdout)
+        assert roles == ["follower", "leader"]
+        first.kill(), second.kill()
+        first.wait(), second.wait()
+        keep = KeepAlive(keep_settings, store(keep_settings))
+        wait_until(keep.try_lead, 5, "the lock to pass on")
+    finally:
+        for proc in (first, second):
+            proc.kill()
