@@ -89,9 +89,8 @@ def test_sigkill_between_refresh_and_push(tmp_path: Path, issuer: FakeIssuer) ->
                 # Killed after the issuer rotated the token but before its answer was on disk:
                 # that rotation exists nowhere. Sign in again (re-seed) and go on counting.
                 lost += 1
-                reseeded = Credential.from_tokens(
-                    TokenSet.model_validate(issuer.seed_refresh_token())
-                )
+                seeded = TokenSet.model_validate(issuer.seed_refresh_token())
+                PiAuthFile(base.pi_auth_file).save(Credential.from_tokens(seeded))
     finally:
         api.stop()
     print(
