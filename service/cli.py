@@ -34,6 +34,26 @@ def _restore(args: argparse.Namespace) -> int:
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+def _refresh(args: argparse.Namespace) -> int:
+    """Renew now under pi's lock, then ask the service to store the result."""
+    from service.refresher import Refresher  # noqa: PLC0415
+    from service.settings import ServiceSettings  # noqa: PLC0415
+    from skill.errors import SkillError  # noqa: PLC0415
+    from skill.persist import request_persist  # noqa: PLC0415
+
+    settings = ServiceSettings.from_env()
+    try:
+        renewed = Refresher(settings).ensure_fresh(force=True)
+    except SkillError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    what = "Renewed" if renewed.refreshed else "Another program had just renewed it; using that"
+    print(f"{what}: the access token is valid until {renewed.credential.expires_at:%H:%M} UTC.")
+    persisted = request_persist(settings)
+    print(persisted.message)
+    return ExitCode.OK if persisted.persisted else ExitCode.PERSIST_PENDING
+
+
 def _serve(args: argparse.Namespace) -> int:
     from service.app import local_token  # noqa: PLC0415
     from service.settings import ServiceSettings  # noqa: PLC0415
@@ -54,6 +74,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def add_service_commands(commands: skill_cli.Commands) -> None:
+    refresh = commands.add_parser(
+        "refresh",
+        help="renew the access token now and store the result",
+        description=(
+            "Spend the refresh token now (under pi's lock, so no other program spends it at "
+            "the same time; if one just did, its result is used), write the rotated credential "
+            "and ask the service to store it. The service also does this by itself ahead of "
+            "expiry."
+        ),
+        epilog="example:\n  chatgpt-login refresh",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    refresh.set_defaults(handler=_refresh)
     serve = commands.add_parser(
         "serve",
         help="run the operator API under gunicorn (127.0.0.1:8080 by default)",

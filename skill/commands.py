@@ -141,8 +141,32 @@ def status(settings: Settings, out: Output) -> int:
         }
     else:
         lines.append("Not signed in on this machine.")
+    service = _service_view(settings)
+    data["service"] = service
+    if service is None:
+        lines.append("The chatgpt-login service is not running: nothing is kept in sync.")
+    elif service.get("status") == "needs_relogin":
+        lines.append(f"Needs a new sign-in ({service.get('reason')}): run `chatgpt-login start`.")
+    elif service.get("persist_pending"):
+        lines.append("Storing the credential in the secrets store is pending.")
     out.emit(lines, data)
     return ExitCode.OK
+
+
+def _service_view(settings: Settings) -> dict[str, Any] | None:
+    """The service's GET /v1/credentials (needs_relogin, persistence), or None if it is down."""
+    from skill.relay import loopback_request  # noqa: PLC0415
+
+    try:
+        token = (settings.state_dir / "service.token").read_text().strip()
+        answer = loopback_request(
+            "GET", settings.service_url.rstrip("/") + "/v1/credentials", timeout=2.0,
+            headers={"Authorization": f"Bearer {token}"},
+        )  # fmt: skip
+        view = answer.json() if answer.status == 200 else None
+    except (OSError, ValueError, SkillError):
+        return None
+    return view if isinstance(view, dict) else None
 
 
 def cancel(settings: Settings, out: Output) -> int:

@@ -152,3 +152,48 @@ def test_no_secret_reaches_output_logs_or_leftover_files(
             assert secret.encode() not in text, path
     assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in kept)
     assert os.listdir(state_dir / "logs") == [] and os.listdir(state_dir / "work") == []
+
+
+def test_refresh_command_renews_and_reports_pending_persist(
+    env: dict[str, str], issuer: FakeIssuer
+) -> None:
+    _, started, _ = cli(env, "start")
+    cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
+    done = subprocess.run([PYTHON, "-m", "service.cli", "refresh"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 10, done.stdout + done.stderr
+    assert done.stdout.startswith("Renewed:") and "Persistence pending" in done.stdout
+    assert issuer.calls["grant:refresh_token"] == 1
+
+
+def test_status_shows_needs_relogin_from_the_service(
+    env: dict[str, str], issuer: FakeIssuer, state_dir: Path
+) -> None:
+    from werkzeug.serving import make_server  # noqa: PLC0415
+
+    from service.app import create_app  # noqa: PLC0415
+    from service.settings import ServiceSettings  # noqa: PLC0415
+
+    _, started, _ = cli(env, "start")
+    cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
+    settings = ServiceSettings.from_env({**env, "CHATGPT_LOGIN_SECRETS_DIR": str(state_dir / "x")})
+    server = make_server("127.0.0.1", free_port(), create_app(settings), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env["CHATGPT_LOGIN_SERVICE_URL"] = f"http://127.0.0.1:{server.server_port}"
+    try:
+        _, view, _ = cli(env, "status")
+        assert view["service"]["status"] == "logged_in"
+        refresh = json.loads((Path(env["PI_CODING_AGENT_DIR"]) / "auth.json").read_text())
+        import hashlib  # noqa: PLC0415
+
+        dead = hashlib.sha256(refresh["openai-codex"]["refresh"].encode()).hexdigest()
+        (state_dir / "service.json").write_text(
+            json.dumps({"needs_relogin": "refresh_token_reused", "dead_refresh": dead})
+        )
+        code, view, _ = cli(env, "status")
+        assert code == 0 and view["service"]["status"] == "needs_relogin"
+        done = subprocess.run([PYTHON, "-m", "service.cli", "status"], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert "Needs a new sign-in (refresh_token_reused)" in done.stdout
+    finally:
+        server.shutdown()

@@ -279,3 +279,18 @@ def test_listener_ownership_is_read_from_proc(ports: tuple[int, int]) -> None:
         assert listener_pids(ports[1], {os.getpid()}) == set()
     finally:
         server.server_close()
+
+
+def test_a_restart_during_a_sign_in_leaves_a_clear_status(runner_settings: Settings) -> None:
+    """The container (and with it the tmux server) went away mid-sign-in: the next look at the
+    attempt says so, and nothing is left listening or running."""
+    runner = Runner(runner_settings)
+    state, _ = runner.start()
+    assert state.pane_pid
+    pids = descendants(state.pane_pid)
+    runner.tmux._run("kill-server", check=False)
+    wait_until(lambda: not [p for p in pids if Path(f"/proc/{p}").exists()], what="all gone")
+    after = Runner(runner_settings).status()
+    assert after is not None and after.status == "failed"
+    assert after.message and "restarted" in after.message and "chatgpt-login start" in after.message
+    assert leftovers(runner, runner_settings) == CLEAN
