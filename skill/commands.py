@@ -104,11 +104,7 @@ def wait(settings: Settings, out: Output, *, timeout: float | None) -> int:
 
 
 def _signed_in(settings: Settings, out: Output, state: LoginState) -> int:
-    credential = _local_credential(settings)
-    who = ""
-    if credential is not None:
-        claims = credential.claims()
-        who = f" as {claims.email or 'unknown'} ({claims.plan_type or 'unknown'} plan)"
+    who = f" as {state.signed_in_as}" if state.signed_in_as else ""
     from skill.persist import request_persist  # noqa: PLC0415 - httpx only when needed
 
     persisted = request_persist(settings)

@@ -81,14 +81,20 @@ def alive(pid: int) -> bool:
 
 
 def end_processes(pids: set[int], *, grace: float = 1.0) -> None:
-    """SIGTERM, then SIGKILL whatever is still there after ``grace`` seconds."""
+    """SIGTERM, then SIGKILL whatever is still there after ``grace`` seconds; returns once they
+    are gone (or a further ``grace`` has passed), so their ports are free when it returns."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_gone(pids, grace)
     for pid in pids:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+    _wait_gone(pids, grace)
+
+
+def _wait_gone(pids: set[int], limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -54,6 +54,7 @@ class Runner:
         self.dir = settings.state_dir
         ensure_private_dir(self.dir)
         self.store = StateStore(self.dir)
+        self._who: str | None = None
         env = {**settings.child_env, "HOME": str(Path.home())}
         self.tmux = tmux or TmuxServer(self.dir / "tmux.sock", base_env=env)
 
@@ -234,7 +235,11 @@ class Runner:
             if driver.name == "native" and answer.status == 200:
                 # Our program answers only after saving; its answer lists the files.
                 saved = re.findall(r"^Credentials saved to (.+)$", answer.body, re.MULTILINE)
-                done = state.model_copy(update={"saved": saved, "code_sha256": _sha(callback.code)})
+                done = state.model_copy(update={
+                    "saved": saved,
+                    "code_sha256": _sha(callback.code),
+                    "signed_in_as": _who(answer.body),
+                })  # fmt: skip
                 return self._end(done, "succeeded", message="Signed in.")
             if driver.name == "native":
                 mark = 0  # its verdict is in its output; read all of it
@@ -294,7 +299,9 @@ class Runner:
         except SkillError as exc:
             self._end(state, "failed", error=exc.code, message=exc.message)
             raise
-        done = state.model_copy(update={"saved": saved, "code_sha256": code_sha})
+        done = state.model_copy(
+            update={"saved": saved, "code_sha256": code_sha, "signed_in_as": self._who}
+        )
         return self._end(done, "succeeded", message="Signed in.")
 
     def _save_credential(self, state: LoginState, driver: Driver) -> list[str]:
@@ -302,6 +309,7 @@ class Runner:
         workdir = self.dir / "work" / state.id
         if driver.name == "native":
             screen = self.tmux.screen(state.session)
+            self._who = _who(screen)
             return re.findall(r"^Credentials saved to (.+)$", screen, re.MULTILINE)
         from skill.authfiles import auth_files  # noqa: PLC0415 - not on the start path
 
@@ -309,6 +317,8 @@ class Runner:
         if credential is None:
             raise SkillError("internal", f"{driver.name} left no credential. Start again.")
         _refuse_plan(credential, self.settings)
+        claims = credential.claims()
+        self._who = f"{claims.email or 'unknown'} ({claims.plan_type or 'unknown'} plan)"
         saved = []
         for auth_file in auth_files(self.settings):
             try:
@@ -382,6 +392,12 @@ def _typeable(text: str) -> str:
     if text.rstrip().endswith(";"):
         raise SkillError("bad_paste")
     return text
+
+
+def _who(output: str) -> str | None:
+    """ "<email> (<plan> plan)" from our login program's "Signed in as ..." line."""
+    found = re.search(r"^Signed in as (.+) \(plan: (.+)\)\.$", output, re.MULTILINE)
+    return f"{found.group(1)} ({found.group(2)} plan)" if found else None
 
 
 def _sha(value: str) -> str:

@@ -364,6 +364,7 @@ class _Handler(BaseHTTPRequestHandler):
             if answer is not None:
                 return answer  # type: ignore[no-any-return]
         if token in fake.used_refresh_tokens:
+            fake.calls["refresh_token_reused"] += 1
             return 401, {"error": {"code": "refresh_token_reused", "message": "already used"}}
         account = fake.refresh_tokens.pop(token, None)
         if account is None:
