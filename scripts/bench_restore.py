@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""``chatgpt-login restore`` as a whole process against a loopback secrets API.
+
+    .venv/bin/python scripts/bench_restore.py [--runs 20]
+
+Each run starts from an empty HOME, so the restore really writes the file. Prints median, min
+and max (goal: 0.2 s), with a bare ``python3 -c pass`` beside it as the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from skill.credentials import Credential  # noqa: E402
+from skill.tokens import TokenSet  # noqa: E402
+from tests.fake_issuer import FakeIssuer  # noqa: E402
+from tests.fake_secrets import FakeSecretsAPI  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    issuer, api = FakeIssuer().start(), FakeSecretsAPI().start()
+    seeded = TokenSet.model_validate(issuer.seed_refresh_token())
+    api.record["codex_credentials"] = Credential.from_tokens(seeded).to_pi_entry()
+    cli = str(REPO / ".venv" / "bin" / "chatgpt-login")
+    rows: dict[str, list[float]] = {"python3 -c pass (floor)": [], "chatgpt-login restore": []}
+    for _ in range(args.runs):
+        home = tempfile.mkdtemp(prefix="cgl-restore-")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home,
+               "CHATGPT_LOGIN_SECRETS_API_URL": api.url, "FAT_TOOLS_TOKEN": api.token,
+               "CHATGPT_LOGIN_SECRETS_DIR": f"{home}/no-secrets"}  # fmt: skip
+        for name, argv in (("python3 -c pass (floor)", [sys.executable, "-c", "pass"]),
+                           ("chatgpt-login restore", [cli, "restore", "--strict"])):  # fmt: skip
+            started = time.monotonic()
+            subprocess.run(argv, env=env, check=True, capture_output=True)
+            rows[name].append(time.monotonic() - started)
+        if not (Path(home) / ".pi" / "agent" / "auth.json").exists():
+            raise RuntimeError("restore did not write auth.json")
+    api.stop()
+    issuer.stop()
+    print(f"# chatgpt-login restore, whole process, loopback store ({args.runs} runs)")
+    print("| what | median s | min s | max s |")
+    print("|---|---|---|---|")
+    for name, values in rows.items():
+        print(
+            f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
