@@ -27,6 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from scripts.benchlib import bench_venv  # noqa: E402
+
 NPM_BIN = REPO / ".cache" / "npm" / "node_modules" / ".bin"
 URL_RE = re.compile(r"https://auth\.openai\.com/oauth/authorize\?\S+")
 
@@ -48,6 +51,7 @@ def time_to_url(argv: list[str], env: dict[str, str], cwd: str, timeout: float =
         env=env,
         cwd=cwd,
         text=True,
+        start_new_session=True,  # its own process group, killed whole below
     )
     try:
         if proc.stdout is None:
@@ -81,7 +85,7 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="bench-login-")
     base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": work, "LANG": "C.UTF-8"}
     ours_env = {**base_env, "PI_CODING_AGENT_DIR": f"{work}/pi"}
-    chatgpt_login = str(REPO / ".venv" / "bin" / "chatgpt-login")
+    chatgpt_login = str(bench_venv() / "bin" / "chatgpt-login")
 
     def ours() -> float:
         ports = f"{free_port()},{free_port()}"

@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scripts.benchlib import bench_venv  # noqa: E402
 from skill.credentials import Credential  # noqa: E402
 from skill.tokens import TokenSet  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
@@ -34,7 +35,7 @@ def main() -> int:
     issuer, api = FakeIssuer().start(), FakeSecretsAPI().start()
     seeded = TokenSet.model_validate(issuer.seed_refresh_token())
     api.record["codex_credentials"] = Credential.from_tokens(seeded).to_pi_entry()
-    cli = str(REPO / ".venv" / "bin" / "chatgpt-login")
+    cli = str(bench_venv() / "bin" / "chatgpt-login")
     rows: dict[str, list[float]] = {"python3 -c pass (floor)": [], "chatgpt-login restore": []}
     for _ in range(args.runs):
         home = tempfile.mkdtemp(prefix="cgl-restore-")

@@ -34,10 +34,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scripts.benchlib import bench_venv  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
 
-CLI = str(REPO / ".venv" / "bin" / "chatgpt-login")
+CLI = str(bench_venv() / "bin" / "chatgpt-login")
 NPM_BIN = REPO / ".cache" / "npm" / "node_modules" / ".bin"
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from service.secrets import HttpSecretsStore
 from skill.settings import Settings
 from tests.fake_issuer import FakeIssuer
+from tests.fake_secrets import FakeSecretsAPI
 
 REPO = Path(__file__).resolve().parent.parent
 NPM_BIN = REPO / ".cache" / "npm" / "node_modules" / ".bin"
@@ -115,3 +117,21 @@ def state_dir() -> Iterator[Path]:
 def runner_settings(settings: Settings, state_dir: Path) -> Settings:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
     return settings.model_copy(update={"state_dir": state_dir, "child_env": env})
+
+
+@pytest.fixture
+def api() -> Iterator[FakeSecretsAPI]:
+    """The fake secrets API on 127.0.0.1 (faults on demand)."""
+    fake = FakeSecretsAPI().start()
+    yield fake
+    fake.stop()
+
+
+def http_store(settings: Settings) -> HttpSecretsStore:
+    """The http store for ``settings``, with the short bounds tests want."""
+    url, token = (
+        getattr(settings, "secrets_api_url", None),
+        getattr(settings, "secrets_api_token", None),
+    )
+    assert url and token, "these settings name no secrets API"
+    return HttpSecretsStore(url=url, token=token, timeout=2, attempts=2, deadline=3)

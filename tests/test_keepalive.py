@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,13 @@ from flask.testing import FlaskClient
 
 from service.app import create_app
 from service.keepalive import KeepAlive
-from service.secrets import HttpSecretsStore
 from service.settings import ServiceSettings
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
 from skill.tokens import TokenSet
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, http_store, wait_until
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
-
-
-@pytest.fixture
-def api() -> Iterator[FakeSecretsAPI]:
-    fake = FakeSecretsAPI().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture
@@ -41,12 +32,6 @@ def keep_settings(tmp_path: Path, issuer: FakeIssuer, api: FakeSecretsAPI) -> Se
         secrets_timeout=0.5, secrets_attempts=2, secrets_deadline=2, connect_timeout=2,
         read_timeout=5,
     )  # fmt: skip
-
-
-def store(settings: ServiceSettings) -> HttpSecretsStore:
-    assert settings.secrets_api_url and settings.secrets_api_token
-    return HttpSecretsStore(url=settings.secrets_api_url, token=settings.secrets_api_token,
-                            timeout=0.5, attempts=2, deadline=2)  # fmt: skip
 
 
 def write(issuer: FakeIssuer, settings: ServiceSettings, *, expires_in: float = 3600) -> Credential:
@@ -66,7 +51,7 @@ def stored(api: FakeSecretsAPI) -> dict[str, object]:
 
 def test_changes_are_pushed_once(keep_settings: ServiceSettings, issuer: FakeIssuer,
                                  api: FakeSecretsAPI) -> None:  # fmt: skip
-    keep = KeepAlive(keep_settings, store(keep_settings))
+    keep = KeepAlive(keep_settings, http_store(keep_settings))
     first = write(issuer, keep_settings)
     assert keep.run_once().pushed
     assert stored(api)["refresh"] == first.refresh_token and stored(api)["generation"] == 1
@@ -81,7 +66,7 @@ def test_changes_are_pushed_once(keep_settings: ServiceSettings, issuer: FakeIss
 
 def test_refreshes_inside_the_window_only(keep_settings: ServiceSettings, issuer: FakeIssuer,
                                           api: FakeSecretsAPI) -> None:  # fmt: skip
-    keep = KeepAlive(keep_settings, store(keep_settings))
+    keep = KeepAlive(keep_settings, http_store(keep_settings))
     write(issuer, keep_settings, expires_in=20 * 60)  # outside the 10-minute window
     assert not keep.run_once().refreshed
     soon = write(issuer, keep_settings, expires_in=5 * 60)  # inside it (codex waits for 5)
@@ -94,7 +79,7 @@ def test_refreshes_inside_the_window_only(keep_settings: ServiceSettings, issuer
 def test_permanent_failure_means_needs_relogin_and_no_more_calls(
     keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
 ) -> None:
-    keep = KeepAlive(keep_settings, store(keep_settings))
+    keep = KeepAlive(keep_settings, http_store(keep_settings))
     dead = write(issuer, keep_settings, expires_in=-60)
     issuer.refresh_tokens.pop(dead.refresh_token)
     issuer.used_refresh_tokens.add(dead.refresh_token)
@@ -118,7 +103,7 @@ def test_permanent_failure_means_needs_relogin_and_no_more_calls(
 def test_transient_failures_back_off_and_keep_the_token(
     keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
 ) -> None:
-    keep = KeepAlive(keep_settings, store(keep_settings))
+    keep = KeepAlive(keep_settings, http_store(keep_settings))
     current = write(issuer, keep_settings, expires_in=60)
     issuer.token_faults.append((503, {}))
     assert keep.run_once().error == "server_error"
@@ -133,13 +118,13 @@ def test_transient_failures_back_off_and_keep_the_token(
 def test_a_pending_push_is_made_after_a_restart(
     keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
 ) -> None:
-    keep = KeepAlive(keep_settings, store(keep_settings))
+    keep = KeepAlive(keep_settings, http_store(keep_settings))
     credential = write(issuer, keep_settings)
     api.faults.extend(["status:503"] * 10)
     assert keep.run_once().error == "secrets_unreachable"
     assert json.loads((keep_settings.state_dir / "service.json").read_text())["persist_pending"]
     api.faults.clear()
-    restarted = KeepAlive(keep_settings, store(keep_settings))  # a new process after a crash
+    restarted = KeepAlive(keep_settings, http_store(keep_settings))  # a new process after a crash
     assert restarted.try_lead()
     restarted.run_once()
     assert stored(api)["refresh"] == credential.refresh_token
@@ -170,7 +155,7 @@ def test_exactly_one_leader_and_a_successor_when_it_dies(keep_settings: ServiceS
         assert roles == ["follower", "leader"]
         first.kill(), second.kill()
         first.wait(), second.wait()
-        keep = KeepAlive(keep_settings, store(keep_settings))
+        keep = KeepAlive(keep_settings, http_store(keep_settings))
         wait_until(keep.try_lead, 5, "the lock to pass on")
     finally:
         for proc in (first, second):

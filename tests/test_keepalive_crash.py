@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from service.keepalive import KeepAlive
-from service.secrets import HttpSecretsStore
 from service.settings import ServiceSettings
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
 from skill.tokens import TokenSet
+from tests.conftest import http_store
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
 
@@ -55,7 +55,7 @@ def test_sigkill_between_refresh_and_push(tmp_path: Path, issuer: FakeIssuer) ->
             pid = os.fork()
             if pid == 0:
                 try:
-                    KeepAlive(worker, _store(worker)).run_once()
+                    KeepAlive(worker, http_store(worker)).run_once()
                 finally:
                     os._exit(0)
             # Aim at the window: wait for the issuer's answer, then kill within the next 60 ms
@@ -74,7 +74,7 @@ def test_sigkill_between_refresh_and_push(tmp_path: Path, issuer: FakeIssuer) ->
             ):
                 in_window += 1
             # The restarted service: take over, reconcile, one step.
-            keep = KeepAlive(restarted, _store(restarted))
+            keep = KeepAlive(restarted, http_store(restarted))
             assert keep.try_lead()
             keep.run_once()
             assert keep._leader is not None
@@ -99,9 +99,3 @@ def test_sigkill_between_refresh_and_push(tmp_path: Path, issuer: FakeIssuer) ->
     )
     assert (not_newest, backwards) == (0, 0)
     assert in_window >= KILLS // 4  # the kills did land in the window that matters
-
-
-def _store(settings: ServiceSettings) -> HttpSecretsStore:
-    assert settings.secrets_api_url and settings.secrets_api_token
-    return HttpSecretsStore(url=settings.secrets_api_url, token=settings.secrets_api_token,
-                            timeout=2, attempts=2, deadline=3)  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ from tests.fake_secrets import FakeSecretsAPI
 
 pytestmark = pytest.mark.npm
 PI_REFRESH = REPO / "tests" / "npm" / "pi_refresh.mjs"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeSecretsAPI]:
-    fake = FakeSecretsAPI().start()
-    yield fake
-    fake.stop()
 
 
 def settings_for(home: Path, issuer: FakeIssuer, api: FakeSecretsAPI) -> ServiceSettings:

@@ -8,27 +8,18 @@ import os
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from service.secrets import HttpSecretsStore
 from service.settings import ServiceSettings
 from service.sync import local_credential, restore, restore_and_refresh
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
 from skill.tokens import TokenSet
-from tests.conftest import PYTHON, REPO, free_port
+from tests.conftest import PYTHON, REPO, free_port, http_store
 from tests.fake_issuer import Account, FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
-
-
-@pytest.fixture
-def api() -> Iterator[FakeSecretsAPI]:
-    fake = FakeSecretsAPI().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture
@@ -38,12 +29,6 @@ def service_settings(tmp_path: Path, issuer: FakeIssuer, api: FakeSecretsAPI) ->
         state_dir=tmp_path / "state", secrets_api_url=api.url, secrets_api_token=api.token,
         secrets_timeout=0.5, secrets_attempts=2, secrets_deadline=2,
     )  # fmt: skip
-
-
-def store_of(settings: ServiceSettings) -> HttpSecretsStore:
-    assert settings.secrets_api_url and settings.secrets_api_token
-    return HttpSecretsStore(url=settings.secrets_api_url, token=settings.secrets_api_token,
-                            timeout=0.5, attempts=2, deadline=2)  # fmt: skip
 
 
 def credential(
@@ -68,7 +53,7 @@ def test_missing_local_is_restored(service_settings: ServiceSettings, issuer: Fa
                                    api: FakeSecretsAPI) -> None:  # fmt: skip
     remote = credential(issuer)
     stored(api, remote)
-    result = restore(service_settings, store_of(service_settings))
+    result = restore(service_settings, http_store(service_settings))
     assert result.action == "restored"
     local = local_credential(service_settings)
     assert local is not None and local.refresh_token == remote.refresh_token
@@ -81,7 +66,7 @@ def test_corrupt_local_is_moved_aside_and_restored(
     stored(api, credential(issuer))
     service_settings.pi_auth_file.parent.mkdir(parents=True)
     service_settings.pi_auth_file.write_text("{broken")
-    result = restore(service_settings, store_of(service_settings))
+    result = restore(service_settings, http_store(service_settings))
     assert result.action == "restored" and "moved aside" in " ".join(result.notes)
     assert list(service_settings.pi_agent_dir.glob("auth.json.corrupt-*"))
 
@@ -93,13 +78,13 @@ def test_older_local_is_replaced_newer_local_is_pushed(
     pi = PiAuthFile(service_settings.pi_auth_file)
     pi.save(old)
     stored(api, new)
-    assert restore(service_settings, store_of(service_settings)).action == "restored"
+    assert restore(service_settings, http_store(service_settings)).action == "restored"
     assert same(local_credential(service_settings), new)
     newest = credential(issuer, expires_in=7200)
     pi.save(newest)
-    assert restore(service_settings, store_of(service_settings)).action == "pushed_local"
+    assert restore(service_settings, http_store(service_settings)).action == "pushed_local"
     assert api.record["codex_credentials"]["refresh"] == newest.refresh_token
-    assert restore(service_settings, store_of(service_settings)).action == "in_sync"
+    assert restore(service_settings, http_store(service_settings)).action == "in_sync"
 
 
 def test_another_account_is_never_adopted(
@@ -109,7 +94,7 @@ def test_another_account_is_never_adopted(
     PiAuthFile(service_settings.pi_auth_file).save(mine)
     theirs = credential(issuer, account="acct-2222", expires_in=9000)
     stored(api, theirs)
-    result = restore(service_settings, store_of(service_settings))
+    result = restore(service_settings, http_store(service_settings))
     assert result.action == "conflict" and result.failed
     assert same(local_credential(service_settings), mine)
     assert api.record["codex_credentials"]["accountId"] == "acct-2222"
@@ -121,7 +106,7 @@ def test_a_record_whose_token_names_another_account_is_ignored(
     entry = credential(issuer).to_pi_entry()
     entry["accountId"] = "acct-forged"
     api.record["codex_credentials"] = entry
-    assert restore(service_settings, store_of(service_settings)).action == "invalid_record"
+    assert restore(service_settings, http_store(service_settings)).action == "invalid_record"
     assert local_credential(service_settings) is None
 
 
@@ -130,7 +115,7 @@ def test_expired_after_restore_is_renewed_once_and_stored(
 ) -> None:
     expired = credential(issuer, expires_in=-60)
     stored(api, expired)
-    result = restore_and_refresh(service_settings, store_of(service_settings))
+    result = restore_and_refresh(service_settings, http_store(service_settings))
     assert result.action == "restored" and result.refreshed
     assert issuer.calls["grant:refresh_token"] == 1
     local = local_credential(service_settings)
@@ -146,7 +131,7 @@ def test_expired_with_a_dead_refresh_token_keeps_the_credential(
     expired = credential(issuer, expires_in=-60)
     issuer.used_refresh_tokens.add(expired.refresh_token)
     stored(api, expired)
-    result = restore_and_refresh(service_settings, store_of(service_settings))
+    result = restore_and_refresh(service_settings, http_store(service_settings))
     assert result.action == "restored" and not result.refreshed
     assert "already used" in " ".join(result.notes)
     assert same(local_credential(service_settings), expired)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ from service.secrets import FileSecretsStore, HttpSecretsStore
 from tests.fake_secrets import TOKEN, FakeSecretsAPI
 
 ENTRY = {"type": "oauth", "access": "a", "refresh": "r", "expires": 1, "accountId": "acct"}
-
-
-@pytest.fixture
-def api() -> Iterator[FakeSecretsAPI]:
-    fake = FakeSecretsAPI().start()
-    yield fake
-    fake.stop()
 
 
 def store(api: FakeSecretsAPI, **kwargs: object) -> HttpSecretsStore:

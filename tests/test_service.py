@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,6 @@ from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
 
 OPERATOR = "operator-canary-51d0"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeSecretsAPI]:
-    fake = FakeSecretsAPI().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture
@@ -272,3 +264,36 @@ def test_service_settings_read_compose_secrets(tmp_path: Path) -> None:
     )
     assert not plain.uses_secrets_api and plain.secrets_file == plain.state_dir / "secrets.json"
     assert os.environ.get("FAT_TOOLS_TOKEN") != "tok-from-file"
+
+
+FAULTS = ["delay", "reset", "truncated", "malformed", "not_ok", "status:500", "status:503",
+          "retry_after:0.2", "status:401", "status:403"]  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_fault_matrix_for_persist(
+    client: FlaskClient, issuer: FakeIssuer, api: FakeSecretsAPI,
+    service_settings: ServiceSettings, fault: str,
+) -> None:  # fmt: skip
+    """Each fault, lasting: a bounded answer, the local credential untouched, and once the fault
+    clears the pending persist reaches the store."""
+    from skill.authfiles import PiAuthFile  # noqa: PLC0415
+    from skill.credentials import Credential  # noqa: PLC0415
+    from skill.tokens import TokenSet  # noqa: PLC0415
+
+    credential = Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    PiAuthFile(service_settings.pi_auth_file).save(credential)
+    before = service_settings.pi_auth_file.read_bytes(), service_settings.pi_auth_file.stat()
+    api.delay = 1.0  # past the client's 0.5 s timeout
+    api.faults.extend([fault] * 10)
+    started = time.monotonic()
+    answer = client.post("/v1/credentials/persist", headers=auth())
+    assert time.monotonic() - started < 6  # secrets_deadline is 2 s; one slow try may overrun
+    assert answer.status_code in (502, 503) and answer.json is not None
+    assert api.token not in answer.get_data(as_text=True)
+    after = service_settings.pi_auth_file.read_bytes(), service_settings.pi_auth_file.stat()
+    assert after[0] == before[0] and after[1].st_mtime_ns == before[1].st_mtime_ns
+    assert client.get("/v1/credentials", headers=auth()).json["persist_pending"] is True  # type: ignore[index]
+    api.faults.clear()
+    assert client.post("/v1/credentials/persist", headers=auth()).status_code == 200
+    assert api.record["codex_credentials"]["refresh"] == credential.refresh_token
