@@ -18,7 +18,6 @@ import platform
 import re
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from scripts.benchlib import bench_venv  # noqa: E402
+from scripts.benchlib import bench_venv, print_table  # noqa: E402
 
 NPM_BIN = REPO / ".cache" / "npm" / "node_modules" / ".bin"
 URL_RE = re.compile(r"https://auth\.openai\.com/oauth/authorize\?\S+")
@@ -114,12 +113,7 @@ def main() -> int:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
     print()
-    print("| program | median s | min s | max s |")
-    print("|---|---|---|---|")
-    for name, values in samples.items():
-        print(
-            f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |"
-        )
+    print_table(samples, first="program")
     return 0
 
 

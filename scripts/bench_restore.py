@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.benchlib import bench_venv  # noqa: E402
+from scripts.benchlib import bench_venv, print_table  # noqa: E402
 from skill.credentials import Credential  # noqa: E402
 from skill.tokens import TokenSet  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
@@ -52,12 +51,7 @@ def main() -> int:
     api.stop()
     issuer.stop()
     print(f"# chatgpt-login restore, whole process, loopback store ({args.runs} runs)")
-    print("| what | median s | min s | max s |")
-    print("|---|---|---|---|")
-    for name, values in rows.items():
-        print(
-            f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |"
-        )
+    print_table(rows)
     return 0
 
 

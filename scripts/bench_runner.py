@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.benchlib import bench_venv  # noqa: E402
+from scripts.benchlib import bench_venv, print_table  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
 
@@ -146,12 +145,7 @@ def main() -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, tmux {_tmux_version()}")  # fmt: skip
     print()
-    print("| what | median s | min s | max s |")
-    print("|---|---|---|---|")
-    for name, values in rows.items():
-        print(
-            f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |"
-        )
+    print_table(rows)
     if have_npm:
         print(f"\noriginal recipe signed in: {recipe_ok} of {recipe_runs} runs")
     return 0

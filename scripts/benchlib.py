@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -14,3 +15,12 @@ def bench_venv() -> Path:
     own CLI), and an editable install adds a path finder to every start."""
     subprocess.run([str(REPO / "scripts" / "install"), "--bench"], check=True)
     return REPO / ".cache" / "bench-venv"
+
+
+def print_table(rows: dict[str, list[float]], *, first: str = "what") -> None:
+    """One Markdown row per measurement: median, min and max in seconds."""
+    print(f"| {first} | median s | min s | max s |")
+    print("|---|---|---|---|")
+    for name, values in rows.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.3f} | {min(values):.3f} | {max(values):.3f} |")
