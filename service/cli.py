@@ -74,47 +74,47 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def add_service_commands(commands: skill_cli.Commands) -> None:
-    refresh = commands.add_parser(
+    refresh = skill_cli.add_command(
+        commands,
         "refresh",
-        help="renew the access token now and store the result",
-        description=(
+        "renew the access token now and store the result",
+        (
             "Spend the refresh token now (under pi's lock, so no other program spends it at "
             "the same time; if one just did, its result is used), write the rotated credential "
             "and ask the service to store it. The service also does this by itself ahead of "
             "expiry."
         ),
-        epilog="example:\n  chatgpt-login refresh",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "chatgpt-login refresh",
     )
     refresh.set_defaults(handler=_refresh)
-    serve = commands.add_parser(
+    serve = skill_cli.add_command(
+        commands,
         "serve",
-        help="run the operator API under gunicorn (127.0.0.1:8080 by default)",
-        description=(
+        "run the operator API under gunicorn (127.0.0.1:8080 by default)",
+        (
             "Run the service: the operator REST API (see /v1/openapi.json), persisting to the "
             "secrets store. Every endpoint but /healthz and /readyz needs a bearer token: "
             "CHATGPT_LOGIN_OPERATOR_TOKEN, or the local token the service writes to "
             "<state dir>/service.token for the agent's own commands. Without an operator token "
             "it only listens on loopback."
         ),
-        epilog="example:\n  chatgpt-login serve --bind 127.0.0.1:8080",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "chatgpt-login serve --bind 127.0.0.1:8080",
     )
     serve.add_argument("--bind", default=None, metavar="HOST:PORT")
     serve.set_defaults(handler=_serve)
 
-    restore = commands.add_parser(
+    restore = skill_cli.add_command(
+        commands,
         "restore",
-        help="restore the credential from the secrets store (run before the agent starts)",
-        description=(
+        "restore the credential from the secrets store (run before the agent starts)",
+        (
             "Bring this machine's credential and the stored copy to the newer of the two: write "
             "the stored one when the local file is missing, unreadable or older; push the local "
             "one up when it is newer; never take another account's. If the access token has "
             "expired, renew it once and store the result. When the store cannot be reached, "
             "prints one line and exits 0 without touching the local file (--strict: exit 4)."
         ),
-        epilog="example:\n  chatgpt-login restore --strict",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "chatgpt-login restore --strict",
     )
     restore.add_argument("--strict", action="store_true", help="exit non-zero on failure")
     restore.set_defaults(handler=_restore)

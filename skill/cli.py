@@ -106,18 +106,18 @@ def build_parser(extend: Callable[[Commands], None] | None = None) -> argparse.A
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    login = commands.add_parser(
+    login = add_command(
+        commands,
         "oauth-login",
-        help="run one sign-in in this terminal (the login program)",
-        description=(
+        "run one sign-in in this terminal (the login program)",
+        (
             "Run one ChatGPT sign-in in this terminal. Browser method: prints a link, then "
             "takes the code from the loopback listener (127.0.0.1:1455, or 1457) or from a "
             "pasted address, whichever comes first. Device method: prints a code to enter at "
             "the verification page. Writes the credential files and prints "
             "'Credentials saved to <path>' for each."
         ),
-        epilog="example:\n  chatgpt-login oauth-login --method device",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "chatgpt-login oauth-login --method device",
     )
     login.add_argument("--method", choices=("browser", "device"), default="browser")
     login.add_argument(
@@ -186,15 +186,23 @@ AGENT_COMMANDS = {
 }
 
 
+def add_command(
+    commands: Commands, name: str, summary: str, description: str, example: str
+) -> argparse.ArgumentParser:
+    """A subcommand with the help every command has: a summary, a description and an example
+    (tests/test_docs.py holds every command to that)."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def _add_agent_commands(commands: Commands) -> None:
     for name, (summary, description, example) in AGENT_COMMANDS.items():
-        sub = commands.add_parser(
-            name,
-            help=summary,
-            description=description,
-            epilog=f"example:\n  {example}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        sub = add_command(commands, name, summary, description, example)
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         if name == "start":
             sub.add_argument("--method", choices=("browser", "device"), default="browser")
