@@ -4,7 +4,9 @@
     .venv/bin/python scripts/bench_restore.py [--runs 20]
 
 Each run starts from an empty HOME, so the restore really writes the file. Prints median, min
-and max (goal: 0.2 s), with a bare ``python3 -c pass`` beside it as the floor.
+and max (goal: 0.2 s), with two floors beside it: a bare ``python3 -c pass``, and importing
+pydantic's ``BaseModel`` (the settings object and the credential models are pydantic models, so
+no restore can start faster than that import).
 """
 
 from __future__ import annotations
@@ -35,13 +37,20 @@ def main() -> int:
     seeded = TokenSet.model_validate(issuer.seed_refresh_token())
     api.record["codex_credentials"] = Credential.from_tokens(seeded).to_pi_entry()
     cli = str(bench_venv() / "bin" / "chatgpt-login")
-    rows: dict[str, list[float]] = {"python3 -c pass (floor)": [], "chatgpt-login restore": []}
+    venv_python = str(bench_venv() / "bin" / "python")
+    pydantic_floor = "import pydantic.BaseModel (floor with pydantic settings)"
+    rows: dict[str, list[float]] = {
+        "python3 -c pass (floor)": [],
+        pydantic_floor: [],
+        "chatgpt-login restore": [],
+    }
     for _ in range(args.runs):
         home = tempfile.mkdtemp(prefix="cgl-restore-")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home,
                "CHATGPT_LOGIN_SECRETS_API_URL": api.url, "FAT_TOOLS_TOKEN": api.token,
                "CHATGPT_LOGIN_SECRETS_DIR": f"{home}/no-secrets"}  # fmt: skip
         for name, argv in (("python3 -c pass (floor)", [sys.executable, "-c", "pass"]),
+                           (pydantic_floor, [venv_python, "-c", "from pydantic import BaseModel"]),
                            ("chatgpt-login restore", [cli, "restore", "--strict"])):  # fmt: skip
             started = time.monotonic()
             subprocess.run(argv, env=env, check=True, capture_output=True)

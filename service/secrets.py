@@ -7,6 +7,12 @@
   jitter (``Retry-After`` honoured), bounded by attempts and a total deadline; 401/403 are not.
   Every request here is idempotent (a PATCH sets the same value again), so retrying after a
   timeout is safe. TLS verification is always on (``SSL_CERT_FILE`` for a custom CA).
+
+  It is built on the standard library's ``urllib`` rather than httpx: ``chatgpt-login restore``
+  runs before the agent on every container start, and importing httpx and loading certifi's CA
+  bundle cost more than 0.1 s of its 0.2 s budget. urllib reads the same environment (proxies,
+  ``NO_PROXY``, ``SSL_CERT_FILE`` through OpenSSL) and the store needs nothing more: one short
+  request at a time, no streaming, no redirects.
 - :class:`FileSecretsStore`: a 0600 JSON file in the state directory, for when no secrets API
   is configured, so that everything works out of the box.
 """
@@ -17,11 +23,14 @@ import json
 import logging
 import random
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import Message
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Protocol
-
-import httpx
 
 from service.errors import ServiceError, unreachable
 from service.settings import ServiceSettings
@@ -71,23 +80,22 @@ class HttpSecretsStore:
         timeout: float = 10.0,
         attempts: int = 5,
         deadline: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if not url.startswith(("https://", "http://")):  # ServiceSettings checks this too
+            raise ValueError("the secrets API URL must be an http(s) URL")
         self.url, self.key = url, key
-        self.attempts, self.deadline = attempts, deadline
+        self.timeout, self.attempts, self.deadline = timeout, attempts, deadline
         self._sleep = sleep
-        self._auth = {"Authorization": f"Bearer {token}"}
-        # verify stays on: trust_env adds SSL_CERT_FILE/HTTPS_PROXY, never disables checks.
-        self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            transport=transport,
-            trust_env=transport is None,
-        )
+        self._token = token
+        # Proxies from the environment as urllib reads them; certificates are always verified
+        # (the default HTTPS context). Redirects are refused: the bearer token must not follow
+        # an answer to another address.
+        self._opener = urllib.request.build_opener(_RefuseRedirects())
 
     def get(self) -> Entry | None:
         response = self._request("GET")
-        if response.status_code == 404:
+        if response.status == 404:
             return None
         body = _json_object(response)
         entry = body.get(self.key)
@@ -119,20 +127,18 @@ class HttpSecretsStore:
                 transient=True,
             )
 
-    def _request(self, method: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    def _request(self, method: str, body: dict[str, Any] | None = None) -> _Response:
         """Send with bounded retries on network errors, 5xx and 429."""
         deadline = time.monotonic() + self.deadline
         error: ServiceError = unreachable("no attempt made")
         for attempt in range(1, self.attempts + 1):
             retry_after: float | None = None
             try:
-                response = self._http.request(method, self.url, json=body, headers=self._auth)
-            except httpx.TimeoutException:
-                error = unreachable("it did not answer in time")
-            except httpx.HTTPError as exc:
-                error = unreachable(type(exc).__name__)
+                response = self._send(method, body)
+            except (OSError, HTTPException, ValueError) as exc:  # timeouts, resets, TLS, truncation
+                error = unreachable(_reason(exc))
             else:
-                status = response.status_code
+                status = response.status
                 if status in (401, 403):
                     raise ServiceError(
                         "secrets_forbidden",
@@ -152,6 +158,44 @@ class HttpSecretsStore:
             )
             self._sleep(delay)
         raise error
+
+    def _send(self, method: str, body: dict[str, Any] | None) -> _Response:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url, data=data, method=method)  # noqa: S310 - http(s) only, checked in __init__
+        request.add_header("Authorization", f"Bearer {self._token}")
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with self._opener.open(request, timeout=self.timeout) as answer:
+                return _Response(answer.status, answer.headers, answer.read())
+        except urllib.error.HTTPError as answer:  # a non-2xx answer is still an answer
+            with answer:
+                return _Response(answer.code, answer.headers, answer.read())
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: Message
+    body: bytes
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx is then handled as an ordinary (non-2xx) answer
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause for the error message: the innermost reason urllib wraps."""
+    if isinstance(exc, TimeoutError):
+        return "it did not answer in time"
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        return _reason(reason)
+    if isinstance(reason, str) and reason:
+        return reason
+    return type(exc).__name__
 
 
 class FileSecretsStore:
@@ -187,15 +231,15 @@ class FileSecretsStore:
             write_private(self.path, json.dumps(document, indent=2).encode())
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
+def _json_object(response: _Response) -> dict[str, Any]:
     try:
-        body = response.json()
+        body = json.loads(response.body)
     except ValueError:
         body = None
     if not isinstance(body, dict):
         raise ServiceError(
             "secrets_bad_response",
-            f"The secrets API sent an unreadable answer (HTTP {response.status_code}). It will be "
+            f"The secrets API sent an unreadable answer (HTTP {response.status}). It will be "
             "retried; if it persists, check the secrets API.",
             status=502,
             transient=True,
@@ -203,8 +247,8 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
+def _retry_after(response: _Response) -> float | None:
+    value = response.headers.get("Retry-After") or ""
     try:
         return min(max(float(value), 0.0), 60.0)
     except ValueError:

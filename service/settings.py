@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from skill.settings import Settings
 
@@ -35,6 +35,14 @@ class ServiceSettings(Settings):
     # The operator API.
     bind: str = "127.0.0.1:8080"
     operator_token: str | None = Field(default=None, repr=False)
+
+    @field_validator("secrets_api_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # urllib would also open file:// and ftp:// addresses; only HTTP(S) is a secrets API.
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("secrets_api_url must be an https:// (or local http://) URL")
+        return value
 
     @model_validator(mode="after")
     def _defaults(self) -> ServiceSettings:

@@ -76,7 +76,7 @@ DEFAULT_SECRETS_DIR = Path("/run/secrets")
 class Settings(BaseModel):
     """Everything configurable, with the defaults a container user needs."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     # OAuth issuer and client (PROTOCOL.md §1-2).
     issuer: str = DEFAULT_ISSUER
