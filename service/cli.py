@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from skill import cli as skill_cli
 from skill.errors import ExitCode
@@ -67,9 +68,30 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return ExitCode.USAGE
     local_token(settings)  # made once, before the workers start
+    _exec_gunicorn(settings.bind, "service.wsgi:app")
+
+
+def _secrets_server(args: argparse.Namespace) -> int:
+    from service.secrets_server import server_tokens  # noqa: PLC0415
+    from service.settings import ServiceSettings  # noqa: PLC0415
+
+    settings = ServiceSettings.from_env()
+    try:
+        if not server_tokens(settings):
+            raise ValueError(
+                "no token is configured: set CHATGPT_LOGIN_SECRETS_SERVER_TOKENS "
+                "('<agent>:<token>' lines, or the secrets_server_tokens secret) or "
+                "FAT_TOOLS_TOKEN for one agent"
+            )
+    except ValueError as exc:
+        print(f"Error: {exc}.", file=sys.stderr)
+        return ExitCode.USAGE
+    _exec_gunicorn(args.bind, "service.secrets_server:wsgi()")
+
+
+def _exec_gunicorn(bind: str, app: str) -> NoReturn:
     conf = Path(__file__).with_name("gunicorn_conf.py")
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", settings.bind,
-            "service.wsgi:app"]  # fmt: skip
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", bind, app]
     os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and fixed arguments
 
 
@@ -118,6 +140,24 @@ def add_service_commands(commands: skill_cli.Commands) -> None:
     )
     restore.add_argument("--strict", action="store_true", help="exit non-zero on failure")
     restore.set_defaults(handler=_restore)
+
+    server = skill_cli.add_command(
+        commands,
+        "secrets-server",
+        "run the reference secrets API (GET/PATCH /api/agent/secrets) under gunicorn",
+        (
+            "A small implementation of the remote secrets API this project stores credentials "
+            "in, for local runs and self-hosting: a JSON document per agent in SQLite "
+            "(CHATGPT_LOGIN_SECRETS_SERVER_DB, default <state dir>/secrets-server.db), merge-"
+            "patched with PATCH, read with GET, each agent with its own bearer token "
+            "(CHATGPT_LOGIN_SECRETS_SERVER_TOKENS: '<agent>:<token>' lines; default: "
+            "FAT_TOOLS_TOKEN for one agent). Point agents at it with "
+            "CHATGPT_LOGIN_SECRETS_API_URL=http://<host>:8090/api/agent/secrets."
+        ),
+        "chatgpt-login secrets-server --bind 0.0.0.0:8090",
+    )
+    server.add_argument("--bind", default="127.0.0.1:8090", metavar="HOST:PORT")
+    server.set_defaults(handler=_secrets_server)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,11 @@ class ServiceSettings(Settings):
     bind: str = "127.0.0.1:8080"
     operator_token: str | None = Field(default=None, repr=False)
 
+    # ``chatgpt-login secrets-server``, the reference secrets API: '<agent>:<token>' lines
+    # (default: secrets_api_token for one agent) and its SQLite file (default in state_dir).
+    secrets_server_tokens: str | None = Field(default=None, repr=False)
+    secrets_server_db: Path | None = None
+
     @field_validator("secrets_api_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

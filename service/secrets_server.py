@@ -1,0 +1,210 @@
+"""A reference implementation of the remote secrets API (PROTOCOL.md §8), for local runs and
+self-hosting: ``chatgpt-login secrets-server``.
+
+- ``GET /api/agent/secrets``: the calling agent's document, a JSON object (``{}`` when empty).
+- ``PATCH /api/agent/secrets``: a JSON merge patch (RFC 7396: ``null`` deletes a key, objects
+  merge, anything else replaces) applied atomically; answers ``{"ok": true}``.
+- ``GET /healthz``: up and the database opens.
+
+Each agent has its own bearer token and its own document. Tokens come from the
+``secrets_server_tokens`` setting (one ``<agent>:<token>`` per line, usually a file secret),
+or, when that is unset, the ``secrets_api_token`` the agents use, for one agent named
+``agent``. They are compared in constant time. Documents live in SQLite (WAL, 0600 files);
+nothing of a document or a token is ever logged, and error bodies never echo a request.
+
+The ``http`` secrets store works against it unchanged, as it does against the original remote.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from service.errors import ServiceError
+from service.settings import ServiceSettings
+from skill.files import ensure_private_dir
+
+MAX_BODY = 256 * 1024
+DEFAULT_AGENT = "agent"
+ROUTE = "/api/agent/secrets"
+
+
+def parse_tokens(text: str) -> dict[str, bytes]:
+    """``<agent>:<token>`` lines (blank lines and ``#`` comments skipped) -> agent -> token."""
+    tokens: dict[str, bytes] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        agent, sep, token = line.partition(":")
+        if not sep or not agent.strip() or len(token.strip()) < 16:
+            raise ValueError(
+                f"secrets_server_tokens line {number} is not '<agent>:<token>' with a token of "
+                "at least 16 characters"
+            )
+        tokens[agent.strip()] = token.strip().encode()
+    return tokens
+
+
+def server_tokens(settings: ServiceSettings) -> dict[str, bytes]:
+    if settings.secrets_server_tokens:
+        return parse_tokens(settings.secrets_server_tokens)
+    if settings.secrets_api_token:
+        return {DEFAULT_AGENT: settings.secrets_api_token.encode()}
+    return {}
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+class Documents:
+    """One JSON document per agent in SQLite. A connection per call: cheap for SQLite, and
+    safe across gunicorn's threads and workers; writes take the database's write lock first
+    (``BEGIN IMMEDIATE``) so concurrent patches serialise instead of losing one another."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        ensure_private_dir(path.parent)
+        previous = os.umask(0o077)  # the database and its -wal/-shm files: 0600
+        try:
+            with closing(self._connect()) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS documents "
+                    "(agent TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL NOT NULL)"
+                )
+        finally:
+            os.umask(previous)
+        path.chmod(0o600)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=10, isolation_level=None)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def get(self, agent: str) -> dict[str, Any]:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT body FROM documents WHERE agent = ?", (agent,)).fetchone()
+        found = json.loads(row[0]) if row else {}
+        return found if isinstance(found, dict) else {}
+
+    def patch(self, agent: str, patch: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            row = db.execute("SELECT body FROM documents WHERE agent = ?", (agent,)).fetchone()
+            merged = merge_patch(json.loads(row[0]) if row else {}, patch)
+            db.execute(
+                "INSERT INTO documents (agent, body, updated) VALUES (?, ?, julianday('now')) "
+                "ON CONFLICT (agent) DO UPDATE "
+                "SET body = excluded.body, updated = excluded.updated",
+                (agent, json.dumps(merged, separators=(",", ":"))),
+            )
+
+    def ping(self) -> None:
+        with closing(self._connect()) as db:
+            db.execute("SELECT 1").fetchone()
+
+
+def create_secrets_app(settings: ServiceSettings) -> Flask:
+    tokens = server_tokens(settings)
+    if not tokens:
+        raise ValueError(
+            "no tokens: set secrets_server_tokens ('<agent>:<token>' lines) or secrets_api_token"
+        )
+    documents = Documents(settings.secrets_server_db or settings.state_dir / "secrets-server.db")
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        if request.endpoint == "healthz":
+            return None
+        header = request.headers.get("Authorization", "")
+        given = header[7:].encode() if header.startswith("Bearer ") else b""
+        # Every token is compared, always, so timing says nothing about which one came close.
+        matched = [agent for agent, token in tokens.items() if hmac.compare_digest(given, token)]
+        if given and matched:
+            g.agent = matched[0]
+            return None
+        response = jsonify(error="unauthorized", message="Send Authorization: Bearer <token>.")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Bearer realm="secrets"'
+        return response
+
+    @app.get(ROUTE)
+    def read() -> Response:
+        return _no_store(jsonify(documents.get(g.agent)))
+
+    @app.patch(ROUTE)
+    def write() -> Response:
+        if not request.is_json:
+            raise ServiceError(
+                "unsupported_media_type",
+                "Send a JSON object (Content-Type: application/json).",
+                status=415,
+            )
+        patch = request.get_json(silent=True)
+        if not isinstance(patch, dict):
+            raise ServiceError(
+                "invalid_request", "The body must be a JSON object (a merge patch).", status=400
+            )
+        documents.patch(g.agent, patch)
+        return _no_store(jsonify(ok=True))
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        documents.ping()
+        return jsonify(status="ok")
+
+    @app.errorhandler(ServiceError)
+    def refused(exc: ServiceError) -> tuple[Response, int]:
+        return jsonify(error=exc.code, message=exc.message), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        message = {
+            404: f"No such endpoint; the secrets API is {ROUTE}.",
+            405: f"{ROUTE} answers GET and PATCH.",
+            413: f"The request body is larger than {MAX_BODY} bytes.",
+        }.get(status, exc.name)
+        return jsonify(error=exc.name.lower().replace(" ", "_"), message=message), status
+
+    return app
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def wsgi() -> Flask:
+    """gunicorn's entry: ``service.secrets_server:wsgi()``."""
+    return create_secrets_app(ServiceSettings.from_env())
