@@ -1,0 +1,80 @@
+# chatgpt-login: the skill runner and the service in one image.
+#
+#   docker build -t chatgpt-login .                            # native login program only
+#   docker build --build-arg NODE_CLIS=true -t chatgpt-login . # + Node.js, pi-ai and codex
+#
+# Behind a TLS-intercepting proxy, mount its CA at build time and name it (the image itself is
+# unchanged): podman build -v /etc/ssl/certs/ca-certificates.crt:/run/build-ca.crt:ro \
+#   --build-arg PIP_CERT=/run/build-ca.crt ...
+FROM debian:bookworm-slim
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+ARG NODE_CLIS=false
+ARG PIP_CERT=
+ARG PI_AI_VERSION=0.73.1
+ARG CODEX_VERSION=0.169.0
+
+# Debian's python3 (3.11), tmux for the login sessions, tini as PID 1. Versions are Debian's
+# bookworm ones: pinning exact package versions breaks the build when a security update
+# replaces them on the mirror, so they are left to the release (DL3008).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv tmux tini ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+# Only with NODE_CLIS=true: the pinned pi-ai and codex CLIs for the pi-ai and codex drivers.
+# hadolint ignore=DL3008
+RUN if [ "$NODE_CLIS" = true ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends nodejs npm \
+        && if [ -n "$PIP_CERT" ]; then export NPM_CONFIG_CAFILE="$PIP_CERT"; fi \
+        && npm install -g --no-fund --no-audit \
+            "@mariozechner/pi-ai@${PI_AI_VERSION}" "@openai/codex@${CODEX_VERSION}" \
+        && npm cache clean --force \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
+# A fixed non-root user; its home and the state directory are volumes in compose.yaml.
+RUN groupadd --gid 10001 agent \
+    && useradd --uid 10001 --gid agent --create-home --home-dir /home/agent --shell /bin/bash agent \
+    && install -d -o agent -g agent -m 0700 /var/lib/chatgpt-login
+
+# Dependencies first, from pyproject.toml alone, so a code change does not reinstall them.
+ENV VIRTUAL_ENV=/opt/chatgpt-login PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+COPY pyproject.toml /opt/src/
+# (pip reads PIP_CERT itself; an empty one must not reach it.)
+RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \
+    && python3 -m venv "$VIRTUAL_ENV" \
+    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/opt/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /opt/src/requirements.txt \
+    && "$VIRTUAL_ENV/bin/pip" install -r /opt/src/requirements.txt
+
+COPY README.md /opt/src/
+COPY skill /opt/src/skill
+COPY service /opt/src/service
+RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \
+    && "$VIRTUAL_ENV/bin/pip" install --no-deps /opt/src \
+    && rm -rf /opt/src \
+    && "$VIRTUAL_ENV/bin/python" -c "import skill, service"
+COPY scripts/entrypoint /usr/local/bin/chatgpt-login-entrypoint
+
+ENV PATH="$VIRTUAL_ENV/bin:$PATH" \
+    HOME=/home/agent \
+    CHATGPT_LOGIN_STATE_DIR=/var/lib/chatgpt-login \
+    CHATGPT_LOGIN_BIND=0.0.0.0:8080 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    LANG=C.UTF-8
+# The agent user created above, by number (no passwd lookup needed at run time).
+USER 10001:10001
+WORKDIR /home/agent
+VOLUME ["/home/agent", "/var/lib/chatgpt-login"]
+EXPOSE 8080
+
+# /healthz over the loopback with the image's own Python: no curl in the image.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-m", "service.healthcheck"]
+
+# tini reaps and forwards signals; the entrypoint restores, serves and runs the command, if any.
+ENTRYPOINT ["tini", "--", "chatgpt-login-entrypoint"]
+CMD []

@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""The container story, run by ``scripts/container-test`` against a built image.
+
+With the fake issuer on this machine's loopback and the reference secrets API in its own
+container (host networking, as on this build machine):
+
+1. start an agent container whose command records whether auth.json was there when it began;
+2. sign in through ``chatgpt-login start`` / ``complete`` inside it; the credential must reach
+   the secrets API;
+3. remove the container and its volumes (only the secrets API's volume stays);
+4. start a new one: its auth.json must be back (0600, same account, same refresh token) before
+   the agent command starts;
+5. rotate the token inside it from another process than the service: the rotation must reach
+   the secrets API (sync-back);
+6. ``podman stop`` must end it cleanly (exit 0, within the grace period).
+
+Prints one line per check and the figures (start to /readyz green, sync-back latency, stop
+time); exits non-zero at the first failed check. No token is printed: tokens are compared by
+their SHA-256 inside the containers.
+
+    .venv/bin/python scripts/container_story.py --image localhost/chatgpt-login:dev
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import free_port  # noqa: E402
+from tests.fake_issuer import FakeIssuer  # noqa: E402
+
+PREFIX = "cgl-story"
+HOME_VOLUME, STATE_VOLUME, DATA_VOLUME = f"{PREFIX}-home", f"{PREFIX}-state", f"{PREFIX}-data"
+AGENT, SECRETS_API = f"{PREFIX}-agent", f"{PREFIX}-secrets-api"
+# The agent command: says whether auth.json was there when it started, then idles.
+AGENT_COMMAND = (
+    'f="$HOME/.pi/agent/auth.json"; '
+    'if [ -f "$f" ]; then echo "agent start: auth.json $(stat -c %a "$f")"; '
+    'else echo "agent start: no auth.json"; fi; exec sleep infinity'
+)
+# Hash of the stored or local refresh token, computed where the token is, so none is printed.
+LOCAL_REFRESH_HASH = (
+    "import hashlib, json, pathlib; "
+    "e = json.loads((pathlib.Path.home() / '.pi/agent/auth.json').read_text())['openai-codex']; "
+    "print(e['accountId'], hashlib.sha256(e['refresh'].encode()).hexdigest())"
+)
+# Another process than the service spends the refresh token and writes the file (as pi would).
+ROTATE = (
+    "from service.refresher import Refresher; from service.settings import ServiceSettings; "
+    "Refresher(ServiceSettings.from_env()).ensure_fresh(force=True)"
+)
+
+
+def podman(*args: str, check: bool = True, input: str | None = None) -> str:
+    done = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, input=input, timeout=120, check=False
+    )
+    if check and done.returncode != 0:
+        raise StoryError(
+            f"podman {args[0]} failed ({done.returncode}): {done.stderr.strip()[-800:]}"
+        )
+    return done.stdout
+
+
+class StoryError(Exception):
+    pass
+
+
+def check(ok: bool, what: str) -> None:
+    print(f"{'ok  ' if ok else 'FAIL'} {what}", flush=True)
+    if not ok:
+        raise StoryError(what)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise StoryError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - loopback
+            return int(answer.status)
+    except urllib.error.HTTPError as answer:
+        return answer.code
+    except OSError:
+        return 0
+
+
+class Story:
+    def __init__(self, image: str, workdir: Path) -> None:
+        self.image = image
+        self.secrets_dir = workdir / "secrets"
+        self.secrets_dir.mkdir(mode=0o700)
+        self.api_token = secrets.token_urlsafe(32)
+        self.operator_token = secrets.token_urlsafe(32)
+        # As compose mounts file secrets: readable in the container, private on the host.
+        for name, value in (("secrets_api_token", self.api_token),
+                            ("operator_token", self.operator_token)):  # fmt: skip
+            path = self.secrets_dir / name
+            path.write_text(value + "\n")
+            path.chmod(0o644)
+        self.api_port, self.agent_port = free_port(), free_port()
+        self.callback_ports = f"{free_port()},{free_port()}"
+        self.issuer = FakeIssuer().start()
+        self.figures: dict[str, str] = {}
+
+    @property
+    def store_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}/api/agent/secrets"
+
+    def secret_mount(self, name: str) -> list[str]:
+        return ["-v", f"{self.secrets_dir / name}:/run/secrets/{name}:ro"]
+
+    def clean(self) -> None:
+        podman("rm", "-f", "-t", "0", AGENT, SECRETS_API, check=False)
+        podman("volume", "rm", "-f", HOME_VOLUME, STATE_VOLUME, DATA_VOLUME, check=False)
+
+    # The two containers --------------------------------------------------------------------
+
+    def start_secrets_api(self) -> None:
+        bind = f"127.0.0.1:{self.api_port}"
+        podman(
+            "run",
+            "-d",
+            "--name",
+            SECRETS_API,
+            "--health-interval",
+            "disable",
+            "-v",
+            f"{DATA_VOLUME}:/var/lib/chatgpt-login",
+            *self.secret_mount("secrets_api_token"),
+            "-e",
+            f"CHATGPT_LOGIN_BIND={bind}",
+            "--entrypoint",
+            "tini",
+            self.image,
+            "--",
+            "chatgpt-login",
+            "secrets-server",
+            "--bind",
+            bind,
+        )
+        healthy = ["podman", "healthcheck", "run", SECRETS_API]
+        wait_for(
+            lambda: subprocess.run(healthy, capture_output=True, check=False).returncode == 0,
+            30,
+            "the secrets API's HEALTHCHECK",
+        )
+        check(True, "secrets API container healthy (its HEALTHCHECK passes)")
+
+    def start_agent(self) -> float:
+        """Start an agent container; seconds from `podman run` to /readyz green."""
+        started = time.monotonic()
+        podman(
+            "run",
+            "-d",
+            "--name",
+            AGENT,
+            "--health-interval",
+            "disable",
+            "-v",
+            f"{HOME_VOLUME}:/home/agent",
+            "-v",
+            f"{STATE_VOLUME}:/var/lib/chatgpt-login",
+            *self.secret_mount("secrets_api_token"),
+            *self.secret_mount("operator_token"),
+            "-e",
+            f"CHATGPT_LOGIN_SECRETS_API_URL={self.store_url}",
+            "-e",
+            f"CHATGPT_LOGIN_BIND=127.0.0.1:{self.agent_port}",
+            "-e",
+            f"CHATGPT_LOGIN_SERVICE_URL=http://127.0.0.1:{self.agent_port}",
+            "-e",
+            f"CHATGPT_LOGIN_ISSUER={self.issuer.url}",
+            "-e",
+            f"CHATGPT_LOGIN_CALLBACK_PORTS={self.callback_ports}",
+            self.image,
+            "bash",
+            "-c",
+            AGENT_COMMAND,
+        )
+        ready = f"http://127.0.0.1:{self.agent_port}/readyz"
+        wait_for(lambda: http_status(ready) == 200, 60, "the agent's /readyz")
+        return time.monotonic() - started
+
+    def agent_exec(self, *argv: str, stdin: str | None = None) -> str:
+        interactive = ["-i"] if stdin is not None else []
+        return podman("exec", *interactive, AGENT, *argv, input=stdin)
+
+    def agent_log(self) -> str:
+        done = subprocess.run(
+            ["podman", "logs", AGENT], capture_output=True, text=True, timeout=30, check=False
+        )
+        return done.stdout + done.stderr
+
+    # What the checks read ------------------------------------------------------------------
+
+    def stored(self) -> tuple[str, str] | None:
+        """(account id, refresh token hash) of the stored record, or None."""
+        headers = {"Authorization": f"Bearer {self.api_token}"}
+        request = urllib.request.Request(self.store_url, headers=headers)  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
+            entry = json.load(answer).get("codex_credentials")
+        if not entry:
+            return None
+        return entry["accountId"], hashlib.sha256(entry["refresh"].encode()).hexdigest()
+
+    def local(self) -> tuple[str, str]:
+        account, digest = self.agent_exec("python", "-c", LOCAL_REFRESH_HASH).split()
+        return account, digest
+
+    # The story ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.clean()
+        self.start_secrets_api()
+
+        first_ready = self.start_agent()
+        self.figures["first container: podman run to /readyz 200"] = f"{first_ready:.2f} s"
+        wait_for(lambda: "agent start:" in self.agent_log(), 10, "the agent command")
+        check("agent start: no auth.json" in self.agent_log(), "fresh container: no auth.json yet")
+
+        started = json.loads(self.agent_exec("chatgpt-login", "start", "--json"))
+        callback = self.issuer.sign_in(started["auth_url"])
+        completed = json.loads(
+            self.agent_exec("chatgpt-login", "complete", "--json", stdin=callback)
+        )
+        check(
+            completed.get("status") == "succeeded" and completed.get("persisted") is True,
+            f"start/complete inside the container: {completed.get('status')}, "
+            f"persisted={completed.get('persisted')}",
+        )
+        account, refresh_hash = self.local()
+        check(
+            self.stored() == (account, refresh_hash),
+            "the credential reached the secrets API (same account, same refresh token)",
+        )
+
+        podman("rm", "-f", "-t", "10", AGENT)
+        podman("volume", "rm", HOME_VOLUME, STATE_VOLUME)
+        check(True, "agent container and its volumes removed (the secrets API's volume stays)")
+
+        second_ready = self.start_agent()
+        self.figures["new container: podman run to /readyz 200"] = f"{second_ready:.2f} s"
+        wait_for(lambda: "agent start:" in self.agent_log(), 10, "the agent command")
+        check(
+            "agent start: auth.json 600" in self.agent_log(),
+            "new container: auth.json was back (0600) before the agent command started",
+        )
+        check(
+            self.local() == (account, refresh_hash),
+            "restored credential: same account and refresh token as stored",
+        )
+
+        self.agent_exec("python", "-c", ROTATE)
+        rotated_at = time.monotonic()
+        before = self.stored()
+        rotated = self.local()
+        check(rotated[1] != refresh_hash, "a process in the container rotated the refresh token")
+        wait_for(lambda: self.stored() == rotated, 10, "the rotation in the store")
+        latency = time.monotonic() - rotated_at
+        self.figures["sync-back: rotation written to stored (at most)"] = f"{latency:.2f} s"
+        self.figures["stored when the rotating process exited"] = (
+            "already the new one" if before == rotated else "still the old one"
+        )
+        check(True, "the rotated credential was synced back to the secrets API")
+        check(
+            self.issuer.calls["/oauth/token"] == 2,
+            f"issuer token calls: {self.issuer.calls['/oauth/token']} (1 exchange, 1 refresh)",
+        )
+
+        stop_started = time.monotonic()
+        podman("stop", "-t", "15", AGENT)
+        stopped = time.monotonic() - stop_started
+        self.figures["podman stop (grace 15 s)"] = f"{stopped:.2f} s"
+        exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", AGENT).strip()
+        log = self.agent_log()
+        check(exit_code == "0" and stopped < 15, f"podman stop: exit {exit_code} in {stopped:.1f}s")
+        check("Shutting down: Master" in log, "gunicorn shut down gracefully")
+        leaked = [s for s in (self.api_token, self.operator_token, callback) if s in log]
+        check(not leaked, "no token or pasted address in the container's log")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", default="localhost/chatgpt-login:dev")
+    parser.add_argument("--keep", action="store_true", help="leave the containers for a look")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="cgl-story-") as workdir:
+        story = Story(args.image, Path(workdir))
+        try:
+            story.run()
+        except StoryError as exc:
+            print(f"container story failed: {exc}", file=sys.stderr)
+            print(f"agent container log (tail):\n{story.agent_log()[-4000:]}", file=sys.stderr)
+            return 1
+        finally:
+            if not args.keep:
+                story.clean()
+            story.issuer.stop()
+    for what, figure in story.figures.items():
+        print(f"figure: {what}: {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.umask(0o022)
+    sys.exit(main())
