@@ -35,7 +35,8 @@ RUN if [ "$NODE_CLIS" = true ]; then \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 
-# A fixed non-root user; its home and the state directory are volumes in compose.yaml.
+# A fixed non-root user. Its home and the state directory are named volumes in compose.yaml;
+# no VOLUME here, so containers without them leave no anonymous volumes behind.
 RUN groupadd --gid 10001 agent \
     && useradd --uid 10001 --gid agent --create-home --home-dir /home/agent --shell /bin/bash agent \
     && install -d -o agent -g agent -m 0700 /var/lib/chatgpt-login
@@ -68,7 +69,6 @@ ENV PATH="$VIRTUAL_ENV/bin:$PATH" \
 # The agent user created above, by number (no passwd lookup needed at run time).
 USER 10001:10001
 WORKDIR /home/agent
-VOLUME ["/home/agent", "/var/lib/chatgpt-login"]
 EXPOSE 8080
 
 # /healthz over the loopback with the image's own Python: no curl in the image.

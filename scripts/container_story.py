@@ -131,7 +131,7 @@ class Story:
         return ["-v", f"{self.secrets_dir / name}:/run/secrets/{name}:ro"]
 
     def clean(self) -> None:
-        podman("rm", "-f", "-t", "0", AGENT, SECRETS_API, check=False)
+        podman("rm", "-f", "-v", "-t", "0", AGENT, SECRETS_API, check=False)
         podman("volume", "rm", "-f", HOME_VOLUME, STATE_VOLUME, DATA_VOLUME, check=False)
 
     # The two containers --------------------------------------------------------------------
@@ -255,7 +255,7 @@ class Story:
             "the credential reached the secrets API (same account, same refresh token)",
         )
 
-        podman("rm", "-f", "-t", "10", AGENT)
+        podman("rm", "-f", "-v", "-t", "10", AGENT)
         podman("volume", "rm", HOME_VOLUME, STATE_VOLUME)
         check(True, "agent container and its volumes removed (the secrets API's volume stays)")
 
@@ -300,6 +300,47 @@ class Story:
         check(not leaked, "no token or pasted address in the container's log")
 
 
+def compose_check(image: str, workdir: Path) -> dict[str, str]:
+    """compose.yaml as written, under podman-compose (bridge network, service names as hosts):
+    both services come up, the agent restores from and reaches secrets-api by name, the operator
+    port is published on 127.0.0.1 and wants the operator token; ``down`` ends both."""
+    project = workdir / "compose"
+    project.mkdir()
+    (project / "compose.yaml").write_text((REPO / "compose.yaml").read_text())
+    subprocess.run([REPO / "scripts" / "make-secrets", project], check=True, capture_output=True)
+    port = free_port()
+    env = {**os.environ, "CHATGPT_LOGIN_PORT": str(port)}
+    podman("tag", image, "localhost/chatgpt-login:latest")
+    compose = [sys.executable, "-m", "podman_compose", "-p", f"{PREFIX}-compose"]
+    figures: dict[str, str] = {}
+    started = time.monotonic()
+    try:
+        up = subprocess.run([*compose, "up", "-d"], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=180, check=False)  # fmt: skip
+        failed = f": {up.stderr.strip()[-500:]}" if up.returncode else ""
+        check(up.returncode == 0, f"podman-compose up: exit {up.returncode}{failed}")
+        ready = f"http://127.0.0.1:{port}/readyz"
+        wait_for(lambda: http_status(ready) == 200, 60, "the agent's /readyz through compose")
+        figures["compose up to /readyz 200"] = f"{time.monotonic() - started:.2f} s"
+        with urllib.request.urlopen(ready, timeout=5) as answer:
+            checks = json.load(answer)["checks"]
+        check(
+            checks.get("secrets_store") == "ok (http)",
+            f"compose: the agent reaches secrets-api by name ({checks.get('secrets_store')})",
+        )
+        credentials = f"http://127.0.0.1:{port}/v1/credentials"
+        check(http_status(credentials) == 401, "compose: the operator API wants a token")
+        token = (project / "secrets" / "operator_token").read_text().strip()
+        request = urllib.request.Request(credentials, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
+            status = json.load(answer)["status"]
+        check(status == "not_logged_in", f"compose: operator token accepted ({status})")
+    finally:
+        subprocess.run([*compose, "down", "-v", "-t", "15"], cwd=project, env=env,
+                       capture_output=True, timeout=120, check=False)  # fmt: skip
+    return figures
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="localhost/chatgpt-login:dev")
@@ -317,6 +358,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.keep:
                 story.clean()
             story.issuer.stop()
+        try:
+            story.figures.update(compose_check(args.image, Path(workdir)))
+        except StoryError as exc:
+            print(f"compose check failed: {exc}", file=sys.stderr)
+            return 1
     for what, figure in story.figures.items():
         print(f"figure: {what}: {figure}")
     return 0
