@@ -14,6 +14,7 @@ ARG NODE_CLIS=false
 ARG PIP_CERT=
 ARG PI_AI_VERSION=0.73.1
 ARG CODEX_VERSION=0.169.0
+ARG NODE_VERSION=20.19.6
 
 # Debian's python3 (3.11), tmux for the login sessions, tini as PID 1. Versions are Debian's
 # bookworm ones: pinning exact package versions breaks the build when a security update
@@ -23,16 +24,23 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv tmux tini ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
-# Only with NODE_CLIS=true: the pinned pi-ai and codex CLIs for the pi-ai and codex drivers.
-# hadolint ignore=DL3008
+# Only with NODE_CLIS=true: Node.js and the pinned pi-ai and codex CLIs, for the pi-ai and codex
+# drivers. pi-ai needs Node 20 and bookworm has 18, so Debian's npm fetches Node's own build
+# from the npm registry (node-linux-<arch>), which then installs the CLIs; Debian's node and npm
+# are removed again.
+# hadolint ignore=DL3008,DL3016
 RUN if [ "$NODE_CLIS" = true ]; then \
         apt-get update \
         && apt-get install -y --no-install-recommends nodejs npm \
         && if [ -n "$PIP_CERT" ]; then export NPM_CONFIG_CAFILE="$PIP_CERT"; fi \
-        && npm install -g --no-fund --no-audit \
+        && arch="$(dpkg --print-architecture | sed 's/amd64/x64/')" \
+        && npm install -g --no-fund --no-audit --prefix /opt/node "node-linux-${arch}@${NODE_VERSION}" \
+        && ln -s "/opt/node/lib/node_modules/node-linux-${arch}/bin/node" /usr/local/bin/node \
+        && /usr/local/bin/node /usr/share/nodejs/npm/bin/npm-cli.js install -g --no-fund --no-audit \
             "@mariozechner/pi-ai@${PI_AI_VERSION}" "@openai/codex@${CODEX_VERSION}" \
-        && npm cache clean --force \
-        && rm -rf /var/lib/apt/lists/*; \
+        && apt-get purge -y --auto-remove nodejs npm \
+        && rm -rf /var/lib/apt/lists/* /root/.npm \
+        && node --version && pi-ai --help >/dev/null && codex --version; \
     fi
 
 # A fixed non-root user. Its home and the state directory are named volumes in compose.yaml;
