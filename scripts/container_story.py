@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -167,8 +168,14 @@ class Story:
         )
         check(True, "secrets API container healthy (its HEALTHCHECK passes)")
 
-    def start_agent(self) -> float:
-        """Start an agent container; seconds from `podman run` to /readyz green."""
+    def start_agent(
+        self,
+        *,
+        store_url: str | None = None,
+        ready_path: str = "/readyz",
+        extra_env: Sequence[str] = (),
+    ) -> float:
+        """Start an agent container; seconds from `podman run` to ``ready_path`` answering 200."""
         started = time.monotonic()
         podman(
             "run",
@@ -184,7 +191,8 @@ class Story:
             *self.secret_mount("secrets_api_token"),
             *self.secret_mount("operator_token"),
             "-e",
-            f"CHATGPT_LOGIN_SECRETS_API_URL={self.store_url}",
+            f"CHATGPT_LOGIN_SECRETS_API_URL={store_url or self.store_url}",
+            *extra_env,
             "-e",
             f"CHATGPT_LOGIN_BIND=127.0.0.1:{self.agent_port}",
             "-e",
@@ -198,8 +206,8 @@ class Story:
             "-c",
             AGENT_COMMAND,
         )
-        ready = f"http://127.0.0.1:{self.agent_port}/readyz"
-        wait_for(lambda: http_status(ready) == 200, 60, "the agent's /readyz")
+        ready = f"http://127.0.0.1:{self.agent_port}{ready_path}"
+        wait_for(lambda: http_status(ready) == 200, 60, f"the agent's {ready_path}")
         return time.monotonic() - started
 
     def agent_exec(self, *argv: str, stdin: str | None = None) -> str:
@@ -230,8 +238,26 @@ class Story:
 
     # The story ---------------------------------------------------------------------------------
 
+    def unreachable_store_does_not_block(self) -> None:
+        """A secrets API that accepts connections and never answers: the entrypoint gives up on
+        the restore after CHATGPT_LOGIN_RESTORE_LIMIT and starts the service and the agent."""
+        with socket.socket() as blackhole:
+            blackhole.bind(("127.0.0.1", 0))
+            blackhole.listen(16)
+            url = f"http://127.0.0.1:{blackhole.getsockname()[1]}/api/agent/secrets"
+            took = self.start_agent(store_url=url, ready_path="/healthz",
+                                    extra_env=["-e", "CHATGPT_LOGIN_RESTORE_LIMIT=3"])  # fmt: skip
+            wait_for(lambda: "agent start:" in self.agent_log(), 10, "the agent command")
+        log = self.agent_log()
+        started = "restore did not finish within 3s" in log and took < 15
+        check(started, f"secrets API hanging: the container still started ({took:.1f}s)")
+        self.figures["hanging secrets API: podman run to /healthz 200"] = f"{took:.2f} s"
+        podman("rm", "-f", "-v", "-t", "10", AGENT)
+        podman("volume", "rm", HOME_VOLUME, STATE_VOLUME)
+
     def run(self) -> None:
         self.clean()
+        self.unreachable_store_does_not_block()
         self.start_secrets_api()
 
         first_ready = self.start_agent()
