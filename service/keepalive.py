@@ -27,6 +27,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -68,9 +69,11 @@ class KeepAlive:
         *,
         refresher: Refresher | None = None,
         tick: float = TICK,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings, self.store, self.tick_seconds = settings, store, tick
-        self.refresher = refresher or Refresher(settings)
+        self.clock = clock  # wall time for expiry decisions; tests inject one
+        self.refresher = refresher or Refresher(settings, clock=clock)
         self.state = PersistState(settings.state_dir / "service.json")
         self.metrics = Metrics(settings.state_dir / "metrics.json")
         self._retry_at = 0.0
@@ -107,7 +110,7 @@ class KeepAlive:
         return result
 
     def _should_refresh(self, credential: Credential) -> bool:
-        if not credential.expired(margin=self.settings.refresh_window):
+        if not credential.expired(margin=self.settings.refresh_window, now=self.clock()):
             return False
         dead = self.state.read().get("dead_refresh")
         # A refresh token that failed permanently is not tried again; a changed one is.

@@ -18,6 +18,7 @@ that one is adopted. Otherwise the failure stands and the credential is kept, ne
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,8 +44,10 @@ class Refresher:
         settings: ServiceSettings,
         *,
         client: Callable[[], OAuthClient] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.clock = clock  # what "expires soon" is judged against (tests move it)
         self._client = client or (lambda: OAuthClient(settings))
         self.pi = PiAuthFile(
             settings.pi_auth_file, stale=settings.lock_stale, timeout=settings.lock_timeout
@@ -55,16 +58,17 @@ class Refresher:
         with ``force``, renewed now whatever its expiry."""
         margin = self.settings.refresh_window if window is None else window
         seen = self._load()
-        if not force and not seen.expired(margin=margin):
+        if not force and not seen.expired(margin=margin, now=self.clock()):
             return Refreshed(seen)
         with self.pi.lock:
             latest = self._load()
             if latest.account_id != seen.account_id:
                 raise SkillError("account_mismatch")
             renewed_elsewhere = latest.refresh_token != seen.refresh_token
-            if renewed_elsewhere and not latest.expired(margin=margin if not force else 0):
+            now = self.clock()
+            if renewed_elsewhere and not latest.expired(margin=margin if not force else 0, now=now):
                 return Refreshed(latest, adopted=True)
-            if not force and not latest.expired(margin=margin):
+            if not force and not latest.expired(margin=margin, now=now):
                 return Refreshed(latest, adopted=renewed_elsewhere)
             return self._spend(latest)
 

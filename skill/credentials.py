@@ -180,5 +180,6 @@ class Credential(BaseModel):
     def expires_at(self) -> datetime:
         return datetime.fromtimestamp(self.expires_ms / 1000, UTC)
 
-    def expired(self, *, margin: float = 0.0) -> bool:
-        return time.time() + margin >= self.expires_ms / 1000
+    def expired(self, *, margin: float = 0.0, now: float | None = None) -> bool:
+        """True when less than ``margin`` seconds are left at ``now`` (default: the clock)."""
+        return (time.time() if now is None else now) + margin >= self.expires_ms / 1000

@@ -76,6 +76,34 @@ def test_refreshes_inside_the_window_only(keep_settings: ServiceSettings, issuer
     assert issuer.calls["grant:refresh_token"] == 1
 
 
+def test_refresh_window_edges_with_an_injected_clock(
+    keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
+) -> None:
+    """The window is judged against the keep-alive's clock, to the second: one second before
+    it opens nothing happens; one second inside, exactly one refresh; the renewed credential is
+    outside the window again, so the next tick spends nothing."""
+    now = [0.0]
+    keep = KeepAlive(keep_settings, http_store(keep_settings), clock=lambda: now[0])
+    expires = write(issuer, keep_settings).expires_ms / 1000
+    window = keep_settings.refresh_window
+    assert window == 600, "the default window is 10 minutes"
+
+    now[0] = expires - window - 1
+    assert not keep.run_once().refreshed
+    assert issuer.calls["grant:refresh_token"] == 0
+
+    issuer.expires_in = 7200  # the renewed token outlives the moved clock
+    now[0] = expires - window + 1
+    tick = keep.run_once()
+    assert tick.refreshed and tick.pushed
+    assert issuer.calls["grant:refresh_token"] == 1
+
+    assert not keep.run_once().refreshed
+    now[0] = expires + 1800  # after the old expiry; the new token has over 10 minutes left
+    assert not keep.run_once().refreshed
+    assert issuer.calls["grant:refresh_token"] == 1
+
+
 def test_permanent_failure_means_needs_relogin_and_no_more_calls(
     keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
 ) -> None:
