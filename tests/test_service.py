@@ -19,8 +19,11 @@ from flask.testing import FlaskClient
 from service.app import create_app
 from service.openapi import ROUTES
 from service.settings import ServiceSettings
+from skill.authfiles import PiAuthFile
+from skill.credentials import Credential
+from skill.tokens import TokenSet
 from tests.conftest import PYTHON, REPO, free_port, wait_until
-from tests.fake_issuer import FakeIssuer
+from tests.fake_issuer import Account, FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
 
 OPERATOR = "operator-canary-51d0"
@@ -297,3 +300,20 @@ def test_fault_matrix_for_persist(
     api.faults.clear()
     assert client.post("/v1/credentials/persist", headers=auth()).status_code == 200
     assert api.record["codex_credentials"]["refresh"] == credential.refresh_token
+
+
+def test_status_follows_every_change_of_the_files_at_once(
+    client: FlaskClient, service_settings: ServiceSettings, issuer: FakeIssuer
+) -> None:
+    """The status view is cached per worker, keyed on the two files it reads: each rewrite,
+    even right after a request, shows in the next answer."""
+    pi = PiAuthFile(service_settings.pi_auth_file)
+    assert client.get("/v1/credentials", headers=auth()).json["status"] == "not_logged_in"
+    for account in ("acct-aaaa", "acct-bbbb", "acct-cccc"):
+        tokens = issuer.seed_refresh_token(Account(account_id=account))
+        pi.save(Credential.from_tokens(TokenSet.model_validate(tokens)))
+        answer = client.get("/v1/credentials", headers=auth()).json
+        assert answer["status"] == "logged_in" and answer["account_id"] == account
+    with pi.lock:
+        pi.path.unlink()
+    assert client.get("/v1/credentials", headers=auth()).json["status"] == "not_logged_in"
