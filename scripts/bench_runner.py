@@ -8,7 +8,8 @@ Figures (median, min, max over --runs, interleaved so machine drift hits all ali
 - ``chatgpt-login start`` to the link printed (whole process), per driver: native, pi-ai and
   codex (the pinned CLIs from .cache/npm);
 - ``chatgpt-login complete`` to the credential written (whole process), native driver, against
-  the fake issuer on loopback;
+  the fake issuer on loopback; and the same with the service running (``chatgpt-login serve``)
+  until the loopback secrets API has acknowledged the stored credential;
 - the original recipe (../shared/seeds/000): ``tmux new-session ... pi-ai login | tee``,
   ``sleep 5``, ``cat``; then ``tmux send-keys <url> Enter``, ``sleep 3``, ``cat``. Run literally
   (with the installed pi-ai instead of ``npx``, which would only add download time), including
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,8 +36,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scripts.benchlib import bench_venv, print_table  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, port_is_free  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
+from tests.fake_secrets import FakeSecretsAPI  # noqa: E402
 
 CLI = str(bench_venv() / "bin" / "chatgpt-login")
 NPM_BIN = REPO / ".cache" / "npm" / "node_modules" / ".bin"
@@ -46,9 +49,11 @@ class Bench:
         self.issuer = issuer
         self.home = Path(tempfile.mkdtemp(prefix="cgl-bench-", dir="/tmp"))
         self.ports = f"{free_port()},{free_port()}"
+        self.api: FakeSecretsAPI | None = None
+        self.service_port = 0
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "PATH": f"{NPM_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": str(self.home),
             "LANG": "C.UTF-8",
@@ -57,6 +62,25 @@ class Bench:
             "CHATGPT_LOGIN_PI_AI_COMMAND": str(NPM_BIN / "pi-ai"),
             "CHATGPT_LOGIN_CODEX_COMMAND": str(NPM_BIN / "codex"),
         }
+        if self.api is not None:
+            env.update(CHATGPT_LOGIN_SECRETS_API_URL=self.api.url, FAT_TOOLS_TOKEN=self.api.token,
+                       CHATGPT_LOGIN_SERVICE_URL=f"http://127.0.0.1:{self.service_port}",
+                       CHATGPT_LOGIN_SECRETS_DIR=str(self.home / "no-secrets"))  # fmt: skip
+        return env
+
+    def start_service(self, api: FakeSecretsAPI) -> subprocess.Popen[bytes]:
+        """``chatgpt-login serve`` for this HOME, storing in ``api``; from now on every command
+        runs with it (``complete`` asks it to persist)."""
+        self.api, self.service_port = api, free_port()
+        server = subprocess.Popen([CLI, "serve", "--bind", f"127.0.0.1:{self.service_port}"],
+                                  env=self.env(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while port_is_free(self.service_port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not start")
+            time.sleep(0.05)
+        return server
 
     def cli(self, *args: str, stdin: str = "") -> tuple[float, dict[str, object]]:
         started = time.monotonic()
@@ -81,6 +105,9 @@ class Bench:
         elapsed, data = self.cli("complete", "-", stdin=callback)
         if data["status"] != "succeeded":
             raise RuntimeError(data)
+        # With the service, complete returns once the secrets API has acknowledged the write.
+        if self.api is not None and not (data.get("persisted") and self.api.acks):
+            raise RuntimeError(f"not stored: {data.get('persist_message')}")
         return elapsed
 
     def recipe(self) -> tuple[float, float, bool]:
@@ -114,13 +141,15 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--recipe-runs", type=int, default=None, help="default: --runs")
     args = parser.parse_args()
-    issuer = FakeIssuer().start()
-    bench = Bench(issuer)
+    issuer, api = FakeIssuer().start(), FakeSecretsAPI().start()
+    bench, served = Bench(issuer), Bench(issuer)
+    service = served.start_service(api)
     have_npm = (NPM_BIN / "pi-ai").exists() and (NPM_BIN / "codex").exists()
     rows: dict[str, list[float]] = {}
     cases: dict[str, Callable[[], float]] = {
         "start, native (to link printed)": lambda: bench.start("native"),
         "complete, native (to credential written)": bench.complete,
+        "complete, native, service running (to stored in the secrets API)": served.complete,
     }
     if have_npm:
         cases["start, pi-ai installed (to link printed)"] = lambda: bench.start("pi-ai")
@@ -136,10 +165,14 @@ def main() -> int:
             rows.setdefault("original recipe: start (sleep 5, cat)", []).append(step1)
             rows.setdefault("original recipe: paste (send-keys, sleep 3)", []).append(step2)
             recipe_ok += ok
+    os.killpg(service.pid, signal.SIGTERM)
+    service.wait(timeout=20)
     issuer.stop()
-    sock = bench.home / ".local" / "state" / "chatgpt-login" / "tmux.sock"
-    subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True, check=False)
-    shutil.rmtree(bench.home, ignore_errors=True)
+    api.stop()
+    for each in (bench, served):
+        sock = each.home / ".local" / "state" / "chatgpt-login" / "tmux.sock"
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True, check=False)
+        shutil.rmtree(each.home, ignore_errors=True)
 
     print(f"# chatgpt-login commands vs the original recipe ({args.runs} runs each)")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "

@@ -1,0 +1,27 @@
+# Shortcuts; each target is one script in scripts/ (read it for what it does).
+.PHONY: run test bench bench-short reliability reliability-short container-test
+
+run:                ## install and sign in with the login program
+	scripts/run
+
+test:               ## everything CI runs (what .ci/run runs)
+	scripts/test
+
+bench:              ## all benchmarks, full runs -> BENCHMARKS.md (about 15 minutes)
+	scripts/install --test
+	.venv/bin/python scripts/bench.py
+
+bench-short:        ## the same, a few runs each: checks they still work
+	scripts/install --test
+	.venv/bin/python scripts/bench.py --short
+
+reliability:        ## the reliability suite, full -> RELIABILITY.md
+	scripts/install --test
+	.venv/bin/python scripts/reliability.py
+
+reliability-short:  ## the same in its short mode
+	scripts/install --test
+	.venv/bin/python scripts/reliability.py --short
+
+container-test:     ## build the image with podman and run the container story
+	scripts/container-test
