@@ -94,11 +94,8 @@ class HttpSecretsStore:
         self._opener = urllib.request.build_opener(_RefuseRedirects())
 
     def get(self) -> Entry | None:
-        response = self._request("GET")
-        if response.status == 404:
-            return None
-        body = _json_object(response)
-        entry = body.get(self.key)
+        body = self._request("GET")
+        entry = body.get(self.key) if body is not None else None
         if entry is None:
             return None
         if not isinstance(entry, dict):
@@ -117,9 +114,8 @@ class HttpSecretsStore:
         self._patch({self.key: None})
 
     def _patch(self, body: dict[str, Any]) -> None:
-        response = self._request("PATCH", body)
-        answer = _json_object(response)
-        if answer.get("ok") is not True:
+        answer = self._request("PATCH", body)
+        if answer is None or answer.get("ok") is not True:
             raise ServiceError(
                 "secrets_rejected",
                 'The secrets API did not confirm the write (no "ok": true). It will be retried.',
@@ -127,8 +123,9 @@ class HttpSecretsStore:
                 transient=True,
             )
 
-    def _request(self, method: str, body: dict[str, Any] | None = None) -> _Response:
-        """Send with bounded retries on network errors, 5xx and 429."""
+    def _request(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The answer's JSON object (None: a GET found nothing), with bounded retries on network
+        errors, 5xx, 429 and answers cut short or unreadable."""
         deadline = time.monotonic() + self.deadline
         error: ServiceError = unreachable("no attempt made")
         for attempt in range(1, self.attempts + 1):
@@ -146,10 +143,16 @@ class HttpSecretsStore:
                         "FAT_TOOLS_TOKEN (or the secrets_api_token secret).",
                         status=502,
                     )
+                if status == 404 and method == "GET":
+                    return None
                 if status != 429 and status < 500:
-                    return response
-                error = unreachable(f"HTTP {status}")
-                retry_after = _retry_after(response)
+                    try:
+                        return _json_object(response)
+                    except ServiceError as exc:  # e.g. a body cut short by the network
+                        error = exc
+                else:
+                    error = unreachable(f"HTTP {status}")
+                    retry_after = _retry_after(response)
             delay = retry_after if retry_after is not None else _backoff(attempt)
             if attempt == self.attempts or time.monotonic() + delay > deadline:
                 break

@@ -41,14 +41,9 @@ def test_one_fault_is_retried_away(api: FakeSecretsAPI, fault: str) -> None:
     secrets = store(api)
     api.faults.append(fault)
     started = time.monotonic()
-    if fault == "malformed":
-        # The API answered 200 with an unreadable body: reported, not retried blindly.
-        with pytest.raises(ServiceError) as caught:
-            secrets.put(ENTRY)
-        assert caught.value.transient
-        secrets.put(ENTRY)  # the fault cleared: the pending write goes through
-    else:
-        secrets.put(ENTRY)
+    # "malformed" too: a 2xx whose body cannot be read may have been cut short on the way, and
+    # every request here is idempotent, so it is sent again.
+    secrets.put(ENTRY)
     assert time.monotonic() - started < 5
     assert api.record["codex_credentials"] == ENTRY
 
