@@ -355,6 +355,18 @@ class Runner:
                 message="The login program is gone (the machine or service restarted?). "
                 "Start a new sign-in with `chatgpt-login start`.",
             )
+        pane = self.tmux.status(state.session)
+        # Exit 0 is left to `complete`, which reads the program's verdict from its screen.
+        if not pane.alive and pane.exit_status != 0:
+            how = (f"with status {pane.exit_status}" if pane.exit_status is not None
+                   else "killed by a signal")  # fmt: skip
+            return self._end(
+                state,
+                "failed",
+                error="program_failed",
+                message=f"The login program stopped ({how}) before the sign-in finished. "
+                "Start a new sign-in with `chatgpt-login start`.",
+            )
         return state
 
     def _raise_if_dead(self, state: LoginState, driver: Driver, screen: str) -> None:

@@ -1,0 +1,64 @@
+"""SIGKILL during a sign-in in progress, at random moments: the login program, or the whole
+tmux server (as when the container goes away). Each time the next look says what happened,
+nothing is left running or listening, and a new sign-in starts and completes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+from skill.procs import descendants
+from skill.runner import Runner
+from skill.settings import Settings
+from tests.conftest import wait_until
+from tests.fake_issuer import FakeIssuer
+from tests.test_runner import CLEAN, leftovers
+
+KILLS = int(os.environ.get("CRASH_KILLS_LOGIN", "20"))
+
+
+def test_sigkill_during_a_sign_in(runner_settings: Settings, issuer: FakeIssuer) -> None:
+    rng = random.Random(7)  # noqa: S311 - where to strike, not a secret
+    outcomes = {"program": 0, "tmux server": 0}
+    not_clear = unclean = not_restartable = 0
+    for _ in range(KILLS):
+        runner = Runner(runner_settings)
+        state, _ = runner.start()
+        assert state.pane_pid
+        pids = descendants(state.pane_pid)
+        time.sleep(rng.uniform(0, 0.3))
+        target = rng.choice(list(outcomes))
+        outcomes[target] += 1
+        if target == "program":
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+        else:
+            server_pid = int(runner.tmux._run("display-message", "-p", "#{pid}").stdout.strip())
+            os.kill(server_pid, signal.SIGKILL)
+        wait_until(lambda pids=pids: not [p for p in pids if Path(f"/proc/{p}").exists()],
+                   what="the killed processes gone")  # fmt: skip
+        after = Runner(runner_settings).status()
+        if (
+            after is None
+            or after.status != "failed"
+            or "chatgpt-login start" not in (after.message or "")
+        ):
+            not_clear += 1
+            print(f"\n{target}: {after and after.status} {after and after.message}")
+        if leftovers(runner, runner_settings) != CLEAN:
+            unclean += 1
+        again, _ = Runner(runner_settings).start()
+        callback = issuer.sign_in(again.auth_url or "")
+        try:
+            done = Runner(runner_settings).complete(callback)
+            not_restartable += done.status != "succeeded"
+        except Exception:  # counted, and the loop goes on
+            not_restartable += 1
+        runner_settings.pi_auth_file.unlink(missing_ok=True)
+    print(f"\nSIGKILL during a sign-in: {KILLS} runs ({outcomes['program']} program, "
+          f"{outcomes['tmux server']} tmux server), status not clear: {not_clear}, left running "
+          f"or listening: {unclean}, next sign-in failed: {not_restartable}")  # fmt: skip
+    assert (not_clear, unclean, not_restartable) == (0, 0, 0)
