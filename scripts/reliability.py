@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""The reliability suite in one run, written to RELIABILITY.md (``make reliability``).
+
+    .venv/bin/python scripts/reliability.py           # full (about 20 minutes) -> RELIABILITY.md
+    .venv/bin/python scripts/reliability.py --short   # small counts, checks it all still works
+                                                      # (CI); written to --output
+
+Each line is a count: cases tried, failures, and what a failure means. The cases are the
+repo's own tests and scripts, run with larger counts than CI uses: network faults from a real
+TCP proxy (tests/test_faults.py) and the fake servers' fault matrices, SIGKILL crash runs,
+bad input (the pasted-address table and property tests, schemathesis over the OpenAPI document,
+hypothesis fuzzing), the secrets canary sweep, and a load run (scripts/load_test.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@dataclass
+class Line:
+    what: str
+    tried: str
+    failures: int
+    failure_means: str
+    command: str
+
+
+def pytest_run(selection: list[str], env: dict[str, str]) -> tuple[int, int, str, float]:
+    """(cases, failures, captured output, seconds) of one pytest run."""
+    with tempfile.NamedTemporaryFile(suffix=".xml") as junit:
+        started = time.monotonic()
+        done = subprocess.run(
+            [
+                PYTHON,
+                "-m",
+                "pytest",
+                "-q",
+                "-s",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={junit.name}",
+                *selection,
+            ],
+            cwd=REPO,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        took = time.monotonic() - started
+        try:
+            suite = ET.parse(junit.name).getroot()  # noqa: S314 - pytest's own report
+        except ET.ParseError:
+            return 0, 1, done.stdout + done.stderr, took
+    node = suite if suite.tag == "testsuite" else suite[0]
+    cases = int(node.get("tests", 0))
+    failed = sum(int(node.get(k, 0)) for k in ("failures", "errors", "skipped"))
+    return cases, failed, done.stdout + done.stderr, took
+
+
+def _after_heading(text: str) -> list[str]:
+    """A script's Markdown output without anything before its heading, nor the heading."""
+    lines = text.strip().splitlines()
+    starts = [n for n, line in enumerate(lines) if line.startswith("# ")]
+    return lines[starts[0] + 1 :] if starts else lines
+
+
+def figure(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    return found.group(1) if found else "?"
+
+
+def main() -> int:  # noqa: PLR0915 - one straight list of sections reads best
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    short = args.short
+    output = args.output or (
+        Path(tempfile.mkstemp(prefix="reliability-", suffix=".md")[1])
+        if short
+        else REPO / "RELIABILITY.md"
+    )
+    kills, login_kills = ("20", "5") if short else ("200", "50")
+    examples = "200" if short else "10000"
+    load_seconds = "15" if short else "300"
+    lines: list[Line] = []
+    timings: list[str] = []
+
+    def run(
+        name: str, selection: list[str], env: dict[str, str] | None = None
+    ) -> tuple[int, int, str]:
+        print(f"== {name}", flush=True)
+        cases, failed, out, took = pytest_run(selection, env or {})
+        timings.append(f"{name}: {took:.0f} s")
+        if failed:
+            print(out[-3000:], file=sys.stderr)
+        return cases, failed, out
+
+    # Network faults --------------------------------------------------------------------------
+    cases, failed, _ = run("fault proxy", ["tests/test_faults.py"])
+    lines.append(
+        Line(
+            "Network faults from a TCP proxy (latency, timeout, reset, truncated answer, slow "
+            "close, down; and down past the whole retry deadline) through persist, restore, "
+            "sync-back and refresh",
+            f"{cases} scenarios",
+            failed,
+            "a credential lost on disk or in the store, the store going back, or an unclear error",
+            "pytest tests/test_faults.py",
+        )
+    )
+    cases, failed, _ = run(
+        "fault matrices",
+        [
+            "tests/test_secrets_store.py",
+            "tests/test_oauth.py",
+            "tests/test_service.py",
+            "-k",
+            "fault or retry or timeout or reset or truncat or malformed or persist",
+        ],
+    )
+    lines.append(
+        Line(
+            "Faults answered by the fake secrets API and fake issuer (5xx, 429 with Retry-After, "
+            "401/403, malformed and truncated bodies, resets, timeouts)",
+            f"{cases} cases",
+            failed,
+            "a wrong retry decision (a refresh token or code resent after a timeout, a 401 "
+            "retried), or a persist reported done that was not stored",
+            "pytest tests/test_secrets_store.py tests/test_oauth.py tests/test_service.py -k ...",
+        )
+    )
+
+    # Crashes -----------------------------------------------------------------------------------
+    _, failed, out = run(
+        "SIGKILL: credential writes", ["tests/test_crash.py"], {"CRASH_KILLS": kills}
+    )
+    torn = figure(r"unreadable or torn: (\d+)", out)
+    lines.append(
+        Line(
+            "SIGKILL of a writer at random points of a credential write",
+            f"{kills} kills",
+            int(torn) if torn.isdigit() else failed or 1,
+            "an unreadable, torn or non-0600 auth.json, or another provider's entry lost",
+            f"CRASH_KILLS={kills} pytest -s tests/test_crash.py",
+        )
+    )
+    _, failed, out = run(
+        "SIGKILL: refresh to push", ["tests/test_keepalive_crash.py"], {"CRASH_KILLS": kills}
+    )
+    window = figure(r"in the refresh-to-push window: (\d+)", out)
+    not_newest = figure(r"newest not stored: (\d+)", out)
+    backwards = figure(r"store went backwards: (\d+)", out)
+    lost = figure(r"rotations lost: (\d+)", out)
+    bad = sum(int(x) for x in (not_newest, backwards) if x.isdigit()) if failed == 0 else failed
+    lines.append(
+        Line(
+            "SIGKILL of the service between the issuer's refresh answer and the store's "
+            f"acknowledgement, then a restart ({window} landed inside that window)",
+            f"{kills} kills",
+            bad,
+            f"the newest credential on disk not in the store after the restart ({not_newest}), "
+            f"or the store going back ({backwards}). Not counted as a failure: rotations lost "
+            f"({lost}), a kill after the issuer rotated the token and before its answer reached "
+            "the disk, which no client can recover",
+            f"CRASH_KILLS={kills} pytest -s tests/test_keepalive_crash.py",
+        )
+    )
+    _, failed, out = run(
+        "SIGKILL: sign-in in progress",
+        ["tests/test_crash_login.py"],
+        {"CRASH_KILLS_LOGIN": login_kills},
+    )
+    lines.append(
+        Line(
+            "SIGKILL of the login program or the whole tmux server during a sign-in",
+            f"{login_kills} kills",
+            failed,
+            "status not saying what happened, a process or listener left behind, or the next "
+            "sign-in failing",
+            f"CRASH_KILLS_LOGIN={login_kills} pytest -s tests/test_crash_login.py",
+        )
+    )
+
+    # Bad input ---------------------------------------------------------------------------------
+    cases, failed, _ = run("pasted addresses", ["tests/test_redirect.py"])
+    lines.append(
+        Line(
+            "Pasted addresses: the table of bad pastes and the property tests "
+            "(2100 generated pastes)",
+            f"{cases} pytest cases",
+            failed,
+            "a bad paste accepted, or a good one refused",
+            "pytest tests/test_redirect.py",
+        )
+    )
+    cases, failed, _ = run("schemathesis", ["tests/test_openapi_fuzz.py"])
+    lines.append(
+        Line(
+            "schemathesis over /v1/openapi.json, every operation, with and without "
+            "the token (25 generated requests per operation and case)",
+            f"{cases} pytest cases",
+            failed,
+            "a 5xx, an answer that does not match the document, or an operation "
+            "reachable without the token",
+            "pytest tests/test_openapi_fuzz.py",
+        )
+    )
+    cases, failed, _ = run("fuzz", ["tests/test_fuzz.py"], {"FUZZ_EXAMPLES": examples})
+    lines.append(
+        Line(
+            "Fuzzing (hypothesis) of the paste parser, the pi and codex credential "
+            "loaders, the pi-file splice and token claims",
+            f"{cases} targets x {examples} examples",
+            failed,
+            "an exception other than our error type, or a result not in the input",
+            f"FUZZ_EXAMPLES={examples} pytest tests/test_fuzz.py",
+        )
+    )
+
+    # Secrets -----------------------------------------------------------------------------------
+    cases, failed, _ = run("canaries", ["tests/test_canaries.py"])
+    lines.append(
+        Line(
+            "Canary sweep: tokens, code, state, pasted address, operator and secrets "
+            "API tokens searched for in every log, response body, tmux log and "
+            "process argument list of a whole sign-in, persist and status",
+            f"{cases} full sign-in runs",
+            failed,
+            "a canary found anywhere",
+            "pytest tests/test_canaries.py",
+        )
+    )
+
+    # Load --------------------------------------------------------------------------------------
+    print("== load", flush=True)
+    started = time.monotonic()
+    done = subprocess.run(
+        [PYTHON, str(REPO / "scripts" / "load_test.py"), "--seconds", load_seconds],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    timings.append(f"load: {time.monotonic() - started:.0f} s")
+    errors = figure(r"\| errors \(not 200, or no answer in 5 s\) \| (\d+) \|", done.stdout)
+    sent = figure(r"\| requests sent \| (\d+) \|", done.stdout)
+    lines.append(
+        Line(
+            f"Load: the operator API at 50 requests/s for {load_seconds} s while the keep-alive "
+            "refreshes every 10 s (table below)",
+            f"{sent} requests",
+            int(errors) if errors.isdigit() else 1,
+            "a request not answered 200 within 5 s (also checked: no refresh token reused, the "
+            "store ends with the credential on disk)",
+            f"python scripts/load_test.py --seconds {load_seconds}",
+        )
+    )
+
+    failures = sum(line.failures for line in lines)
+    text = [
+        "# Reliability",
+        "",
+        f"Written by `make reliability` (`scripts/reliability.py`), "
+        f"{'short check (small counts)' if short else 'full run'}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on {os.cpu_count()} cores. Commands are "
+        "run from the repo with `.venv/bin/python -m`.",
+        "",
+        "| what | tried | failures | a failure is | command |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {ln.what} | {ln.tried} | {ln.failures} | {ln.failure_means} | `{ln.command}` |"
+            for ln in lines
+        ),
+        "",
+        "## Load run",
+        "",
+        *_after_heading(done.stdout),
+        "",
+        "## Time taken",
+        "",
+        *(f"- {t}" for t in timings),
+    ]
+    output.write_text("\n".join(text).rstrip() + "\n")
+    print(f"wrote {output}; failures: {failures}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
