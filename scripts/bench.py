@@ -34,7 +34,7 @@ SECTIONS = [
      ["--runs", "2", "--recipe-runs", "1"]),
     ("bench_restore.py", ["--runs", "20"], ["--runs", "2"]),
     ("bench_syncback.py", ["--rewrites", "50"], ["--rewrites", "3"]),
-    ("bench_api.py", ["--runs", "3", "--seconds", "5"],
+    ("bench_api.py", ["--runs", "5", "--seconds", "5"],
      ["--runs", "1", "--seconds", "1", "--connections", "1,8"]),
     ("bench_stampede.py", ["--runs", "3"], ["--runs", "1", "--processes", "1,4"]),
     ("bench_memory.py", ["--runs", "3"], ["--runs", "1"]),

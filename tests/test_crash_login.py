@@ -13,11 +13,29 @@ from pathlib import Path
 from skill.procs import descendants
 from skill.runner import Runner
 from skill.settings import Settings
-from tests.conftest import wait_until
 from tests.fake_issuer import FakeIssuer
 from tests.test_runner import CLEAN, leftovers
 
 KILLS = int(os.environ.get("CRASH_KILLS_LOGIN", "20"))
+
+
+def _still_running(pids: list[int], *, within: float) -> list[str]:
+    """The processes of ``pids`` still there (zombies count as gone) after ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        left = []
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            state = stat.rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                left.append(f"{pid} state {state}: {cmd.decode(errors='replace')[:120]}")
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
 
 
 def test_sigkill_during_a_sign_in(runner_settings: Settings, issuer: FakeIssuer) -> None:
@@ -38,8 +56,8 @@ def test_sigkill_during_a_sign_in(runner_settings: Settings, issuer: FakeIssuer)
         else:
             server_pid = int(runner.tmux._run("display-message", "-p", "#{pid}").stdout.strip())
             os.kill(server_pid, signal.SIGKILL)
-        wait_until(lambda pids=pids: not [p for p in pids if Path(f"/proc/{p}").exists()],
-                   what="the killed processes gone")  # fmt: skip
+        left = _still_running(pids, within=10)
+        assert not left, f"after killing the {target}: {left}"
         after = Runner(runner_settings).status()
         if (
             after is None
