@@ -47,12 +47,17 @@ from tests.fake_issuer import FakeIssuer  # noqa: E402
 PREFIX = "cgl-story"
 HOME_VOLUME, STATE_VOLUME, DATA_VOLUME = f"{PREFIX}-home", f"{PREFIX}-state", f"{PREFIX}-data"
 AGENT, SECRETS_API = f"{PREFIX}-agent", f"{PREFIX}-secrets-api"
-# The agent command: says whether auth.json was there when it started, then idles.
+# The agent command: says whether auth.json was there when it started (its mode and the hash of
+# its refresh token), then idles.
 AGENT_COMMAND = (
     'f="$HOME/.pi/agent/auth.json"; '
-    'if [ -f "$f" ]; then echo "agent start: auth.json $(stat -c %a "$f")"; '
+    'if [ -f "$f" ]; then echo "agent start: auth.json $(stat -c %a "$f")'
+    " $(python -c \"import hashlib, json; print(hashlib.sha256(json.load(open('$f'))"
+    "['openai-codex']['refresh'].encode()).hexdigest())\")\"; "
     'else echo "agent start: no auth.json"; fi; exec sleep infinity'
 )
+# Short token lives, so the story sees several: the service renews when under 20 s are left.
+TOKEN_LIFE, REFRESH_WINDOW = 30, 20
 # Hash of the stored or local refresh token, computed where the token is, so none is printed.
 LOCAL_REFRESH_HASH = (
     "import hashlib, json, pathlib; "
@@ -121,7 +126,7 @@ class Story:
             path.chmod(0o644)
         self.api_port, self.agent_port = free_port(), free_port()
         self.callback_ports = f"{free_port()},{free_port()}"
-        self.issuer = FakeIssuer().start()
+        self.issuer = FakeIssuer(expires_in=TOKEN_LIFE).start()
         self.figures: dict[str, str] = {}
 
     @property
@@ -201,6 +206,8 @@ class Story:
             f"CHATGPT_LOGIN_ISSUER={self.issuer.url}",
             "-e",
             f"CHATGPT_LOGIN_CALLBACK_PORTS={self.callback_ports}",
+            "-e",
+            f"CHATGPT_LOGIN_REFRESH_WINDOW={REFRESH_WINDOW}",
             self.image,
             "bash",
             "-c",
@@ -237,6 +244,21 @@ class Story:
         return account, digest
 
     # The story ---------------------------------------------------------------------------------
+
+    def rotate_elsewhere(self) -> None:
+        """Another process than the service (as pi would) renews the token and writes the
+        file; the service must store the rotation (sync-back)."""
+        before = self.local()
+        self.agent_exec("python", "-c", ROTATE)
+        rotated_at = time.monotonic()
+        rotated = self.local()
+        check(rotated[1] != before[1], "a process in the container rotated the refresh token")
+        wait_for(lambda: self.stored() == rotated, 10, "the rotation in the store")
+        latency = time.monotonic() - rotated_at
+        self.figures.setdefault(
+            "sync-back: rotation written to stored (at most)", f"{latency:.2f} s"
+        )
+        check(True, f"the rotated credential was synced back within {latency:.2f} s")
 
     def unreachable_store_does_not_block(self) -> None:
         """A secrets API that accepts connections and never answers: the entrypoint gives up on
@@ -281,6 +303,18 @@ class Story:
             "the credential reached the secrets API (same account, same refresh token)",
         )
 
+        # Several token lifetimes: the service renews ahead of expiry; each renewal is stored.
+        lifetimes_started = time.monotonic()
+        wait_for(lambda: self.issuer.calls["grant:refresh_token"] >= 3, 4 * TOKEN_LIFE,
+                 "three renewals by the service's keep-alive")  # fmt: skip
+        self.figures["three token lifetimes renewed by the service"] = (
+            f"{time.monotonic() - lifetimes_started:.0f} s"
+        )
+        wait_for(lambda: self.stored() == self.local(), 10, "the last renewal in the store")
+        check(True, "3 renewals by the service's keep-alive, each synced back")
+        self.rotate_elsewhere()
+
+        account, refresh_hash = self.local()
         podman("rm", "-f", "-v", "-t", "10", AGENT)
         podman("volume", "rm", HOME_VOLUME, STATE_VOLUME)
         check(True, "agent container and its volumes removed (the secrets API's volume stays)")
@@ -289,30 +323,21 @@ class Story:
         self.figures["new container: podman run to /readyz 200"] = f"{second_ready:.2f} s"
         wait_for(lambda: "agent start:" in self.agent_log(), 10, "the agent command")
         check(
-            "agent start: auth.json 600" in self.agent_log(),
-            "new container: auth.json was back (0600) before the agent command started",
+            f"agent start: auth.json 600 {refresh_hash}" in self.agent_log(),
+            "new container: auth.json was back (0600, the stored refresh token) before the agent "
+            "command started",
         )
-        check(
-            self.local() == (account, refresh_hash),
-            "restored credential: same account and refresh token as stored",
-        )
+        check(self.local()[0] == account, "restored credential: same account")
 
-        self.agent_exec("python", "-c", ROTATE)
-        rotated_at = time.monotonic()
-        before = self.stored()
-        rotated = self.local()
-        check(rotated[1] != refresh_hash, "a process in the container rotated the refresh token")
-        wait_for(lambda: self.stored() == rotated, 10, "the rotation in the store")
-        latency = time.monotonic() - rotated_at
-        self.figures["sync-back: rotation written to stored (at most)"] = f"{latency:.2f} s"
-        self.figures["stored when the rotating process exited"] = (
-            "already the new one" if before == rotated else "still the old one"
-        )
-        check(True, "the rotated credential was synced back to the secrets API")
-        check(
-            self.issuer.calls["/oauth/token"] == 2,
-            f"issuer token calls: {self.issuer.calls['/oauth/token']} (1 exchange, 1 refresh)",
-        )
+        # The restored refresh token works: renew now, as the agent's user could.
+        self.agent_exec("chatgpt-login", "refresh")
+        renewed = self.local()
+        check(renewed[1] != refresh_hash, "the restored refresh token was accepted by the issuer")
+        wait_for(lambda: self.stored() == renewed, 10, "the renewal in the store")
+        check(True, "and the renewal was stored")
+        self.rotate_elsewhere()
+        reused = self.issuer.calls["refresh_token_reused"]
+        check(reused == 0, f"refresh_token_reused answers from the issuer: {reused}")
 
         stop_started = time.monotonic()
         podman("stop", "-t", "15", AGENT)
