@@ -122,7 +122,8 @@ DRIVERS: dict[str, Driver] = {
         methods=("browser", "device"),
         success=re.compile(r"^Credentials saved to ", re.MULTILINE),
         failure=re.compile(r"^Error: (.+)$", re.MULTILINE),
-        rejected=re.compile(r"^Rejected: (.+)$", re.MULTILINE),
+        # "Rejected: <message> (<error code>)"; the code is optional (a listener rejection).
+        rejected=re.compile(r"^Rejected: (.+?)(?: \(([a-z_]+)\))?$", re.MULTILINE),
     ),
     "pi-ai": Driver(
         name="pi-ai",

@@ -222,6 +222,24 @@ CODES: dict[str, _Spec] = {
 }
 
 
+# Failures after which the same attempt can still succeed: the user pastes again or reopens
+# the link (the link stays valid; a spent or expired code does not).
+RECOVERABLE = frozenset(
+    {
+        "bad_paste",
+        "state_mismatch",
+        "access_denied",
+        "missing_codex_entitlement",
+        "code_rejected",
+        "network_error",
+        "response_timeout",
+        "server_error",
+        "rate_limited",
+        "invalid_response",
+    }
+)
+
+
 class SkillError(Exception):
     """A failure with a stable ``code`` from :data:`CODES`.
 

@@ -35,9 +35,10 @@ from urllib.parse import urlsplit
 
 from skill.attempt import PremadeAttempt
 from skill.authorize import CALLBACK_PATH, authorize_url, redirect_uri
-from skill.errors import ExitCode, SkillError
+from skill.errors import RECOVERABLE, ExitCode, SkillError
 from skill.pkce import Pkce, new_state
 from skill.redirect import Callback, parse_redirect
+from skill.relay import ERROR_HEADER
 from skill.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,22 +47,6 @@ if TYPE_CHECKING:
 
 Method = Literal["browser", "device"]
 
-# Failures after which the same attempt can still succeed: the user pastes again or reopens
-# the link (the link stays valid; a spent or expired code does not).
-RECOVERABLE = frozenset(
-    {
-        "bad_paste",
-        "state_mismatch",
-        "access_denied",
-        "missing_codex_entitlement",
-        "code_rejected",
-        "network_error",
-        "response_timeout",
-        "server_error",
-        "rate_limited",
-        "invalid_response",
-    }
-)
 SUCCESS_LINE = "Credentials saved to {path}"
 
 
@@ -79,10 +64,10 @@ class _Event:
     text: str = ""
     callback: Callback | None = None
     done: threading.Event = field(default_factory=threading.Event)
-    outcome: tuple[int, str] = (500, "")
+    outcome: tuple[int, str, str | None] = (500, "", None)
 
-    def reply(self, status: int, message: str) -> None:
-        self.outcome = (status, message)
+    def reply(self, status: int, message: str, code: str | None = None) -> None:
+        self.outcome = (status, message, code)
         self.done.set()
 
 
@@ -218,10 +203,10 @@ def _await_code(
             )
             saved = _finish(settings, tokens)
         except SkillError as exc:
-            event.reply(400 if exc.code in RECOVERABLE else 500, exc.message)
+            event.reply(400 if exc.code in RECOVERABLE else 500, exc.message, exc.code)
             if exc.code not in RECOVERABLE:
                 raise
-            console.say(f"Rejected: {exc.message}")
+            console.say(f"Rejected: {exc.message} ({exc.code})")  # the runner reads the code
             console.say("Waiting for another try...")
             continue
         event.reply(200, "\n".join(["Signed in. You can close this page.", *saved]))
@@ -325,9 +310,11 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
             return
         self._send(*event.outcome)
 
-    def _send(self, status: int, message: str) -> None:
+    def _send(self, status: int, message: str, code: str | None = None) -> None:
         body = (message + "\n").encode("utf-8")
         self.send_response(status)
+        if code:  # the runner reports our error code, not a generic "bad paste"
+            self.send_header(ERROR_HEADER, code)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")

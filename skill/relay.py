@@ -29,9 +29,14 @@ class Answer:
     status: int
     body: str
     location: str | None = None
+    error_code: str | None = None  # our login program's ERROR_HEADER
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+# Our login program names the error code of a failed attempt in this header of its answer.
+ERROR_HEADER = "X-Chatgpt-Login-Error"
 
 
 def loopback_request(
@@ -48,7 +53,8 @@ def loopback_request(
         connection.request(method, path or "/", body=body, headers=headers or {})
         response = connection.getresponse()
         text = response.read(64 * 1024).decode("utf-8", "replace")
-        return Answer(response.status, text, response.getheader("Location"))
+        return Answer(response.status, text, response.getheader("Location"),
+                      response.getheader(ERROR_HEADER))  # fmt: skip
     finally:
         connection.close()
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from skill.attempt import PremadeAttempt, premade_link
 from skill.drivers import DRIVERS, Driver, DriverName, Method
-from skill.errors import SkillError
+from skill.errors import CODES, RECOVERABLE, SkillError
 from skill.files import ensure_private_dir
 from skill.loginstate import LoginState, StateStore
 from skill.procs import descendants, end_processes, listener_pids
@@ -231,7 +231,10 @@ class Runner:
             )
             log.info("relay answered %s", answer.status)
             if driver.name == "native" and answer.status == 400:
-                raise SkillError("bad_paste", answer.body.strip() or "The address was rejected.")
+                # The attempt stays live: a bad paste, or an exchange that failed on the way
+                # (the same address may work again once the network is back).
+                code = answer.error_code if answer.error_code in CODES else "bad_paste"
+                raise SkillError(code, answer.body.strip() or "The address was rejected.")
             if driver.name == "native" and answer.status == 200:
                 # Our program answers only after saving; its answer lists the files.
                 saved = re.findall(r"^Credentials saved to (.+)$", answer.body, re.MULTILINE)
@@ -258,8 +261,8 @@ class Runner:
                 "`chatgpt-login status` and start again if needed.",
             )
         verdict = self._await_verdict(state, driver, mark, deadline, on_tick)
-        if isinstance(verdict, SkillError) and verdict.code == "bad_paste":
-            raise verdict
+        if isinstance(verdict, SkillError) and verdict.code in RECOVERABLE:
+            raise verdict  # the attempt stays live for another try
         return self._conclude(state, driver, verdict, code_sha=_sha(callback.code))
 
     def _await_verdict(
@@ -275,7 +278,8 @@ class Runner:
                 if driver.name != "native" or not self.tmux.status(state.session).alive:
                     return True  # native prints one line per file: wait for it to exit
             elif driver.rejected is not None and (match := driver.rejected.search(fresh)):
-                return SkillError("bad_paste", match.group(1).strip())
+                code = match.group(2) if match.group(2) in CODES else "bad_paste"
+                return SkillError(code, match.group(1).strip())
             else:
                 try:
                     self._raise_if_dead(state, driver, screen)

@@ -125,5 +125,13 @@ def test_skill_md_troubleshooting_covers_every_error_and_quotes_real_messages() 
 
 
 def test_skill_md_exit_codes_match() -> None:
-    for code in re.findall(r"^- exit (\d+)", SKILL, re.MULTILINE):
-        assert int(code) in {ExitCode.OK, ExitCode.PERSIST_PENDING, ExitCode.USAGE}
+    """Each "- exit N ..." item of SKILL.md names a code `complete` can exit with, and every
+    error code it names there exits with that N."""
+    items = re.findall(r"^- exit (\d+)(.*(?:\n  .*)*)", SKILL, re.MULTILINE)
+    assert items
+    for number, text in items:
+        assert int(number) in {ExitCode.OK, ExitCode.PERSIST_PENDING, ExitCode.USAGE,
+                               ExitCode.TRANSIENT}  # fmt: skip
+        for error in re.findall(r"`([a-z_]+)`", text):
+            if error in CODES:
+                assert CODES[error].exit_code == int(number), (error, number)

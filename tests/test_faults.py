@@ -1,6 +1,8 @@
 """Network faults from a real TCP proxy (tests/fault_proxy.py) between us and the secrets API,
 and between us and the issuer, through persist, restore, sync-back and refresh.
 
+Also the login program's code exchange with the issuer, through the same proxy.
+
 What is counted as a loss: the credential on disk gone, unreadable or replaced by an older one;
 the store left without an acknowledged credential or going back to an older one.
 ``scripts/reliability.py`` runs this module and reports the counts.
@@ -22,6 +24,8 @@ from service.sync import persist, restore
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
 from skill.errors import SkillError
+from skill.runner import Runner
+from skill.settings import Settings
 from skill.tokens import TokenSet
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
@@ -176,3 +180,34 @@ def test_refresh_through_a_fault(fault: str, fault_settings: ServiceSettings,
     assert renewed.refresh_token != old.refresh_token
     assert on_disk(fault_settings) == key(renewed)
     assert issuer.calls["refresh_token_reused"] == 0
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_sign_in_through_a_fault(fault: str, runner_settings: Settings, issuer: FakeIssuer,
+                                 issuer_proxy: FaultProxy) -> None:  # fmt: skip
+    """The login program's code exchange meets the fault. Either it signs in, or ``complete``
+    says what went wrong (a network error, not "bad paste") and the attempt stays open: the
+    same address works again if the issuer never saw the code; if it did (an answer cut short),
+    the issuer refuses the spent code and the same link signs in anew. No credential file is
+    ever half-written, and the code is never resent by itself."""
+    settings = runner_settings.model_copy(update={"issuer": issuer_proxy.url, "read_timeout": 2})
+    state, _ = Runner(settings).start()
+    callback = issuer.sign_in(state.auth_url or "")  # the browser's visit passes untouched
+    issuer_proxy.faults = [fault]
+    exchanges = issuer.calls["grant:authorization_code"]
+    try:
+        done = Runner(settings).complete(callback)
+    except SkillError as exc:
+        assert fault not in ("latency", "slow_close"), exc.message
+        assert exc.code in ("network_error", "response_timeout", "invalid_response"), exc.code
+        assert not settings.pi_auth_file.exists()
+        assert issuer.calls["grant:authorization_code"] - exchanges <= 1  # never resent
+        live = Runner(settings).status()
+        assert live is not None and live.live, "the attempt stays open for another try"
+        try:
+            done = Runner(settings).complete(callback)  # the user pastes the same address
+        except SkillError as again:
+            assert fault == "truncate" and again.code == "code_rejected", again.code
+            done = Runner(settings).complete(issuer.sign_in(state.auth_url or ""))
+    assert done.status == "succeeded"
+    assert PiAuthFile(settings.pi_auth_file).load() is not None

@@ -92,7 +92,7 @@ def test_a_spent_code_is_rejected_by_the_program_and_the_attempt_goes_on(
     issuer.codes[parse_qs(urlsplit(callback).query)["code"][0]].used = True
     with pytest.raises(SkillError, match="rejected the code") as caught:
         runner.complete(callback)
-    assert caught.value.code == "bad_paste"
+    assert caught.value.code == "code_rejected"  # the program's own code, not "bad paste"
     assert runner.status().status == "waiting"  # type: ignore[union-attr]
     assert runner.complete(issuer.sign_in(state.auth_url)).status == "succeeded"
 
