@@ -110,7 +110,8 @@ def main() -> int:
         table = done.stdout.strip().splitlines()
         heading = table[0].lstrip("# ") if table and table[0].startswith("#") else script
         command = f"`.venv/bin/python scripts/{script} {' '.join(full)}`"
-        parts += ["", f"## {heading}", "", *table[1:], "", f"{command} ({took:.0f} s this run)"]
+        body = "\n".join(table[1:]).strip().splitlines()
+        parts += ["", f"## {heading}", "", *body, "", f"{command} ({took:.0f} s this run)"]
     output.write_text("\n".join(parts).rstrip() + "\n")
     print(f"wrote {output}")
     if failed:

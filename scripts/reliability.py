@@ -76,7 +76,8 @@ def _after_heading(text: str) -> list[str]:
     """A script's Markdown output without anything before its heading, nor the heading."""
     lines = text.strip().splitlines()
     starts = [n for n, line in enumerate(lines) if line.startswith("# ")]
-    return lines[starts[0] + 1 :] if starts else lines
+    body = lines[starts[0] + 1 :] if starts else lines
+    return "\n".join(body).strip().splitlines()
 
 
 def figure(pattern: str, text: str) -> str:
