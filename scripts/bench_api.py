@@ -18,20 +18,16 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.benchlib import bench_venv  # noqa: E402
+from scripts.benchlib import Served, bench_venv  # noqa: E402
 from skill.authfiles import PiAuthFile  # noqa: E402
 from skill.credentials import Credential  # noqa: E402
 from skill.tokens import TokenSet  # noqa: E402
@@ -48,25 +44,6 @@ def ensure_wrk() -> str:
         return found
     subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
     return shutil.which("wrk") or "wrk"
-
-
-class Server:
-    def __init__(self, argv: list[str], env: dict[str, str], port: int) -> None:
-        self.port = port
-        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        raise RuntimeError(f"{argv} did not come up")
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(timeout=20)
 
 
 def wrk(binary: str, url: str, connections: int, seconds: int) -> tuple[float, float, float]:
@@ -110,9 +87,9 @@ def main() -> int:
     PiAuthFile(home / ".pi" / "agent" / "auth.json").save(credential)
     ours_port, bare_port = free_port(), free_port()
     serve = [str(venv / "bin" / "chatgpt-login"), "serve", "--bind", f"127.0.0.1:{ours_port}"]
-    ours = Server(serve, settings_env, ours_port)
+    ours = Served(serve, settings_env, ours_port)
     bare_env = {**settings_env, "PYTHONPATH": str(REPO / "scripts")}
-    bare = Server([str(venv / "bin" / "python"), "-m", "gunicorn", "-c", str(CONF), "--bind",
+    bare = Served([str(venv / "bin" / "python"), "-m", "gunicorn", "-c", str(CONF), "--bind",
                    f"127.0.0.1:{bare_port}", "bare_flask:app"], bare_env, bare_port)  # fmt: skip
     results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     try:

@@ -16,12 +16,10 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.benchlib import bench_venv  # noqa: E402
+from scripts.benchlib import Served, bench_venv  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
 from tests.fake_secrets import FakeSecretsAPI  # noqa: E402
@@ -54,12 +52,9 @@ def run_measured(argv: list[str], env: dict[str, str], stdin: str = "") -> tuple
 
 def service_peak(cli: str, env: dict[str, str]) -> dict[str, float]:
     port = free_port()
-    server = subprocess.Popen([cli, "serve", "--bind", f"127.0.0.1:{port}"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)  # fmt: skip
+    server = Served([cli, "serve", "--bind", f"127.0.0.1:{port}"], env, port)
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_up(f"{base}/healthz")
         headers = {"Authorization": f"Bearer {TOKEN}"}
         request = urllib.request.Request(f"{base}/v1/credentials", headers=headers)  # noqa: S310
         for _ in range(2000):
@@ -73,8 +68,7 @@ def service_peak(cli: str, env: dict[str, str]) -> dict[str, float]:
         peaks["service: master + workers (sum; shared pages count in each)"] = sum(peaks.values())
         return peaks
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
+        server.stop()
 
 
 def _vm_hwm(pid: int) -> float:
@@ -82,17 +76,6 @@ def _vm_hwm(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmHWM for {pid}")
-
-
-def _wait_up(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def main() -> int:

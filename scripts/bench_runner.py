@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,8 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.benchlib import bench_venv, print_table  # noqa: E402
-from tests.conftest import free_port, port_is_free  # noqa: E402
+from scripts.benchlib import Served, bench_venv, print_table  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
 from tests.fake_secrets import FakeSecretsAPI  # noqa: E402
 
@@ -68,19 +67,12 @@ class Bench:
                        CHATGPT_LOGIN_SECRETS_DIR=str(self.home / "no-secrets"))  # fmt: skip
         return env
 
-    def start_service(self, api: FakeSecretsAPI) -> subprocess.Popen[bytes]:
+    def start_service(self, api: FakeSecretsAPI) -> Served:
         """``chatgpt-login serve`` for this HOME, storing in ``api``; from now on every command
         runs with it (``complete`` asks it to persist)."""
         self.api, self.service_port = api, free_port()
-        server = subprocess.Popen([CLI, "serve", "--bind", f"127.0.0.1:{self.service_port}"],
-                                  env=self.env(), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 30
-        while port_is_free(self.service_port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.05)
-        return server
+        serve = [CLI, "serve", "--bind", f"127.0.0.1:{self.service_port}"]
+        return Served(serve, self.env(), self.service_port)
 
     def cli(self, *args: str, stdin: str = "") -> tuple[float, dict[str, object]]:
         started = time.monotonic()
@@ -165,8 +157,7 @@ def main() -> int:
             rows.setdefault("original recipe: start (sleep 5, cat)", []).append(step1)
             rows.setdefault("original recipe: paste (send-keys, sleep 3)", []).append(step2)
             recipe_ok += ok
-    os.killpg(service.pid, signal.SIGTERM)
-    service.wait(timeout=20)
+    service.stop()
     issuer.stop()
     api.stop()
     for each in (bench, served):

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,11 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.benchlib import bench_venv  # noqa: E402
+from scripts.benchlib import Served, bench_venv  # noqa: E402
 from skill.authfiles import PiAuthFile  # noqa: E402
 from skill.credentials import Credential  # noqa: E402
 from skill.tokens import TokenSet  # noqa: E402
-from tests.conftest import free_port, port_is_free  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
 from tests.fake_secrets import FakeSecretsAPI  # noqa: E402
 
@@ -107,18 +105,11 @@ def main() -> int:
     }  # fmt: skip
     pi = PiAuthFile(home / ".pi" / "agent" / "auth.json")
     pi.save(Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token())))
-    server = subprocess.Popen(
-        [str(bench_venv() / "bin" / "chatgpt-login"), "serve", "--bind", f"127.0.0.1:{port}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    serve = [str(bench_venv() / "bin" / "chatgpt-login"), "serve", "--bind", f"127.0.0.1:{port}"]
+    server = Served(serve, env, port)
     client = Client(port)
     lateness: list[float] = []
     try:
-        deadline = time.monotonic() + 30
-        while port_is_free(port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.05)
         rss_start: float | None = None
         total = int(args.seconds * args.rate)
         with ThreadPoolExecutor(max_workers=32) as pool:
@@ -138,8 +129,7 @@ def main() -> int:
         on_disk = pi.load()
         in_store = on_disk is not None and stored.get("refresh") == on_disk.refresh_token
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
+        server.stop()
         api.stop()
         issuer.stop()
     report(
