@@ -16,6 +16,7 @@ import contextlib
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -114,6 +115,7 @@ def main() -> int:
     )
     print()
     print_table(samples, first="program")
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ def main() -> int:
             rows[name].append(time.monotonic() - started)
         if not (Path(home) / ".pi" / "agent" / "auth.json").exists():
             raise RuntimeError("restore did not write auth.json")
+        shutil.rmtree(home)  # it holds a credential, even if a fake one
     api.stop()
     issuer.stop()
     print(f"# chatgpt-login restore, whole process, loopback store ({args.runs} runs)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def main() -> int:
     stop.set()
     api.stop()
     issuer.stop()
+    shutil.rmtree(work, ignore_errors=True)
     print(f"# Sync-back latency ({args.rewrites} rewrites by another process)")
     print("| median s | min s | max s | within 2 s |")
     print("|---|---|---|---|")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -132,6 +133,7 @@ def main() -> int:
         server.stop()
         api.stop()
         issuer.stop()
+        shutil.rmtree(home, ignore_errors=True)
     report(
         args,
         client,

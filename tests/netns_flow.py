@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import ssl
 import stat
@@ -105,6 +106,7 @@ def main(spec_path: str) -> int:
     result["logs_left"] = sorted(os.listdir(state_dir / "logs"))
     runner.tmux._run("kill-server", check=False)
     issuer.stop()
+    shutil.rmtree(state_dir, ignore_errors=True)
     print(json.dumps(result, default=str))
     return 0
 
