@@ -32,13 +32,27 @@ def leftovers(runner: Runner, settings: Settings) -> dict[str, object]:
         time.sleep(0.05)
     return {
         "sessions": runner.tmux.sessions(),
-        "listeners": [p for p in settings.callback_ports if not port_is_free(p)],
+        "listeners": [_holder(p) for p in settings.callback_ports if not port_is_free(p)],
         "logs": sorted(os.listdir(settings.state_dir / "logs")),
         "work": sorted(os.listdir(settings.state_dir / "work")),
     }
 
 
 CLEAN = {"sessions": [], "listeners": [], "logs": [], "work": []}
+
+
+def _holder(port: int) -> str:
+    """``port`` and which processes listen on it, so a failure says who (ours, or a stranger
+    that took the same free port)."""
+    pids = {int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()}
+    found = []
+    for pid in sorted(listener_pids(port, pids)):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            cmd = "?"
+        found.append(f"{pid} {cmd[:100]}")
+    return f"{port} held by {found or 'no process (socket still closing)'}"
 
 
 def test_start_complete_end_to_end(runner_settings: Settings, issuer: FakeIssuer) -> None:
