@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from skill.errors import SkillError
+from skill.relay import READY_LINE
 from skill.settings import Settings
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ DRIVERS: dict[str, Driver] = {
         failure=re.compile(r"^Error: (.+)$", re.MULTILINE),
         # "Rejected: <message> (<error code>)"; the code is optional (a listener rejection).
         rejected=re.compile(r"^Rejected: (.+?)(?: \(([a-z_]+)\))?$", re.MULTILINE),
+        paste_prompt=re.compile(rf"^{READY_LINE} \(", re.MULTILINE),
     ),
     "pi-ai": Driver(
         name="pi-ai",

@@ -38,7 +38,7 @@ from skill.authorize import CALLBACK_PATH, authorize_url, redirect_uri
 from skill.errors import RECOVERABLE, ExitCode, SkillError
 from skill.pkce import Pkce, new_state
 from skill.redirect import Callback, parse_redirect
-from skill.relay import ERROR_HEADER
+from skill.relay import ERROR_HEADER, READY_LINE
 from skill.settings import Settings
 
 if TYPE_CHECKING:
@@ -144,7 +144,6 @@ def _browser_login(
     )
     minutes = settings.login_timeout / 60
     where = f"listening on 127.0.0.1:{port}" if server else "no listener: paste only"
-    console.say(f"Waiting ({where}; times out in {minutes:.0f} min)...")
 
     # Imported only now: the link is already on screen, so the user never waits for httpx;
     # the credential-file modules are loaded here too, while the user is still signing in.
@@ -157,6 +156,9 @@ def _browser_login(
     attempt = _Attempt(pkce, state, port, redirect, listening=server is not None)
     try:
         with _echo_off(stdin), OAuthClient(settings) as client:
+            # Said only now that echo is off: the skill runner types a paste after this line
+            # (READY_LINE), and a paste typed earlier would be echoed into the scrollback.
+            console.say(f"{READY_LINE} ({where}; times out in {minutes:.0f} min)...")
             return _await_code(settings, client, events, console, attempt)
     finally:
         if server:

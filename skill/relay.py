@@ -37,6 +37,9 @@ class Answer:
 
 # Our login program names the error code of a failed attempt in this header of its answer.
 ERROR_HEADER = "X-Chatgpt-Login-Error"
+# Our login program starts this line once a typed paste is safe (terminal echo off, so it
+# never reaches the scrollback); the runner types nothing before it appears.
+READY_LINE = "Waiting"
 
 
 def loopback_request(

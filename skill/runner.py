@@ -219,11 +219,8 @@ class Runner:
         driver = DRIVERS[state.driver]
         if state.redirect_port is None:
             raise SkillError("internal", "The sign-in has no redirect port. Start again.")
-        pids = descendants(state.pane_pid) if state.pane_pid else set()
-        owned = listener_pids(state.redirect_port, pids)
         deadline = time.monotonic() + self.settings.complete_timeout
-        # Reading the screen loads libtmux; the native program's HTTP answer makes it needless.
-        screen = "" if owned and driver.name == "native" else self.tmux.screen(state.session)
+        owned, screen = self._listener_or_prompt(state, driver, state.redirect_port, deadline)
         mark = screen.count("\n")
         if owned:
             answer = relay_http(
@@ -246,9 +243,11 @@ class Runner:
                 return self._end(done, "succeeded", message="Signed in.")
             if driver.name == "native":
                 mark = 0  # its verdict is in its output; read all of it
-        elif driver.name == "native" or (
-            driver.paste_prompt is not None and driver.paste_prompt.search(screen)
-        ):
+        elif driver.paste_prompt is not None and driver.paste_prompt.search(screen):
+            if driver.name != "native":
+                # pi-ai's prompt echoes what is typed (ours turns echo off first): the log must
+                # not take the address, and the screen is wiped if the attempt goes on.
+                self.tmux.stop_log(state.session)
             self.tmux.type_line(
                 state.session, _typeable(callback_url(state.redirect_port, callback))
             )
@@ -262,8 +261,38 @@ class Runner:
             )
         verdict = self._await_verdict(state, driver, mark, deadline, on_tick)
         if isinstance(verdict, SkillError) and verdict.code in RECOVERABLE:
+            if driver.name != "native":
+                self.tmux.wipe(state.session)  # an echoed address must not stay on screen
             raise verdict  # the attempt stays live for another try
         return self._conclude(state, driver, verdict, code_sha=_sha(callback.code))
+
+    def _listener_or_prompt(
+        self, state: LoginState, driver: Driver, port: int, deadline: float
+    ) -> tuple[set[int], str]:
+        """The program's own listener on the attempt's port, and its screen.
+
+        ``start`` returns before our own program runs (its link is made in advance), so a quick
+        ``complete`` can find it still starting: wait for its listener or its ready line, since
+        a paste typed before the program turns echo off would land in the scrollback.
+        """
+        while True:
+            pids = descendants(state.pane_pid) if state.pane_pid else set()
+            owned = listener_pids(port, pids)
+            if owned and driver.name == "native":
+                return owned, ""  # its HTTP answer is the verdict: no need to load libtmux
+            screen = self.tmux.screen(state.session)
+            ready = driver.paste_prompt is not None and driver.paste_prompt.search(screen)
+            if owned or ready or driver.name != "native":
+                return owned, screen
+            self._raise_if_dead(state, driver, screen)
+            if time.monotonic() >= deadline:
+                raise SkillError(
+                    "program_timeout",
+                    f"The login program was not ready for the address within "
+                    f"{self.settings.complete_timeout:.0f} s. Start a new sign-in with "
+                    "`chatgpt-login start`.",
+                )
+            time.sleep(POLL)
 
     def _await_verdict(
         self, state: LoginState, driver: Driver, mark: int, deadline: float, on_tick: Tick

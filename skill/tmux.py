@@ -158,10 +158,14 @@ class TmuxServer:
         pane.cmd("send-keys", "-l", "--", text)
         pane.cmd("send-keys", "Enter")
 
-    def clear_history(self, name: str) -> None:
-        pane = self._pane(name)
-        if pane is not None:
-            pane.cmd("clear-history")
+    def stop_log(self, name: str) -> None:
+        """Stop copying the pane to its log (``pipe-pane`` with no command closes the pipe)."""
+        self._run("pipe-pane", "-t", f"={name}:", check=False)
+
+    def wipe(self, name: str) -> None:
+        """Clear the pane's screen and scrollback, as tmux's own "clear" does."""
+        self._run("send-keys", "-R", "-t", f"={name}:", ";", "clear-history", "-t", f"={name}:",
+                  check=False)  # fmt: skip
 
     def kill(self, name: str) -> None:
         """Kill the session; tmux hangs up on everything running in it."""
