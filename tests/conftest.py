@@ -12,11 +12,49 @@ import pytest
 
 from service.secrets import HttpSecretsStore
 from skill.settings import Settings
+from tests.canary import Sweep
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
 
 REPO = Path(__file__).resolve().parent.parent
 NPM_BIN = REPO / ".cache" / "npm" / "node_modules" / ".bin"
+
+
+# The canary sweep (tests/canary.py) watches the whole run; CANARY_SWEEP=0 turns it off.
+SWEEP = Sweep()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("CANARY_SWEEP", "1") != "0":
+        SWEEP.start()
+
+
+@pytest.fixture(autouse=True)
+def _sweep_test_dirs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The sweep names the running test in each find; its directory's log files go to the
+    sweep when it ends."""
+    SWEEP.current = request.node.nodeid
+    yield
+    tmp = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
+    if SWEEP.running and isinstance(tmp, Path):
+        SWEEP.read_dir(tmp)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if SWEEP.running:
+        SWEEP.stop()
+        if SWEEP.leaks():
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SWEEP.thread is None:
+        return
+    leaks = SWEEP.leaks()
+    terminalreporter.write_sep("=", "canary sweep")
+    terminalreporter.write_line(f"{SWEEP.summary()}; leaks: {len(leaks)}")
+    for leak in leaks[:50]:
+        terminalreporter.write_line(f"LEAK: {leak}", red=True)
 
 
 def free_port() -> int:
@@ -107,6 +145,8 @@ def state_dir() -> Iterator[Path]:
 
     path = Path(tempfile.mkdtemp(prefix="cgl-", dir="/tmp"))
     yield path
+    if SWEEP.running:
+        SWEEP.read_dir(path)
     subprocess.run(
         ["tmux", "-S", str(path / "tmux.sock"), "kill-server"], capture_output=True, check=False
     )

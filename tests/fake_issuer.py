@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from tests import loopback
+from tests.canary import MARK, register
 
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 AUTH_CLAIM = "https://api.openai.com/auth"
@@ -47,7 +48,7 @@ def make_jwt(claims: dict[str, Any], *, pi_safe: bool = True) -> str:
         if not pi_safe or ("-" not in payload and "_" not in payload):
             break
         body["n"] = nonce
-    return f"{header}.{payload}.{b64url(secrets.token_bytes(32))}"
+    return f"{header}.{payload}.{MARK}{b64url(secrets.token_bytes(32))}"
 
 
 @dataclass
@@ -176,7 +177,7 @@ class FakeIssuer:
             },
             pi_safe=self.pi_safe,
         )
-        refresh = "rt_" + secrets.token_urlsafe(24)
+        refresh = "rt_" + MARK + secrets.token_urlsafe(24)
         self.refresh_tokens[refresh] = account
         self.issued_access.append(access)
         answer: dict[str, Any] = {
@@ -294,6 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
         if bad:
             self._send(400, {"error": "invalid_request", "error_description": f"bad {bad}"})
             return
+        register(q["state"], "state")
         fake = self.fake
         if fake.deny:
             description = (
@@ -307,7 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "state": q["state"],
             }
         else:
-            code = "ac_" + secrets.token_urlsafe(32)
+            code = "ac_" + MARK + secrets.token_urlsafe(32)
             with fake.lock:
                 fake.codes[code] = _Code(
                     q["code_challenge"],
@@ -343,6 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
             return invalid
         code.used = True  # single use, even when the rest of the request is wrong
         verifier = body.get("code_verifier", "")
+        register(verifier, "PKCE verifier")
         if (
             time.time() > code.expires
             or body.get("redirect_uri") != code.redirect_uri
@@ -376,7 +379,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("client_id") != CLIENT_ID:
             self._send(401, {"error": "invalid_client"})
             return
-        device_id = "dev_" + secrets.token_hex(8)
+        device_id = "dev_" + MARK + secrets.token_hex(8)
         user_code = f"{secrets.token_hex(2).upper()}-{secrets.token_hex(3).upper()}"
         with fake.lock:
             fake.devices[device_id] = _Device(user_code)
@@ -399,7 +402,7 @@ class _Handler(BaseHTTPRequestHandler):
             del fake.devices[body["device_auth_id"]]
             verifier = b64url(secrets.token_bytes(64))
             challenge = b64url(hashlib.sha256(verifier.encode()).digest())
-            code = "ac_" + secrets.token_urlsafe(32)
+            code = "ac_" + MARK + secrets.token_urlsafe(32)
             fake.codes[code] = _Code(
                 challenge,
                 f"{fake.url}/deviceauth/callback",

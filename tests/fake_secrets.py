@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tests import loopback
+from tests.canary import register
 
 TOKEN = "fat-tools-canary-7c1e"
 
@@ -41,6 +42,7 @@ class FakeSecretsAPI:
         class Handler(_Handler):
             fake = api
 
+        register(self.token, "secrets API token")
         self._server = loopback.serve(Handler)
         return self
 

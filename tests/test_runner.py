@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
 import signal
+import socket
 import stat
 import threading
 import time
@@ -228,6 +230,50 @@ def test_the_log_keeps_the_last_lines_and_is_removed_at_the_end(
     assert not log_file.exists()
 
 
+@pytest.mark.parametrize("listener", [True, False], ids=["listener", "paste-only"])
+def test_a_complete_at_once_never_echoes_the_address(
+    runner_settings: Settings, issuer: FakeIssuer, listener: bool
+) -> None:
+    """``start`` returns before our program runs. A ``complete`` right away must wait for its
+    listener, or (ports taken: paste only) for its ready line, which comes once echo is off; a
+    paste typed earlier was echoed into the scrollback and the pane log."""
+    holders = []
+    for port in () if listener else runner_settings.callback_ports:
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        holders.append(holder)
+    runner = Runner(runner_settings)
+    seen: list[str] = []
+    stop = threading.Event()
+    try:
+        state, _ = runner.start()
+        assert state.auth_url
+        log_file = runner_settings.state_dir / "logs" / f"{state.id}.log"
+
+        def watch() -> None:  # what the terminal shows and logs while the paste goes in
+            while not stop.wait(0.002):
+                with contextlib.suppress(OSError):
+                    seen.append(log_file.read_text(errors="replace"))
+                with contextlib.suppress(Exception):  # the session ends with the sign-in
+                    seen.append(runner.tmux.screen(state.session))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        callback = issuer.sign_in(state.auth_url)
+        done = runner.complete(callback)
+    finally:
+        stop.set()
+        for holder in holders:
+            holder.close()
+    watcher.join()
+    assert done.status == "succeeded"
+    code = parse_qs(urlsplit(callback).query)["code"][0]
+    assert any("Open this link" in text for text in seen)  # the watch did see the terminal
+    outside_link = [text.replace(state.auth_url, "<link>") for text in seen]
+    assert not [text for text in outside_link if code in text or state.state in text]
+
+
 def test_tmux_server_has_a_clean_environment(runner_settings: Settings) -> None:
     os.environ["CHATGPT_LOGIN_TEST_CANARY"] = "canary-secret-env"
     try:
@@ -286,6 +332,26 @@ def test_typed_text_never_runs_anything(state_dir: Path, tmp_path: Path, payload
     assert not marker.exists()
     # The terminal turns CR into LF; otherwise every byte arrives exactly as given.
     assert received.read_bytes() == (text + "\n").replace("\r", "\n").encode()
+
+
+def test_an_echoing_prompt_gets_no_log_and_a_wiped_screen(state_dir: Path, tmp_path: Path) -> None:
+    """pi-ai's paste prompt echoes what is typed: the runner stops the pane log before typing
+    and wipes screen and scrollback when the attempt goes on."""
+    tmux = TmuxServer(state_dir / "tmux.sock", base_env={"PATH": os.environ["PATH"]})
+    log_file = state_dir / "logs" / "echo.log"
+    log_file.parent.mkdir()
+    tmux.start("echo", ["sh", "-c", "echo before-typing; cat"], env={"PATH": os.environ["PATH"]},
+               cwd=tmp_path, log_file=log_file)  # fmt: skip
+    wait_until(lambda: b"before-typing" in log_file.read_bytes(), what="the log")
+    tmux.stop_log("echo")
+    tmux.type_line("echo", "typed-secret")
+    wait_until(lambda: tmux.screen("echo").count("typed-secret") == 2, what="echo and cat")
+    time.sleep(0.2)  # what a still-open pipe would have copied by now
+    assert b"typed-secret" not in log_file.read_bytes()
+    tmux.wipe("echo")
+    wait_until(lambda: "before-typing" not in tmux.screen("echo"), what="the wipe")
+    assert "typed-secret" not in tmux.screen("echo")
+    tmux.kill("echo")
 
 
 def test_listener_ownership_is_read_from_proc(ports: tuple[int, int]) -> None:
