@@ -28,12 +28,12 @@ from skill.drivers import DRIVERS, Driver, DriverName, Method
 from skill.errors import CODES, RECOVERABLE, SkillError
 from skill.files import ensure_private_dir
 from skill.loginstate import LoginState, StateStore
-from skill.procs import descendants, end_processes, listener_pids
+from skill.procs import alive, descendants, end_processes, listener_pids
 from skill.redirect import Callback, parse_redirect
 from skill.relay import callback_url, relay_http
 from skill.screen import find_authorize_link, find_device_code
 from skill.settings import Settings
-from skill.tmux import TmuxServer
+from skill.tmux import PaneStatus, TmuxServer
 
 if TYPE_CHECKING:
     from skill.credentials import Credential
@@ -388,7 +388,7 @@ class Runner:
                 message="The login program is gone (the machine or service restarted?). "
                 "Start a new sign-in with `chatgpt-login start`.",
             )
-        pane = self.tmux.status(state.session)
+        pane = self._caught_up_status(state)
         # Exit 0 is left to `complete`, which reads the program's verdict from its screen.
         if not pane.alive and pane.exit_status != 0:
             how = (f"with status {pane.exit_status}" if pane.exit_status is not None
@@ -401,6 +401,19 @@ class Runner:
                 "Start a new sign-in with `chatgpt-login start`.",
             )
         return state
+
+    def _caught_up_status(self, state: LoginState) -> PaneStatus:
+        """The pane's status once tmux has noticed its program's end. A program killed a moment
+        ago stays a zombie until tmux's event loop reaps it, and until then tmux still calls the
+        pane alive; a single look (``status``) must not report such an attempt as waiting."""
+        pane = self.tmux.status(state.session)
+        deadline = time.monotonic() + 1
+        while pane.alive and state.pane_pid and not alive(state.pane_pid):
+            if time.monotonic() >= deadline:  # tmux never caught up; the program is gone anyway
+                return PaneStatus(alive=False, exit_status=None, pid=state.pane_pid)
+            time.sleep(0.02)
+            pane = self.tmux.status(state.session)
+        return pane
 
     def _raise_if_dead(self, state: LoginState, driver: Driver, screen: str) -> None:
         status = self.tmux.status(state.session)

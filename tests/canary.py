@@ -218,11 +218,12 @@ class Sweep:
         return found
 
     def summary(self) -> str:
-        kinds = ", ".join(f"{kind}s {n}" for kind, n in sorted(self.kinds.items()))
+        kinds = [f"{kind}s {n}" for kind, n in sorted(self.kinds.items())]
+        kinds.append(f"process argument lists {len(self.argv_seen)}")
         size = sum(len(text) for _, text in self.captures)
         return (
-            f"canary sweep: {len(self.captures) + len(self.argv_seen)} captures ({kinds}, "
-            f"process argument lists {len(self.argv_seen)}), {size / 1e6:.1f} MB searched for "
+            f"canary sweep: {len(self.captures) + len(self.argv_seen)} captures "
+            f"({', '.join(kinds)}), {size / 1e6:.1f} MB searched for "
             f"the marked codes and tokens and {len(_REGISTERED)} registered secrets"
         )
 

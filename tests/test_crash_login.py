@@ -10,9 +10,12 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from skill.procs import descendants
 from skill.runner import Runner
 from skill.settings import Settings
+from skill.tmux import PaneStatus, TmuxServer
 from tests.fake_issuer import FakeIssuer
 from tests.test_runner import CLEAN, leftovers
 
@@ -80,3 +83,26 @@ def test_sigkill_during_a_sign_in(runner_settings: Settings, issuer: FakeIssuer)
           f"{outcomes['tmux server']} tmux server), status not clear: {not_clear}, left running "
           f"or listening: {unclean}, next sign-in failed: {not_restartable}")  # fmt: skip
     assert (not_clear, unclean, not_restartable) == (0, 0, 0)
+
+
+def test_a_program_killed_a_moment_ago_is_reported_at_once(
+    runner_settings: Settings, issuer: FakeIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tmux calls a pane alive until its event loop reaps the program, a moment after a kill;
+    one CI run's ``status`` landed in that moment and said "waiting". Here tmux's view is held
+    at "alive" for good, so only our own look at the process can tell."""
+    runner = Runner(runner_settings)
+    state, _ = runner.start()
+    assert state.pane_pid
+    pids = descendants(state.pane_pid)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert not _still_running(list(pids), within=10)
+    with monkeypatch.context() as patch:
+        stuck = PaneStatus(alive=True, exit_status=None, pid=state.pane_pid)
+        patch.setattr(TmuxServer, "status", lambda self, name: stuck)
+        after = Runner(runner_settings).status()
+    assert after is not None
+    assert (after.status, after.error) == ("failed", "program_failed")
+    assert "chatgpt-login start" in (after.message or "")
+    assert leftovers(runner, runner_settings) == CLEAN
