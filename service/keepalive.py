@@ -86,6 +86,12 @@ class KeepAlive:
         result = Tick()
         if time.monotonic() < self._retry_at:
             return result
+        try:
+            # A rotation a killed process (a CLI refresh, say) left in its temp file: finish it
+            # before anyone spends the refresh token it replaced, and push it like any change.
+            self.refresher.pi.finish_interrupted_write()
+        except SkillError as exc:  # the lock stayed busy: next tick
+            log.warning("could not finish an interrupted credential write: %s", exc.code)
         credential = local_credential(self.settings)
         if credential is None:
             return result

@@ -4,7 +4,7 @@ ChatGPT refresh tokens rotate on every use, and presenting a used one fails and 
 whole family (PROTOCOL.md §4). So every refresh is one critical section across processes, under
 pi's own ``auth.json.lock`` (the pi agent takes the same lock for its refreshes):
 
-1. take the lock; re-read the file;
+1. take the lock; finish a write a killed process left in its temp file; re-read the file;
 2. if another process already renewed it (a different, still-valid credential for the same
    account), adopt that without calling the issuer; never adopt another account;
 3. otherwise spend the refresh token (one HTTP call, bounded by connect and read timeouts),
@@ -61,6 +61,9 @@ class Refresher:
         if not force and not seen.expired(margin=margin, now=self.clock()):
             return Refreshed(seen)
         with self.pi.lock:
+            # A rotation a killed writer left half-saved would otherwise be lost, and its
+            # refresh token spent a second time by us.
+            self.pi.finish_interrupted_write_locked()
             latest = self._load()
             if latest.account_id != seen.account_id:
                 raise SkillError("account_mismatch")

@@ -82,6 +82,11 @@ def restore(settings: ServiceSettings, store: SecretsStore) -> RestoreResult:
     """Bring the local file and the store to the newer copy. Never raises for a store fault:
     the result says ``unreachable`` and the local file is left as it was."""
     try:
+        # A rotation a killed process left in its temp file is the newest local copy.
+        _pi_file(settings).finish_interrupted_write()
+    except SkillError as exc:
+        log.warning("could not finish an interrupted credential write: %s", exc.code)
+    try:
         stored = store.get()
     except ServiceError as exc:
         return RestoreResult("unreachable", exc.message)

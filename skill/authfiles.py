@@ -9,6 +9,7 @@ and the move reported, never overwritten.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,10 +21,13 @@ from skill.files import (
     move_aside,
     read_settled,
     sweep_temp_files,
+    temp_files,
     write_private,
 )
 from skill.lock import DirLock, FlockLock
 from skill.settings import CredentialFormat, Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,12 +78,55 @@ class PiAuthFile:
     def save_locked(self, credential: Credential) -> SaveResult:
         """:meth:`save` for a caller that already holds :attr:`lock` (a refresh's critical
         section: re-read, spend the refresh token, write, all under one lock)."""
+        # Whoever must not lose an orphan's rotation finished it first (the refresher, restore
+        # and the keep-alive do); for the rest, what they write supersedes it.
         sweep_temp_files(self.path)
+        return self._write_locked(credential)
+
+    def _write_locked(self, credential: Credential) -> SaveResult:
         text, document, moved = self._read_for_update()
         entry = credential.to_pi_entry(_obj(document.get(PI_PROVIDER_KEY)))
         new_text = splice_entry(text, PI_PROVIDER_KEY, entry)
         changed = write_private(self.path, new_text.encode("utf-8"))
         return SaveResult(self.path, changed, moved)
+
+    def finish_interrupted_write(self) -> Credential | None:
+        """Complete a save that a killed process of ours left in its temp file; returns the
+        credential taken from it, if any.
+
+        A writer killed during its fsync (seconds, on a busy disk) leaves the whole new file in
+        its temp file. After a refresh that is the only copy of the rotated token: the issuer
+        has already retired the old one, so dropping it means signing in again. A temp file cut
+        short (killed mid-write, or power lost before the fsync) does not parse and is dropped;
+        the file it was to replace was never touched.
+        """
+        if not temp_files(self.path):
+            return None  # the usual case, decided without taking the lock
+        with self.lock:
+            return self.finish_interrupted_write_locked()
+
+    def finish_interrupted_write_locked(self) -> Credential | None:
+        """:meth:`finish_interrupted_write` for a caller that holds :attr:`lock`. Only our
+        entry is taken from the orphan, and only if it is newer for the same account (or the
+        file has none); other providers' entries stay as the file has them now."""
+        found = [c for c in map(_credential_in, temp_files(self.path)) if c is not None]
+        if not found:
+            sweep_temp_files(self.path)
+            return None
+        newest = max(found, key=lambda c: c.expires_ms)
+        try:
+            current = self.load()
+        except SkillError:
+            current = None  # corrupt: save_locked moves it aside and reports that
+        if current is not None and (
+            current.account_id != newest.account_id or current.expires_ms >= newest.expires_ms
+        ):
+            sweep_temp_files(self.path)
+            return None
+        self._write_locked(newest)
+        sweep_temp_files(self.path)  # only now: until written, the orphan is the one copy
+        log.warning("finished a credential write a killed process left in %s", self.path.parent)
+        return newest
 
     def remove(self) -> bool:
         """Remove our entry, keeping every other provider's. True if there was one."""
@@ -100,6 +147,14 @@ class PiAuthFile:
         if found is None:
             return "", {}, None
         return found[0].decode("utf-8"), found[1], None
+
+
+def _credential_in(orphan: Path) -> Credential | None:
+    """Our entry in an orphaned temp file of the pi file, or None if it has no valid one."""
+    try:
+        return Credential.from_pi_entry(_parse_object(orphan.read_bytes())[PI_PROVIDER_KEY])
+    except (OSError, ValueError, KeyError, SkillError):
+        return None
 
 
 class CodexAuthFile:

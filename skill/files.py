@@ -102,14 +102,17 @@ def read_settled(
         delay = min(delay * 2, 0.1)
 
 
-def sweep_temp_files(path: Path) -> int:
-    """Remove temp files a killed writer left beside ``path``; call only under its lock.
+def temp_files(path: Path) -> list[Path]:
+    """Temp files of :func:`write_private` beside ``path``. Under ``path``'s lock every one is
+    an orphan: each writer of ours holds that lock while its temp file exists."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
-    Every writer of ours holds the lock while its temp file exists, so any temp file seen under
-    the lock is an orphan (it still holds a credential: it must not linger).
-    """
+
+def sweep_temp_files(path: Path) -> int:
+    """Remove temp files a killed writer left beside ``path``; call only under its lock (they
+    still hold a credential: they must not linger)."""
     removed = 0
-    for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+    for orphan in temp_files(path):
         with contextlib.suppress(FileNotFoundError):
             orphan.unlink()
             removed += 1

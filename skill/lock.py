@@ -4,6 +4,14 @@
   made with ``mkdir`` (atomic), its mtime refreshed while held, and considered stale (holder
   died) once the mtime is older than 30 s. :class:`DirLock` speaks exactly that protocol, so a
   running pi agent and this project never write the same file at once.
+
+  On top of it, our own holders mark their lock so that one left by a killed process of ours
+  is taken over at once instead of after 30 s (a service killed mid-refresh would otherwise
+  stall its own restart, and every pi process, for that long). The holder keeps an ``flock``
+  on the lock directory, which the kernel drops when the process dies, and only then sets the
+  sticky bit on it. A sticky lock whose flock is free has lost its holder. pi never sets the
+  sticky bit, so its locks are judged by age alone, as pi itself judges them; and the marks
+  change neither the directory's name, its contents nor its mtime, which is all pi looks at.
 - codex keeps a lock *file* ``auth.json.lock`` beside its auth.json; :class:`FlockLock` takes an
   exclusive ``flock`` on it, which is what Rust's ``File::lock`` does.
 
@@ -17,6 +25,7 @@ import fcntl
 import logging
 import os
 import secrets
+import stat
 import threading
 import time
 from pathlib import Path
@@ -28,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _POLL_FIRST = 0.02
 _POLL_MAX = 0.25
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _backoff(delay: float, deadline: float) -> float:
@@ -44,6 +54,7 @@ class DirLock:
         self.timeout = timeout
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
+        self._held_fd: int | None = None  # the flock that says "this holder is alive"
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self.timeout
@@ -55,6 +66,7 @@ class DirLock:
                 if self._take_over_if_stale():
                     continue
             else:
+                self._mark_ours()
                 self._start_keeper()
                 return
             if time.monotonic() >= deadline:
@@ -72,24 +84,58 @@ class DirLock:
             self._keeper = None
         with contextlib.suppress(FileNotFoundError):
             self.path.rmdir()
+        if self._held_fd is not None:  # after the rmdir: no one sees a marked, unheld lock
+            os.close(self._held_fd)
+            self._held_fd = None
+
+    def _mark_ours(self) -> None:
+        """Hold an flock on the new lock directory, then set its sticky bit (in that order, so
+        a sticky lock without an flock always means a dead holder)."""
+        fd = os.open(self.path, _DIR_FLAGS)
+        try:
+            # Cannot block: takers look at a lock's flock only once it is sticky.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.fchmod(fd, 0o700 | stat.S_ISVTX)
+        except OSError:
+            os.close(fd)  # unmarked: others judge it by age, as they would pi's
+            return
+        self._held_fd = fd
 
     def _take_over_if_stale(self) -> bool:
-        """Remove a lock whose holder stopped refreshing it; True if we removed one."""
+        """Remove a lock whose holder died or stopped refreshing it; True to try again now."""
         try:
-            age = time.time() - self.path.stat().st_mtime
+            fd = os.open(self.path, _DIR_FLAGS)
         except FileNotFoundError:
             return True  # released meanwhile: try again at once
-        if age <= self.stale:
-            return False
-        # Rename first so two takers cannot both remove it; only one rename succeeds.
-        grave = self.path.with_name(f"{self.path.name}.stale-{secrets.token_hex(4)}")
+        except OSError:
+            return False  # not a directory we can open: wait, and time out clearly
         try:
-            os.rename(self.path, grave)
-        except (FileNotFoundError, OSError):
-            return True
-        log.warning("took over a stale lock %s (%.0f s old)", self.path, age)
-        with contextlib.suppress(OSError):
-            grave.rmdir()
+            seen = os.fstat(fd)
+            age = time.time() - seen.st_mtime
+            if _holder_died(fd, seen):
+                return self._remove(seen, "its holder died")
+            if age > self.stale:
+                return self._remove(seen, f"{age:.0f} s old")
+            return False
+        finally:
+            os.close(fd)
+
+    def _remove(self, seen: os.stat_result, why: str) -> bool:
+        """Remove the very lock judged stale (``seen``), not one made since by a quicker taker;
+        the caller's flock on it (when it was ours) keeps other takers from judging it too.
+        True: try to take the lock again."""
+        with contextlib.suppress(FileNotFoundError):
+            now = os.stat(self.path, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (seen.st_dev, seen.st_ino):
+                # Rename first so two takers cannot both remove it; only one rename succeeds.
+                grave = self.path.with_name(f"{self.path.name}.stale-{secrets.token_hex(4)}")
+                try:
+                    os.rename(self.path, grave)
+                except OSError:
+                    return True
+                log.warning("took over a stale lock %s (%s)", self.path, why)
+                with contextlib.suppress(OSError):
+                    grave.rmdir()
         return True
 
     def _start_keeper(self) -> None:
@@ -112,6 +158,18 @@ class DirLock:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+def _holder_died(fd: int, seen: os.stat_result) -> bool:
+    """True if the lock open on ``fd`` is one of ours whose holder is gone (its flock with it).
+    On True the caller holds that flock until it closes ``fd``."""
+    if not seen.st_mode & stat.S_ISVTX:
+        return False  # pi's lock, or ours in the instant before it was marked
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # the holder is alive
+    return True
 
 
 class FlockLock:

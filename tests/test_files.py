@@ -243,3 +243,71 @@ def test_malformed_pi_entries_are_reported(entry: object) -> None:
     with pytest.raises(SkillError) as caught:
         Credential.from_pi_entry(entry)
     assert caught.value.code == "credentials_invalid"
+
+
+def orphan(path: Path, text: str) -> Path:
+    """A temp file as a writer of ours killed before its rename leaves it."""
+    left = path.with_name(f".{path.name}.0123456789ab.tmp")
+    left.write_text(text)
+    left.chmod(0o600)
+    return left
+
+
+def later(credential: Credential, seconds: float = 3600) -> Credential:
+    return credential.model_copy(update={"expires_ms": credential.expires_ms + int(seconds * 1000)})
+
+
+def test_an_interrupted_rotation_is_finished_keeping_other_providers(
+    tmp_path: Path, credential: Credential
+) -> None:
+    path = tmp_path / "auth.json"
+    pi = PiAuthFile(path)
+    pi.save(credential)
+    rotated = later(credential).model_copy(update={"refresh_token": "rotated-refresh"})
+    # The orphan holds the file as it was when the killed writer read it; since then pi added a
+    # provider, which must survive: only our entry is taken from the orphan.
+    left = orphan(path, json.dumps({"openai-codex": rotated.to_pi_entry()}))
+    path.write_text(splice_entry(path.read_text(), "google", {"key": "g"}))
+    adopted = pi.finish_interrupted_write()
+    assert adopted is not None and adopted.refresh_token == "rotated-refresh"
+    document = json.loads(path.read_text())
+    assert document["openai-codex"]["refresh"] == "rotated-refresh"
+    assert document["google"] == {"key": "g"}
+    assert not left.exists() and mode(path) == 0o600
+    assert pi.finish_interrupted_write() is None
+
+
+@pytest.mark.parametrize(
+    "case", ["older", "same", "other account", "cut short", "no entry", "not json"]
+)
+def test_an_orphan_that_is_not_a_newer_rotation_is_dropped(
+    tmp_path: Path, credential: Credential, case: str
+) -> None:
+    path = tmp_path / "auth.json"
+    pi = PiAuthFile(path)
+    pi.save(credential)
+    before = path.read_bytes()
+    entry = {
+        "older": later(credential, -60).to_pi_entry(),
+        "same": credential.to_pi_entry(),
+        "other account": later(credential)
+        .model_copy(update={"account_id": "acct-2"})
+        .to_pi_entry(),
+    }
+    text = {
+        "cut short": json.dumps({"openai-codex": later(credential).to_pi_entry()})[:40],
+        "no entry": json.dumps({"google": {"key": "g"}}),
+        "not json": "\x00" * 16,
+    }.get(case) or json.dumps({"openai-codex": entry[case]})
+    left = orphan(path, text)
+    assert pi.finish_interrupted_write() is None
+    assert path.read_bytes() == before and not left.exists()
+
+
+def test_an_orphan_is_adopted_when_the_file_is_gone(tmp_path: Path, credential: Credential) -> None:
+    path = tmp_path / "auth.json"
+    orphan(path, json.dumps({"openai-codex": credential.to_pi_entry()}))
+    adopted = PiAuthFile(path).finish_interrupted_write()
+    assert adopted is not None and adopted.refresh_token == credential.refresh_token
+    loaded = PiAuthFile(path).load()
+    assert loaded is not None and loaded.refresh_token == credential.refresh_token

@@ -64,6 +64,25 @@ def test_changes_are_pushed_once(keep_settings: ServiceSettings, issuer: FakeIss
     assert "lastRefresh" in stored(api)
 
 
+def test_a_rotation_left_in_a_temp_file_is_finished_and_pushed_by_the_running_leader(
+    keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
+) -> None:
+    """A `chatgpt-login refresh` killed mid-write while the service runs: the next tick
+    finishes that write (before anyone spends the retired token) and pushes it."""
+    keep = KeepAlive(keep_settings, http_store(keep_settings))
+    write(issuer, keep_settings)
+    assert keep.run_once().pushed
+    rotated = Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    rotated = rotated.model_copy(update={"expires_ms": int((time.time() + 7200) * 1000)})
+    temp = keep_settings.pi_auth_file.with_name(".auth.json.0123456789ab.tmp")
+    temp.write_text(json.dumps({"openai-codex": rotated.to_pi_entry()}))
+    assert keep.run_once().pushed
+    assert stored(api)["refresh"] == rotated.refresh_token
+    on_disk = PiAuthFile(keep_settings.pi_auth_file).load()
+    assert on_disk is not None and on_disk.refresh_token == rotated.refresh_token
+    assert not temp.exists()
+
+
 def test_refreshes_inside_the_window_only(keep_settings: ServiceSettings, issuer: FakeIssuer,
                                           api: FakeSecretsAPI) -> None:  # fmt: skip
     keep = KeepAlive(keep_settings, http_store(keep_settings))

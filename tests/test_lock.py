@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -76,6 +77,53 @@ def test_a_stale_lock_is_taken_over(tmp_path: Path) -> None:
     assert time.monotonic() - started < 1
     assert not lock_dir.exists()
     assert not list(tmp_path.glob("auth.json.lock.stale-*"))
+
+
+HOLD_OUR_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from skill.lock import DirLock
+    DirLock(Path(sys.argv[1])).acquire()
+    print("held", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_lock_left_by_a_killed_process_of_ours_is_taken_over_at_once(tmp_path: Path) -> None:
+    """A service killed mid-refresh leaves its lock directory behind, fresh; the restart must
+    not wait out the 30 s staleness (and a live holder of ours is still respected)."""
+    target = tmp_path / "auth.json"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OUR_LOCK, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(SkillError) as caught, DirLock(target, stale=30, timeout=0.5):
+            pass
+        assert caught.value.code == "lock_timeout"
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_dir = target.with_name("auth.json.lock")
+    assert lock_dir.is_dir()  # left behind, and younger than the staleness
+    assert time.time() - lock_dir.stat().st_mtime < 30
+    with DirLock(target, stale=30, timeout=2):
+        assert lock_dir.is_dir()
+    assert not lock_dir.exists()
+    assert not list(tmp_path.glob("auth.json.lock.stale-*"))
+
+
+def test_our_mark_leaves_the_lock_as_pi_expects(tmp_path: Path) -> None:
+    """pi sees a plain directory it can remove with rmdir; the mark is gone on release."""
+    target = tmp_path / "auth.json"
+    with DirLock(target, stale=30, timeout=2) as lock:
+        assert lock.path.is_dir() and not any(lock.path.iterdir())
+        assert lock.path.stat().st_mode & stat.S_ISVTX
+    holder = hold(target, 0.1)  # pi takes it after us
+    assert holder.wait(5) == 0
+    assert not lock.path.exists()
 
 
 def test_the_holder_keeps_the_lock_fresh(tmp_path: Path) -> None:

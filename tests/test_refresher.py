@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -194,3 +195,42 @@ def test_another_account_is_never_adopted(
     worker.join(10)
     assert worker_result == ["account_mismatch"]
     assert issuer.calls["grant:refresh_token"] == 0
+
+
+def test_a_rotation_cut_off_by_a_kill_during_its_fsync_is_finished_not_spent_again(
+    keep_settings: ServiceSettings, issuer: FakeIssuer
+) -> None:
+    """A refresher killed while its write waits on the disk (seconds, on a busy one) holds the
+    only copy of the rotated token in its temp file, and has left pi's lock behind. The next
+    refresh takes the lock at once, finishes that write and spends nothing."""
+    old = seed(issuer, keep_settings)
+    ready, tell = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+
+            def disk_that_never_finishes(fd: int) -> None:
+                os.write(tell, b"x")
+                time.sleep(60)
+
+            os.fsync = disk_that_never_finishes
+            Refresher(keep_settings).ensure_fresh()
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready, 1) == b"x"  # the issuer has answered; the write is under way
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    pi = PiAuthFile(keep_settings.pi_auth_file)
+    on_disk = pi.load()
+    assert on_disk is not None and on_disk.refresh_token == old.refresh_token  # never renamed
+    assert old.refresh_token not in issuer.refresh_tokens  # and the issuer has retired it
+    assert pi.lock.path.is_dir()
+    result = Refresher(keep_settings).ensure_fresh()
+    assert result.adopted and not result.refreshed
+    assert issuer.calls["grant:refresh_token"] == 1
+    assert result.credential.refresh_token in issuer.refresh_tokens
+    on_disk = pi.load()
+    assert on_disk is not None and on_disk.refresh_token == result.credential.refresh_token
+    assert not list(keep_settings.pi_agent_dir.glob(".auth.json.*.tmp"))

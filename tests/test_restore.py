@@ -179,3 +179,21 @@ def test_cli_new_home_gets_its_credential_back(
     restored = json.loads((home / ".pi" / "agent" / "auth.json").read_text())["openai-codex"]
     assert restored["refresh"] == remote.refresh_token
     assert oct(os.stat(home / ".pi" / "agent" / "auth.json").st_mode & 0o777) == "0o600"
+
+
+def test_a_rotation_a_killed_writer_left_in_its_temp_file_is_kept_and_pushed(
+    service_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
+) -> None:
+    """Killed during the fsync of a refresh's write: on waking, that rotation (the only live
+    token) wins over both the file it was replacing and the stored copy."""
+    old = credential(issuer, expires_in=600)
+    PiAuthFile(service_settings.pi_auth_file).save(old)
+    stored(api, old)
+    rotated = credential(issuer, expires_in=3600)
+    temp = service_settings.pi_auth_file.with_name(".auth.json.0123456789ab.tmp")
+    temp.write_text(json.dumps({"openai-codex": rotated.to_pi_entry()}))
+    result = restore(service_settings, http_store(service_settings))
+    assert result.action == "pushed_local"
+    assert same(local_credential(service_settings), rotated)
+    assert api.record["codex_credentials"]["refresh"] == rotated.refresh_token
+    assert not temp.exists()
