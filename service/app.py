@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import hmac
 import logging
-import secrets
-from typing import Any
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from service.context import EXTENSION, Context, context
 from service.errors import ServiceError
 from service.secrets import SecretsStore, secrets_store
 from service.settings import ServiceSettings
-from service.state import Metrics, PersistState
 from skill.errors import SkillError
-from skill.files import ensure_private_dir, write_private
-from skill.lock import FlockLock
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +31,7 @@ PUBLIC = frozenset({"health.healthz", "health.readyz"})
 def create_app(settings: ServiceSettings, *, store: SecretsStore | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    app.extensions["chatgpt_login"] = Context(settings, store or secrets_store(settings))
+    app.extensions[EXTENSION] = Context(settings, store or secrets_store(settings))
 
     from service.routes import credentials, health, logins  # noqa: PLC0415
 
@@ -49,48 +45,6 @@ def create_app(settings: ServiceSettings, *, store: SecretsStore | None = None) 
     app.register_error_handler(ValidationError, _validation_error)
     app.register_error_handler(HTTPException, _http_error)
     return app
-
-
-class Context:
-    """What the routes share: settings, store, state files and the accepted tokens."""
-
-    def __init__(self, settings: ServiceSettings, store: SecretsStore) -> None:
-        self.settings = settings
-        self.store = store
-        self.persist_state = PersistState(settings.state_dir / "service.json")
-        self.metrics = Metrics(settings.state_dir / "metrics.json")
-        self.tokens = [t.encode() for t in (settings.operator_token, local_token(settings)) if t]
-
-
-def context() -> Context:
-    found: Context = current_app.extensions["chatgpt_login"]
-    return found
-
-
-def local_token(settings: ServiceSettings) -> str:
-    """The token local callers (the agent's commands) read from the state directory."""
-    path = settings.state_dir / "service.token"
-    ensure_private_dir(settings.state_dir)
-    with FlockLock(path, timeout=10):  # every gunicorn worker must end up with the same one
-        try:
-            token = path.read_text().strip()
-        except OSError:
-            token = ""
-        if not token:
-            token = secrets.token_urlsafe(32)
-            write_private(path, token.encode())
-    return token
-
-
-def body(model: type[Any]) -> Any:
-    """The request's JSON body validated by ``model`` (an empty body means all defaults)."""
-    raw = request.get_data(cache=True)
-    if raw and not request.is_json:
-        raise ServiceError(
-            "unsupported_media_type", "Send the body as JSON (Content-Type: application/json).",
-            status=415,
-        )  # fmt: skip
-    return model.model_validate_json(raw or b"{}")
 
 
 def _authenticate() -> Response | None:

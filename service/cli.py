@@ -11,16 +11,19 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from skill import cli as skill_cli
 from skill.errors import ExitCode
 
+if TYPE_CHECKING:
+    from service.settings import ServiceSettings
+
 
 def _restore(args: argparse.Namespace) -> int:
+    from service.restore import restore_and_refresh  # noqa: PLC0415
     from service.secrets import secrets_store  # noqa: PLC0415
     from service.settings import ServiceSettings  # noqa: PLC0415
-    from service.sync import restore_and_refresh  # noqa: PLC0415
 
     settings = ServiceSettings.from_env()
     result = restore_and_refresh(settings, secrets_store(settings))
@@ -36,13 +39,31 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def _refresh(args: argparse.Namespace) -> int:
-    """Renew now under pi's lock, then ask the service to store the result."""
-    from service.refresher import Refresher  # noqa: PLC0415
+    """Renew now through the service (under the store's lease, so no other container spends
+    the same refresh token); with the service down, here under pi's lock, stored later."""
     from service.settings import ServiceSettings  # noqa: PLC0415
     from skill.errors import SkillError  # noqa: PLC0415
-    from skill.persist import request_persist  # noqa: PLC0415
+    from skill.service_client import REFRESH_PATH, call, json_body  # noqa: PLC0415
 
     settings = ServiceSettings.from_env()
+    try:
+        answer = call(settings, "POST", REFRESH_PATH, timeout=120.0, body=b"{}")
+    except SkillError:  # service_unavailable
+        return _refresh_here(settings)
+    body = json_body(answer)
+    if answer.status == 200:
+        print(body.get("message") or "Renewed.")
+        return ExitCode.OK
+    print(f"Error: {body.get('message') or f'the service answered HTTP {answer.status}'}",
+          file=sys.stderr)  # fmt: skip
+    return _exit_code(str(body.get("error") or ""))
+
+
+def _refresh_here(settings: ServiceSettings) -> int:
+    from service.refresher import Refresher  # noqa: PLC0415
+    from skill.errors import SkillError  # noqa: PLC0415
+    from skill.service_client import request_persist  # noqa: PLC0415
+
     try:
         renewed = Refresher(settings).ensure_fresh(force=True)
     except SkillError as exc:
@@ -55,8 +76,15 @@ def _refresh(args: argparse.Namespace) -> int:
     return ExitCode.OK if persisted.persisted else ExitCode.PERSIST_PENDING
 
 
+def _exit_code(code: str) -> int:
+    from skill.errors import CODES  # noqa: PLC0415
+
+    spec = CODES.get(code)
+    return spec.exit_code if spec else ExitCode.TRANSIENT
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from service.app import local_token  # noqa: PLC0415
+    from service.context import local_token  # noqa: PLC0415
     from service.settings import ServiceSettings  # noqa: PLC0415
 
     settings = ServiceSettings.from_env(**({"bind": args.bind} if args.bind else {}))
@@ -101,10 +129,11 @@ def add_service_commands(commands: skill_cli.Commands) -> None:
         "refresh",
         "renew the access token now and store the result",
         (
-            "Spend the refresh token now (under pi's lock, so no other program spends it at "
-            "the same time; if one just did, its result is used), write the rotated credential "
-            "and ask the service to store it. The service also does this by itself ahead of "
-            "expiry."
+            "Renew the access token now. The service does it, under the secrets store's lease, "
+            "so no other container (and, through pi's lock, no other program here) spends the "
+            "same refresh token; if another one just renewed it, that result is used. With the "
+            "service down it is done here and stored when the service starts. The service also "
+            "renews by itself ahead of expiry."
         ),
         "chatgpt-login refresh",
     )

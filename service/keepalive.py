@@ -1,42 +1,42 @@
-"""Keeping the credential alive: the refresh loop and sync-back, once per container.
+"""Keeping the credential alive: one loop per container, one refresher per credential.
 
 Every gunicorn worker starts a :class:`KeepAlive` thread, but only the one holding the leader
 lock (an exclusive ``flock`` on ``<state>/keepalive.lock``) works; the others keep trying, so
 when the leader's worker dies (its fd closes, the flock goes) another takes over.
 
-Each tick of the leader:
+Each step of the leader (:meth:`KeepAlive.run_once`), through :mod:`service.persistence`:
 
-1. **Refresh** ahead of expiry (``refresh_window``) through :class:`~service.refresher.Refresher`.
-   Transient failures back off with jitter while the still-valid access token keeps serving; a
-   permanent one marks ``needs_relogin`` with the reason and makes no further network attempt
-   until the credential changes (a new sign-in, a restore, another client's refresh).
-2. **Sync-back**: whenever the local credential differs from what was last stored (our refresh,
-   pi's or codex's own, a new sign-in, a restore), push it, retrying until acknowledged. What was
-   pushed is remembered in ``service.json``, so a push still pending when the service crashed is
-   made after the restart. Each stored record carries a ``generation`` that only grows and the
-   time of the last refresh.
+1. **Finish** a credential write a killed process left in its temp file, and carry out a logout
+   made while the service was down.
+2. **Sync** with the store every ``store_poll`` seconds, at once when this machine's credential
+   changed (our refresh, pi's or codex's, a new sign-in, a restore), and every
+   :data:`WATCH_POLL` while another holder's lease says its rotation is due: adopt a newer
+   stored copy, push a newer local one, drop a credential logged out elsewhere.
+3. **Renew** when :func:`~service.refresher.refresh_due_at` says so, as the one holder with the
+   lease; the others adopt its result. Transient failures back off with jitter while the
+   still-valid access token keeps serving; a permanent one (after the store had nothing newer)
+   marks ``needs_relogin`` and makes no further attempt until the credential changes.
+4. **Heartbeat** every ``holder_heartbeat`` seconds, so status shows who shares the credential.
 
-On becoming leader it first reconciles local and stored copies (the newer wins, as in restore).
+The loop sleeps until the next of these is due, never longer than :data:`TICK`: a local change
+is stored within a second or two.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from service.errors import ServiceError
-from service.refresher import Refresher
+from service.persistence import Persistence, Synced, dead_refresh_token
+from service.record import fingerprint
+from service.refresher import Refresher, refresh_due_at
 from service.secrets import SecretsStore
 from service.settings import ServiceSettings
-from service.state import Metrics, PersistState
-from service.sync import local_credential, restore
 from skill.credentials import Credential
 from skill.errors import SkillError
 from skill.files import ensure_private_dir
@@ -44,21 +44,25 @@ from skill.lock import FlockLock
 
 log = logging.getLogger(__name__)
 
-TICK = 0.5  # sync-back must land within 2 s of a change
-_BACKOFF_CAP = 60.0
+TICK = 0.5  # a local change is stored within 2 s
+# While another holder rotates the token, how often to look for its result: very often right
+# after it said it would spend it (its result comes within milliseconds, and until then this
+# machine holds a spent token), then less, for WATCH_LIMIT seconds at most.
+WATCH_POLL, WATCH_POLL_LATER, WATCH_CLOSE = 0.005, 0.05, 0.5
+WATCH_LIMIT = 10.0
+_BACKOFF_CAP = 60.0  # the issuer failing
+_STORE_BACKOFF_CAP = 10.0  # the store failing
+_JITTER = 0.25  # holders due at the same moment start within this many seconds of each other
 
 
 @dataclass
 class Tick:
     refreshed: bool = False
     pushed: bool = False
+    adopted: bool = False
+    dropped: bool = False
+    busy: bool = False  # another holder had the lease
     error: str | None = None
-
-
-def fingerprint(credential: Credential) -> str:
-    """Identifies a credential's content without holding it (a hash, safe to store)."""
-    entry = credential.to_pi_entry()
-    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
 
 
 class KeepAlive:
@@ -70,98 +74,142 @@ class KeepAlive:
         refresher: Refresher | None = None,
         tick: float = TICK,
         clock: Callable[[], float] = time.time,
+        persistence: Persistence | None = None,
     ) -> None:
-        self.settings, self.store, self.tick_seconds = settings, store, tick
+        self.settings, self.tick_seconds = settings, tick
         self.clock = clock  # wall time for expiry decisions; tests inject one
         self.refresher = refresher or Refresher(settings, clock=clock)
-        self.state = PersistState(settings.state_dir / "service.json")
-        self.metrics = Metrics(settings.state_dir / "metrics.json")
+        self.persistence = persistence or Persistence(settings, store, clock=clock)
+        self._next_sync = 0.0  # monotonic
+        self._next_beat = 0.0
+        self._watch: tuple[float, float] | None = None  # (from, until), monotonic
+        self._jitter = random.random() * _JITTER  # noqa: S311 - spreading holders, not crypto
         self._retry_at = 0.0
         self._failures = 0
+        self._due: float | None = None  # wall time the credential is next due for renewal
         self._leader: FlockLock | None = None
 
     # One step (the tests drive this directly) ------------------------------------------------
 
     def run_once(self) -> Tick:
         result = Tick()
-        if time.monotonic() < self._retry_at:
+        mono = time.monotonic()
+        if mono < self._retry_at:
             return result
+        p = self.persistence
         try:
             # A rotation a killed process (a CLI refresh, say) left in its temp file: finish it
             # before anyone spends the refresh token it replaced, and push it like any change.
-            self.refresher.pi.finish_interrupted_write()
-        except SkillError as exc:  # the lock stayed busy: next tick
+            p.pi.finish_interrupted_write()
+        except SkillError as exc:  # the lock stayed busy: next step
             log.warning("could not finish an interrupted credential write: %s", exc.code)
-        credential = local_credential(self.settings)
-        if credential is None:
-            return result
+        local: Credential | None = None
         try:
-            if self._should_refresh(credential):
-                refreshed = self.refresher.ensure_fresh()
-                result.refreshed = refreshed.refreshed
-                credential = refreshed.credential
-                self._clear_relogin()
-            result.pushed = self._sync_back(credential)
+            p.carry_out_pending_logout()
+            local = p.local()
+            due = self._renewal_due(local)
+            if due or mono >= self._next_sync or self._watching(mono) or self._changed(local):
+                synced = self._sync(result, local)
+                local = synced.credential
+                if self._renewal_due(local) and not result.busy:
+                    self._renew(result, synced)
+            if mono >= self._next_beat:
+                p.heartbeat()
+                self._next_beat = mono + self.settings.holder_heartbeat
         except SkillError as exc:
             result.error = exc.code
-            if exc.permanent:
-                self.mark_relogin(credential, exc)
+            if exc.permanent and local is not None:
+                p.mark_relogin(local, exc)
+                p.metrics.count("refreshes", exc.code)
             else:
                 self._back_off(exc.code)
         except ServiceError as exc:
             result.error = exc.code
-            self._back_off(exc.code)
+            # The store came back? Look again soon: a container cut off adopts on return.
+            self._back_off(exc.code, cap=_STORE_BACKOFF_CAP)
         else:
             self._failures = 0
+        finally:
+            self._due = self._due_at(p.local())
+            p.metrics.flush(every=2.0)
         return result
 
-    def _should_refresh(self, credential: Credential) -> bool:
-        if not credential.expired(margin=self.settings.refresh_window, now=self.clock()):
+    def _sync(self, result: Tick, local: Credential | None) -> Synced:
+        synced = self.persistence.sync(local=local)
+        self._next_sync = time.monotonic() + self.settings.store_poll
+        result.pushed = synced.decision == "push"
+        result.adopted = synced.decision == "adopt"
+        result.dropped = synced.decision == "drop"
+        lease = synced.record.lease
+        if (
+            lease is not None
+            and lease.holder != self.persistence.holder.id
+            and lease.live(self.persistence.now())
+        ):
+            result.busy = True  # its result is coming: watch for it, spend nothing
+            self._watch_lease(lease.spend_after.timestamp() if lease.spend_after else self.clock())
+        else:
+            self._watch = None
+        return synced
+
+    def _renew(self, result: Tick, synced: Synced) -> None:
+        renewed = self.persistence.renew(self.refresher, synced=synced)
+        result.refreshed = renewed.outcome == "refreshed"
+        result.pushed = result.pushed or result.refreshed  # renew stores what it spent at once
+        result.adopted = result.adopted or renewed.outcome == "adopted"
+        result.busy = renewed.outcome == "busy"
+        if renewed.outcome == "busy" and renewed.busy_with is not None:
+            spend = renewed.busy_with.spend_after
+            self._watch_lease(spend.timestamp() if spend else self.clock())
+        if renewed.outcome in ("refreshed", "adopted"):
+            self.persistence.clear_relogin()
+
+    def _watch_lease(self, spend_after: float) -> None:
+        """Look at the store every WATCH_POLL from when the other holder spends the token
+        until its result is adopted (or WATCH_LIMIT passes)."""
+        start = time.monotonic() + max(0.0, spend_after - self.clock())
+        self._watch = (start, start + WATCH_LIMIT)
+
+    def _watching(self, mono: float) -> bool:
+        if self._watch is None:
             return False
-        dead = self.state.read().get("dead_refresh")
-        # A refresh token that failed permanently is not tried again; a changed one is.
-        return dead != _sha(credential.refresh_token)
-
-    def _sync_back(self, credential: Credential) -> bool:
-        seen = fingerprint(credential)
-        known = self.state.read()
-        if known.get("pushed") == seen:
+        if mono > self._watch[1]:
+            self._watch = None
             return False
-        generation = int(known.get("generation", 0)) + 1
-        entry = {
-            **credential.to_pi_entry(),
-            "generation": generation,
-            "lastRefresh": credential.last_refresh.isoformat(),
-        }
-        try:
-            self.metrics.timed("secrets_api", lambda: self.store.put(entry))
-        except ServiceError:
-            self.state.mark(persisted=False)
-            self.metrics.count("sync_backs", "failed")
-            raise
-        with self.state.updating() as data:
-            data.update(pushed=seen, generation=generation, persist_pending=False,
-                        last_persisted_at=datetime.now(UTC).isoformat())  # fmt: skip
-        self.metrics.count("sync_backs", "ok")
-        return True
+        return mono >= self._watch[0]
 
-    def mark_relogin(self, credential: Credential, exc: SkillError) -> None:
-        log.warning("refresh failed permanently (%s): sign-in needed", exc.code)
-        with self.state.updating() as data:
-            data.update(needs_relogin=exc.code, dead_refresh=_sha(credential.refresh_token))
-        self.metrics.count("refreshes", exc.code)
+    def _changed(self, local: Credential | None) -> bool:
+        """This machine's credential is not what was last in step with the store."""
+        return local is not None and fingerprint(local) != self.persistence.state.read().synced
 
-    def _clear_relogin(self) -> None:
-        if self.state.read().get("needs_relogin"):
-            with self.state.updating() as data:
-                data.pop("needs_relogin", None)
-                data.pop("dead_refresh", None)
+    def _renewal_due(self, local: Credential | None) -> bool:
+        due = self._due_at(local)
+        return due is not None and self.clock() >= due
 
-    def _back_off(self, code: str) -> None:
+    def _due_at(self, local: Credential | None) -> float | None:
+        """When ``local`` is due for renewal (wall time, with this holder's jitter); None when
+        it is not to be renewed here (none, or its refresh token failed for good)."""
+        if local is None or dead_refresh_token(self.persistence.state.read(), local):
+            return None
+        return refresh_due_at(local, self.settings) + self._jitter
+
+    def _back_off(self, code: str, *, cap: float = _BACKOFF_CAP) -> None:
         self._failures += 1
-        delay = min(_BACKOFF_CAP, 0.5 * 2 ** min(self._failures, 8)) * (0.5 + random.random())  # noqa: S311
+        delay = min(cap, 0.5 * 2 ** min(self._failures, 8)) * (0.5 + random.random())  # noqa: S311
         self._retry_at = time.monotonic() + delay
         log.info("keep-alive step failed (%s); retrying in %.1fs", code, delay)
+
+    def next_wait(self) -> float:
+        """Seconds until the next step is due: a tick, the renewal time, or a watch poll."""
+        mono = time.monotonic()
+        wait = self.tick_seconds
+        if self._watch is not None:
+            close = mono < self._watch[0] + WATCH_CLOSE
+            poll = WATCH_POLL if close else WATCH_POLL_LATER
+            wait = min(wait, max(poll, self._watch[0] - mono))
+        if self._due is not None and self._due > self.clock():  # past due: renew ran this step
+            wait = min(wait, self._due - self.clock())
+        return max(wait, self._retry_at - mono, 0.005)
 
     # Leadership and the loop ------------------------------------------------------------------
 
@@ -176,29 +224,18 @@ class KeepAlive:
         except SkillError:
             return False
         self._leader = lock
-        self.reconcile()
         return True
-
-    def reconcile(self) -> None:
-        """On taking over: newer of local and stored wins; the loop then pushes if needed."""
-        result = restore(self.settings, self.store)
-        log.info("keep-alive reconcile: %s", result.action)
-        credential = local_credential(self.settings)
-        with self.state.updating() as data:
-            data["generation"] = max(int(data.get("generation", 0)), result.stored_generation)
-            # Both sides now hold this credential (restore wrote it, or it was already stored);
-            # "pushed_local" stored it without a generation, so leave that one to the loop.
-            if credential is not None and result.action in ("in_sync", "restored"):
-                data["pushed"] = fingerprint(credential)
 
     def run_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            wait = self.tick_seconds
             try:
                 if self.try_lead():
                     self.run_once()
+                    wait = self.next_wait()
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("keep-alive tick failed")
-            stop.wait(self.tick_seconds)
+            stop.wait(wait)
         if self._leader is not None:
             self._leader.release()
             self._leader = None
@@ -209,7 +246,3 @@ class KeepAlive:
             target=self.run_forever, args=(stop,), name="keepalive", daemon=True
         ).start()
         return stop
-
-
-def _sha(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()

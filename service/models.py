@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.record import HolderView, LeaseView
+
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -39,7 +41,7 @@ class Login(BaseModel):
 
 
 class CredentialStatus(BaseModel):
-    status: Literal["not_logged_in", "logged_in", "needs_relogin"]
+    status: Literal["not_logged_in", "logged_in", "needs_relogin", "logged_out"]
     account_id: str | None = None
     email: str | None = None
     plan: str | None = None
@@ -48,12 +50,34 @@ class CredentialStatus(BaseModel):
     last_persisted_at: datetime | None = None
     persist_pending: bool = False
     reason: str | None = None
+    logout_pending: bool = Field(
+        default=False, description="a logout is waiting to reach the stored copy"
+    )
+    conflict: str | None = Field(
+        default=None, description="the other account the stored copy belongs to"
+    )
+    holder: str = Field(description="this service's holder id")
+    generation: int = Field(default=0, description="the stored generation this machine holds")
+    holders: list[HolderView] = Field(
+        default_factory=list, description="the services sharing this credential, seen recently"
+    )
+    lease: LeaseView | None = Field(default=None, description="who is renewing it right now")
+    store_read_at: datetime | None = Field(default=None, description="the last read of the store")
+    store_error: str | None = None
 
 
 class Outcome(BaseModel):
     ok: bool = True
     action: str
     message: str
+
+
+class SignedOut(Outcome):
+    revoked: bool = False
+    removed: list[str] = Field(default_factory=list, description="files our entries left")
+    stored: Literal["tombstoned", "pending", "other_account"] = Field(
+        description="what became of the stored copy"
+    )
 
 
 class Health(BaseModel):

@@ -19,10 +19,13 @@ from service.models import (
     LoginRequest,
     Outcome,
     RedirectRequest,
+    SignedOut,
 )
+from service.record import HolderView, LeaseView
 
 MODELS: list[type[BaseModel]] = [
-    LoginRequest, RedirectRequest, Login, CredentialStatus, Outcome, Health, ErrorBody,
+    LoginRequest, RedirectRequest, Login, CredentialStatus, HolderView, LeaseView, Outcome,
+    SignedOut, Health, ErrorBody,
 ]  # fmt: skip
 
 # (method, path, summary, request model, {status: response model or None for plain text})
@@ -35,10 +38,11 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, dict[int, type[BaseMod
     ("get", "/v1/credentials", "Credential status (never a token)", None, {200: CredentialStatus}),
     ("post", "/v1/credentials/persist", "Store the local credential", None,
      {200: Outcome, 409: ErrorBody, 503: ErrorBody}),
-    ("post", "/v1/credentials/refresh", "Renew the access token now", None,
-     {200: Outcome, 409: ErrorBody, 503: ErrorBody}),
+    ("post", "/v1/credentials/refresh", "Renew the access token now (under the store's lease)",
+     None, {200: Outcome, 409: ErrorBody, 503: ErrorBody}),
     ("post", "/v1/credentials/restore", "Restore from the secrets store", None, {200: Outcome}),
-    ("delete", "/v1/credentials", "Log out", None, {200: Outcome}),
+    ("delete", "/v1/credentials", "Log out everywhere (a tombstone replaces the stored copy)",
+     None, {200: SignedOut}),
     ("get", "/healthz", "Process is up", None, {200: Health}),
     ("get", "/readyz", "Ready: tmux, state directory, secrets store", None,
      {200: Health, 503: Health}),

@@ -13,6 +13,10 @@ pi's own ``auth.json.lock`` (the pi agent takes the same lock for its refreshes)
 A permanent failure (``refresh_token_reused`` and friends) gets one more guarded re-read: if a
 writer that does not use pi's lock (codex keeps its own) stored a newer credential meanwhile,
 that one is adopted. Otherwise the failure stands and the credential is kept, never deleted.
+
+Across containers the same rule needs the store: :meth:`service.persistence.Persistence.renew`
+takes the store's lease and then calls :meth:`Refresher.renew` here. :func:`refresh_due_at` is
+the schedule both follow.
 """
 
 from __future__ import annotations
@@ -21,14 +25,34 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from service.settings import ServiceSettings
 from skill.authfiles import CodexAuthFile, PiAuthFile
 from skill.credentials import Credential
 from skill.errors import SkillError
-from skill.oauth import OAuthClient
+
+if TYPE_CHECKING:
+    from skill.oauth import OAuthClient
 
 log = logging.getLogger(__name__)
+
+
+def refresh_due_at(credential: Credential, settings: ServiceSettings) -> float:
+    """When (epoch seconds) to renew ``credential``: once less than ``min(refresh_window, half
+    its lifetime)`` is left, but not within ``refresh_min_interval`` of its issue unless it has
+    expired by then. A token shorter-lived than the window is so renewed twice per lifetime,
+    not on every tick; one that lives for days, once, ten minutes before it ends."""
+    expires = credential.expires_ms / 1000
+    lifetime = credential.lifetime()
+    threshold = (
+        settings.refresh_window if lifetime is None else min(settings.refresh_window, lifetime / 2)
+    )
+    due = expires - threshold
+    issued = credential.issued_at()
+    if issued is not None:
+        due = max(due, min(issued + settings.refresh_min_interval, expires))
+    return due
 
 
 @dataclass(frozen=True)
@@ -48,7 +72,7 @@ class Refresher:
     ) -> None:
         self.settings = settings
         self.clock = clock  # what "expires soon" is judged against (tests move it)
-        self._client = client or (lambda: OAuthClient(settings))
+        self._client = client or (lambda: _oauth_client(settings))
         self.pi = PiAuthFile(
             settings.pi_auth_file, stale=settings.lock_stale, timeout=settings.lock_timeout
         )
@@ -60,6 +84,12 @@ class Refresher:
         seen = self._load()
         if not force and not seen.expired(margin=margin, now=self.clock()):
             return Refreshed(seen)
+        return self.renew(seen, margin=0 if force else margin)
+
+    def renew(self, seen: Credential, *, margin: float = 0.0) -> Refreshed:
+        """Spend the refresh token of ``seen`` now, unless another process of this machine
+        renewed it meanwhile (a different credential for the same account, valid for at least
+        ``margin`` seconds): that one is taken instead."""
         with self.pi.lock:
             # A rotation a killed writer left half-saved would otherwise be lost, and its
             # refresh token spent a second time by us.
@@ -68,11 +98,8 @@ class Refresher:
             if latest.account_id != seen.account_id:
                 raise SkillError("account_mismatch")
             renewed_elsewhere = latest.refresh_token != seen.refresh_token
-            now = self.clock()
-            if renewed_elsewhere and not latest.expired(margin=margin if not force else 0, now=now):
+            if renewed_elsewhere and not latest.expired(margin=margin, now=self.clock()):
                 return Refreshed(latest, adopted=True)
-            if not force and not latest.expired(margin=margin, now=now):
-                return Refreshed(latest, adopted=renewed_elsewhere)
             return self._spend(latest)
 
     def _spend(self, current: Credential) -> Refreshed:
@@ -107,3 +134,10 @@ class Refresher:
 
     def _load_or_none(self) -> Credential | None:
         return self.pi.load()
+
+
+def _oauth_client(settings: ServiceSettings) -> OAuthClient:
+    # httpx is imported only when a refresh is spent: restore and status stay quick.
+    from skill.oauth import OAuthClient  # noqa: PLC0415
+
+    return OAuthClient(settings)

@@ -1,27 +1,39 @@
 """Where the credential is kept between container lives: one interface, two backends.
 
-- :class:`HttpSecretsStore`: the remote secrets API (PROTOCOL.md §8). ``PATCH <url>`` with
-  ``{"<key>": <pi entry>}`` and a bearer token succeeds only on 2xx with ``{"ok": true}``;
-  ``GET <url>`` returns an object holding the key (absent or 404: nothing stored); deleting is
-  ``PATCH {"<key>": null}``. Network errors, 5xx and 429 are retried with exponential backoff and
-  jitter (``Retry-After`` honoured), bounded by attempts and a total deadline; 401/403 are not.
-  Every request here is idempotent (a PATCH sets the same value again), so retrying after a
-  timeout is safe. TLS verification is always on (``SSL_CERT_FILE`` for a custom CA).
+A store holds one JSON *document* (the agent's secrets) and knows two operations: read it
+(optionally only if it changed since a version tag, an ``ETag``) and merge a patch into it
+(optionally only if it is still at a version: compare-and-set). What the document's keys mean
+is :mod:`service.persistence`'s business, not the store's.
+
+- :class:`HttpSecretsStore`: the remote secrets API (PROTOCOL.md §8). ``GET <url>`` returns the
+  document (404: empty); ``PATCH <url>`` merges top-level keys (``null`` deletes one) and must
+  answer ``{"ok": true}``. The seed's API has nothing more. Our reference server
+  (``chatgpt-login secrets-server``) adds versions: an ``ETag`` on every answer, ``304`` to a
+  ``GET`` with a matching ``If-None-Match`` (a cheap poll), and ``412`` to a ``PATCH`` whose
+  ``If-Match`` is no longer current. Whether a server honours ``If-Match`` is found out once, by
+  patching nothing (``{}``) with a version no server has: a ``412`` says it does.
+  Network errors, 5xx and 429 are retried with exponential backoff and jitter (``Retry-After``
+  honoured), bounded by attempts and a total deadline; 401/403 are not. A PATCH without
+  ``If-Match`` sets the same keys again, so retrying it is safe; one with ``If-Match`` that
+  landed before its answer was lost comes back as a conflict, and the caller reads the document
+  to see whose write it holds. TLS verification is always on (``SSL_CERT_FILE`` for a CA).
 
   It is built on the standard library's ``urllib`` rather than httpx: ``chatgpt-login restore``
   runs before the agent on every container start, and importing httpx and loading certifi's CA
-  bundle cost more than 0.1 s of its 0.2 s budget. urllib reads the same environment (proxies,
-  ``NO_PROXY``, ``SSL_CERT_FILE`` through OpenSSL) and the store needs nothing more: one short
-  request at a time, no streaming, no redirects.
-- :class:`FileSecretsStore`: a 0600 JSON file in the state directory, for when no secrets API
-  is configured, so that everything works out of the box.
+  bundle cost more than 0.1 s of its budget. urllib reads the same environment (proxies,
+  ``NO_PROXY``, ``SSL_CERT_FILE`` through OpenSSL) and the store needs nothing more.
+- :class:`FileSecretsStore`: the same document in a 0600 JSON file, for when no secrets API is
+  configured. Writes happen under an ``flock``, so compare-and-set is exact even when several
+  services share the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +42,7 @@ from dataclasses import dataclass
 from email.message import Message
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from service.errors import ServiceError, unreachable
 from service.settings import ServiceSettings
@@ -39,16 +51,35 @@ from skill.lock import FlockLock
 
 log = logging.getLogger(__name__)
 
-Entry = dict[str, Any]
+Document = dict[str, Any]
+CasMode = Literal["auto", "on", "off"]
 _BACKOFF_BASE, _BACKOFF_CAP = 0.25, 5.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The document as read, and the store's version tag for it (None: the store has none)."""
+
+    document: Document
+    etag: str | None = None
 
 
 class SecretsStore(Protocol):
     name: str
 
-    def get(self) -> Entry | None: ...
-    def put(self, entry: Entry) -> None: ...
-    def delete(self) -> None: ...
+    def read(self, *, if_none_match: str | None = None) -> Snapshot | None:
+        """The document; None when ``if_none_match`` still names its version."""
+        ...
+
+    def write(self, patch: Document, *, if_match: str | None = None) -> str | None:
+        """Merge ``patch`` (top-level keys; None deletes one); returns the new version tag if
+        the store gives one. With ``if_match``, only if the document is still at that version:
+        otherwise ``store_conflict``."""
+        ...
+
+    def compare_and_set(self) -> bool:
+        """Whether :meth:`write` honours ``if_match``."""
+        ...
 
 
 def secrets_store(settings: ServiceSettings, **kwargs: Any) -> SecretsStore:
@@ -58,14 +89,36 @@ def secrets_store(settings: ServiceSettings, **kwargs: Any) -> SecretsStore:
         return HttpSecretsStore(
             url=url,
             token=token,
-            key=settings.secrets_key,
             timeout=settings.secrets_timeout,
             attempts=settings.secrets_attempts,
             deadline=settings.secrets_deadline,
+            cas=settings.secrets_cas,
             **kwargs,
         )
-    path = settings.secrets_file or settings.state_dir / "secrets.json"
-    return FileSecretsStore(path, key=settings.secrets_key)
+    return FileSecretsStore(settings.secrets_file or settings.state_dir / "secrets.json")
+
+
+def conflict() -> ServiceError:
+    return ServiceError(
+        "store_conflict",
+        "The stored copy changed while this write was on its way; read it again and retry.",
+        status=409,
+        transient=True,
+    )
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: Message
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    etag: str | None
+    body: Document
 
 
 class HttpSecretsStore:
@@ -76,16 +129,17 @@ class HttpSecretsStore:
         *,
         url: str,
         token: str,
-        key: str = "codex_credentials",
         timeout: float = 10.0,
         attempts: int = 5,
         deadline: float = 30.0,
+        cas: CasMode = "auto",
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not url.startswith(("https://", "http://")):  # ServiceSettings checks this too
             raise ValueError("the secrets API URL must be an http(s) URL")
-        self.url, self.key = url, key
+        self.url = url
         self.timeout, self.attempts, self.deadline = timeout, attempts, deadline
+        self._cas: bool | None = {"on": True, "off": False}.get(cas)
         self._sleep = sleep
         self._token = token
         # Proxies from the environment as urllib reads them; certificates are always verified
@@ -93,49 +147,53 @@ class HttpSecretsStore:
         # an answer to another address.
         self._opener = urllib.request.build_opener(_RefuseRedirects())
 
-    def get(self) -> Entry | None:
-        body = self._request("GET")
-        entry = body.get(self.key) if body is not None else None
-        if entry is None:
+    def read(self, *, if_none_match: str | None = None) -> Snapshot | None:
+        headers = {"If-None-Match": if_none_match} if if_none_match else {}
+        answer = self._request("GET", headers=headers)
+        if answer.status == 304:
             return None
-        if not isinstance(entry, dict):
-            raise ServiceError(
-                "secrets_bad_record",
-                f"The secrets API holds a {self.key} that is not an object. Sign in again to "
-                "replace it.",
-                status=502,
-            )
-        return entry
+        return Snapshot(answer.body, answer.etag)
 
-    def put(self, entry: Entry) -> None:
-        self._patch({self.key: entry})
-
-    def delete(self) -> None:
-        self._patch({self.key: None})
-
-    def _patch(self, body: dict[str, Any]) -> None:
-        answer = self._request("PATCH", body)
-        if answer is None or answer.get("ok") is not True:
+    def write(self, patch: Document, *, if_match: str | None = None) -> str | None:
+        headers = {"If-Match": if_match} if if_match else {}
+        answer = self._request("PATCH", patch, headers=headers)
+        if answer.status == 412:
+            raise conflict()
+        if answer.body.get("ok") is not True:
             raise ServiceError(
                 "secrets_rejected",
                 'The secrets API did not confirm the write (no "ok": true). It will be retried.',
                 status=502,
                 transient=True,
             )
+        return answer.etag
 
-    def _request(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """The answer's JSON object (None: a GET found nothing), with bounded retries on network
-        errors, 5xx, 429 and answers cut short or unreadable."""
+    def compare_and_set(self) -> bool:
+        if self._cas is None:
+            # An empty merge patch changes nothing anywhere; only a server that checks If-Match
+            # refuses it, since no document is ever at this made-up version.
+            probe = f'"chatgpt-login-probe-{secrets.token_hex(8)}"'
+            answer = self._request("PATCH", {}, headers={"If-Match": probe})
+            self._cas = answer.status == 412
+            log.info("secrets API compare-and-set: %s", "yes" if self._cas else "no")
+        return self._cas
+
+    def _request(
+        self, method: str, body: Document | None = None, *, headers: dict[str, str]
+    ) -> _Answer:
+        """The final answer (2xx with a JSON object, 304, 412, or 404 to a GET as an empty
+        document), after bounded retries on network errors, 5xx, 429 and unreadable bodies."""
         deadline = time.monotonic() + self.deadline
         error: ServiceError = unreachable("no attempt made")
         for attempt in range(1, self.attempts + 1):
             retry_after: float | None = None
             try:
-                response = self._send(method, body)
+                response = self._send(method, body, headers)
             except (OSError, HTTPException, ValueError) as exc:  # timeouts, resets, TLS, truncation
                 error = unreachable(_reason(exc))
             else:
                 status = response.status
+                etag = response.headers.get("ETag")
                 if status in (401, 403):
                     raise ServiceError(
                         "secrets_forbidden",
@@ -143,11 +201,11 @@ class HttpSecretsStore:
                         "FAT_TOOLS_TOKEN (or the secrets_api_token secret).",
                         status=502,
                     )
-                if status == 404 and method == "GET":
-                    return None
+                if status in (304, 412) or (status == 404 and method == "GET"):
+                    return _Answer(status, etag, {})
                 if status != 429 and status < 500:
                     try:
-                        return _json_object(response)
+                        return _Answer(status, etag, _json_object(response))
                     except ServiceError as exc:  # e.g. a body cut short by the network
                         error = exc
                 else:
@@ -162,11 +220,13 @@ class HttpSecretsStore:
             self._sleep(delay)
         raise error
 
-    def _send(self, method: str, body: dict[str, Any] | None) -> _Response:
+    def _send(self, method: str, body: Document | None, headers: dict[str, str]) -> _Response:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url, data=data, method=method)  # noqa: S310 - http(s) only, checked in __init__
         request.add_header("Authorization", f"Bearer {self._token}")
         request.add_header("Accept", "application/json")
+        for name, value in headers.items():
+            request.add_header(name, value)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
@@ -175,13 +235,6 @@ class HttpSecretsStore:
         except urllib.error.HTTPError as answer:  # a non-2xx answer is still an answer
             with answer:
                 return _Response(answer.code, answer.headers, answer.read())
-
-
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    headers: Message
-    body: bytes
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -202,39 +255,48 @@ def _reason(exc: BaseException) -> str:
 
 
 class FileSecretsStore:
-    """The same record in ``{"<key>": <entry>}`` form, in a 0600 file."""
+    """The document in a 0600 file; its version is a hash of the file's bytes."""
 
     name = "file"
 
-    def __init__(self, path: Path, *, key: str = "codex_credentials") -> None:
-        self.path, self.key = path, key
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
-    def get(self) -> Entry | None:
-        found = read_settled(self.path, json.loads)
-        if found is None or not isinstance(found[1], dict):
-            return None
-        entry = found[1].get(self.key)
-        return entry if isinstance(entry, dict) else None
+    def read(self, *, if_none_match: str | None = None) -> Snapshot | None:
+        raw, document = self._load()
+        etag = _etag(raw)
+        return None if if_none_match == etag else Snapshot(document, etag)
 
-    def put(self, entry: Entry) -> None:
-        self._update(entry)
-
-    def delete(self) -> None:
-        self._update(None)
-
-    def _update(self, entry: Entry | None) -> None:
+    def write(self, patch: Document, *, if_match: str | None = None) -> str | None:
         ensure_private_dir(self.path.parent)
         with FlockLock(self.path):
-            found = read_settled(self.path, json.loads)
-            document = found[1] if found and isinstance(found[1], dict) else {}
-            if entry is None:
-                document.pop(self.key, None)
-            else:
-                document[self.key] = entry
-            write_private(self.path, json.dumps(document, indent=2).encode())
+            raw, document = self._load()
+            if if_match is not None and if_match != _etag(raw):
+                raise conflict()
+            for key, value in patch.items():
+                if value is None:
+                    document.pop(key, None)
+                else:
+                    document[key] = value
+            data = json.dumps(document, indent=2).encode()
+            write_private(self.path, data)
+            return _etag(data)
+
+    def compare_and_set(self) -> bool:
+        return True
+
+    def _load(self) -> tuple[bytes, Document]:
+        found = read_settled(self.path, json.loads)
+        if found is None or not isinstance(found[1], dict):
+            return (found[0] if found else b""), {}
+        return found[0], found[1]
 
 
-def _json_object(response: _Response) -> dict[str, Any]:
+def _etag(raw: bytes) -> str:
+    return '"' + hashlib.sha256(raw).hexdigest()[:20] + '"'
+
+
+def _json_object(response: _Response) -> Document:
     try:
         body = json.loads(response.body)
     except ValueError:

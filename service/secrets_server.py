@@ -6,6 +6,12 @@ self-hosting: ``chatgpt-login secrets-server``.
   merge, anything else replaces) applied atomically; answers ``{"ok": true}``.
 - ``GET /healthz``: up and the database opens.
 
+Every document has a revision that grows with each PATCH, sent as its ``ETag`` (``"<rev>"``).
+A ``GET`` whose ``If-None-Match`` names the current one answers ``304`` with no body (a cheap
+poll); a ``PATCH`` whose ``If-Match`` does not answers ``412`` and changes nothing
+(compare-and-set, what makes the refresh lease of many containers exact). Without those
+headers it behaves as the seed's API, which has none of this.
+
 Each agent has its own bearer token and its own document. Tokens come from the
 ``secrets_server_tokens`` setting (one ``<agent>:<token>`` per line, usually a file secret),
 or, when that is unset, the ``secrets_api_token`` the agents use, for one agent named
@@ -89,9 +95,12 @@ class Documents:
             with closing(self._connect()) as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(
-                    "CREATE TABLE IF NOT EXISTS documents "
-                    "(agent TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL NOT NULL)"
+                    "CREATE TABLE IF NOT EXISTS documents (agent TEXT PRIMARY KEY, "
+                    "body TEXT NOT NULL, updated REAL NOT NULL, rev INTEGER NOT NULL DEFAULT 0)"
                 )
+                columns = {row[1] for row in db.execute("PRAGMA table_info(documents)")}
+                if "rev" not in columns:  # a database from before revisions
+                    db.execute("ALTER TABLE documents ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
         finally:
             os.umask(previous)
         path.chmod(0o600)
@@ -110,22 +119,34 @@ class Documents:
                 raise
             db.execute("COMMIT")
 
-    def get(self, agent: str) -> dict[str, Any]:
+    def get(self, agent: str) -> tuple[dict[str, Any], int]:
+        """The agent's document and its revision (0: none yet)."""
         with closing(self._connect()) as db:
-            row = db.execute("SELECT body FROM documents WHERE agent = ?", (agent,)).fetchone()
+            row = db.execute("SELECT body, rev FROM documents WHERE agent = ?", (agent,)).fetchone()
         found = json.loads(row[0]) if row else {}
-        return found if isinstance(found, dict) else {}
+        return (found if isinstance(found, dict) else {}), (int(row[1]) if row else 0)
 
-    def patch(self, agent: str, patch: dict[str, Any]) -> None:
+    def revision(self, agent: str) -> int:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT rev FROM documents WHERE agent = ?", (agent,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def patch(self, agent: str, patch: dict[str, Any], *, if_rev: int | None = None) -> int | None:
+        """Merge ``patch``; the new revision, or None when ``if_rev`` is not the current one."""
         with self._transaction() as db:
-            row = db.execute("SELECT body FROM documents WHERE agent = ?", (agent,)).fetchone()
+            row = db.execute("SELECT body, rev FROM documents WHERE agent = ?", (agent,)).fetchone()
+            rev = int(row[1]) if row else 0
+            if if_rev is not None and if_rev != rev:
+                return None
             merged = merge_patch(json.loads(row[0]) if row else {}, patch)
             db.execute(
-                "INSERT INTO documents (agent, body, updated) VALUES (?, ?, julianday('now')) "
+                "INSERT INTO documents (agent, body, updated, rev) "
+                "VALUES (?, ?, julianday('now'), ?) "
                 "ON CONFLICT (agent) DO UPDATE "
-                "SET body = excluded.body, updated = excluded.updated",
-                (agent, json.dumps(merged, separators=(",", ":"))),
+                "SET body = excluded.body, updated = excluded.updated, rev = excluded.rev",
+                (agent, json.dumps(merged, separators=(",", ":")), rev + 1),
             )
+            return rev + 1
 
     def ping(self) -> None:
         with closing(self._connect()) as db:
@@ -160,7 +181,12 @@ def create_secrets_app(settings: ServiceSettings) -> Flask:
 
     @app.get(ROUTE)
     def read() -> Response:
-        return _no_store(jsonify(documents.get(g.agent)))
+        if (wanted := request.headers.get("If-None-Match")) is not None:
+            rev = documents.revision(g.agent)
+            if _matches(wanted, rev):
+                return _versioned(Response(status=304), rev)
+        document, rev = documents.get(g.agent)
+        return _versioned(jsonify(document), rev)
 
     @app.patch(ROUTE)
     def write() -> Response:
@@ -175,8 +201,20 @@ def create_secrets_app(settings: ServiceSettings) -> Flask:
             raise ServiceError(
                 "invalid_request", "The body must be a JSON object (a merge patch).", status=400
             )
-        documents.patch(g.agent, patch)
-        return _no_store(jsonify(ok=True))
+        if_rev = None
+        if (wanted := request.headers.get("If-Match")) is not None:
+            if_rev = _revision(wanted)
+            if if_rev is None:  # "*" (any existing document) or a tag we never gave out
+                current = documents.revision(g.agent)
+                if_rev = current if wanted.strip() == "*" and current > 0 else -1
+        rev = documents.patch(g.agent, patch, if_rev=if_rev)
+        if rev is None:
+            raise ServiceError(
+                "precondition_failed",
+                "The document changed since the version in If-Match; read it again and retry.",
+                status=412,
+            )
+        return _versioned(jsonify(ok=True), rev)
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -200,9 +238,22 @@ def create_secrets_app(settings: ServiceSettings) -> Flask:
     return app
 
 
-def _no_store(response: Response) -> Response:
+def _versioned(response: Response, rev: int) -> Response:
+    response.headers["ETag"] = f'"{rev}"'
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _revision(tag: str) -> int | None:
+    """The revision an entity tag of ours names (weak tags compare as strong: one writer)."""
+    text = tag.strip().removeprefix("W/").strip('"')
+    return int(text) if text.isdigit() and len(text) < 19 else None
+
+
+def _matches(header: str, rev: int) -> bool:
+    """Whether an If-None-Match list names ``rev`` (or is ``*`` for an existing document)."""
+    tags = [tag.strip() for tag in header.split(",")]
+    return any((tag == "*" and rev > 0) or _revision(tag) == rev for tag in tags)
 
 
 def wsgi() -> Flask:

@@ -9,6 +9,7 @@ hidden from ``repr`` and never logged.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -28,9 +29,27 @@ class ServiceSettings(Settings):
     # Without a secrets API: a 0600 JSON file in the state directory.
     secrets_file: Path | None = None
 
-    # Keep-alive: renew this long before the access token expires (codex renews at 5 minutes,
-    # so running CLIs rarely renew it themselves).
+    # Whether the secrets API honours If-Match (compare-and-set): found out once ("auto"), or
+    # told. With it, the refresh lease is exact; without it, a narrow race remains.
+    secrets_cas: Literal["auto", "on", "off"] = "auto"
+
+    # Keep-alive: renew when the access token has less than min(refresh_window, half its
+    # lifetime) left (codex renews at 5 minutes, so running CLIs rarely renew it themselves),
+    # and never again within refresh_min_interval unless it has expired or was refused.
     refresh_window: float = Field(default=600.0, ge=0)
+    refresh_min_interval: float = Field(default=60.0, ge=0)
+
+    # One credential, many containers (README). Each service is a holder with a stable id (made
+    # once per state directory unless set); it reads the stored copy every store_poll seconds,
+    # says it is alive every holder_heartbeat seconds, and refreshes only under a lease in the
+    # store that lasts lease_seconds (longer than one refresh round trip). It waits lease_settle
+    # seconds after taking the lease, so the others see it coming (and, without
+    # compare-and-set, to read the lease back before spending).
+    holder_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    store_poll: float = Field(default=5.0, gt=0)
+    holder_heartbeat: float = Field(default=60.0, gt=0)
+    lease_seconds: float = Field(default=120.0, gt=0)
+    lease_settle: float = Field(default=0.5, ge=0)
 
     # The operator API.
     bind: str = "127.0.0.1:8080"

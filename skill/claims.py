@@ -44,6 +44,7 @@ class Claims(BaseModel):
     email: str | None = None
     user_id: str | None = None
     expires_at: datetime | None = None
+    issued_at: datetime | None = None  # the access token's iat: when this credential was made
 
     @classmethod
     def from_tokens(cls, *, access_token: str, id_token: str | None = None) -> Claims:
@@ -53,14 +54,24 @@ class Claims(BaseModel):
         ident = decode_jwt_payload(id_token) if id_token else {}
         auth = {**_obj(access.get(AUTH_CLAIM)), **_obj(ident.get(AUTH_CLAIM))}
         profile = {**_obj(access.get(PROFILE_CLAIM)), **_obj(ident.get(PROFILE_CLAIM))}
-        exp = access.get("exp")
+        exp, iat = access.get("exp"), access.get("iat")
         return cls(
             account_id=_str(auth.get("chatgpt_account_id")),
             plan_type=_str(auth.get("chatgpt_plan_type")),
             email=_str(ident.get("email")) or _str(profile.get("email")),
             user_id=_str(auth.get("chatgpt_user_id")) or _str(auth.get("user_id")),
-            expires_at=datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None,
+            expires_at=_time(exp),
+            issued_at=_time(iat),
         )
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):  # a claim no clock can hold
+        return None
 
 
 def _obj(value: object) -> dict[str, Any]:

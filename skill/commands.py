@@ -105,7 +105,7 @@ def wait(settings: Settings, out: Output, *, timeout: float | None) -> int:
 
 def _signed_in(settings: Settings, out: Output, state: LoginState) -> int:
     who = f" as {state.signed_in_as}" if state.signed_in_as else ""
-    from skill.persist import request_persist  # noqa: PLC0415 - httpx only when needed
+    from skill.service_client import request_persist  # noqa: PLC0415
 
     persisted = request_persist(settings)
     lines = [f"Signed in{who}."]
@@ -117,10 +117,17 @@ def _signed_in(settings: Settings, out: Output, state: LoginState) -> int:
 
 
 def status(settings: Settings, out: Output) -> int:
+    """The credential first (now), then the service's view, then the last attempt (history)."""
+    from skill.service_client import credential_view  # noqa: PLC0415
+    from skill.signout import read_pending  # noqa: PLC0415
+
     state = Runner(settings).status()
     credential = _local_credential(settings)
-    lines = [_describe(state)]
-    data: dict[str, Any] = {"login": _public(state) if state else None, "credential": None}
+    service = credential_view(settings)
+    pending = read_pending(settings)
+    lines: list[str] = []
+    data: dict[str, Any] = {"credential": None, "service": service,
+                            "logout_pending": pending is not None}  # fmt: skip
     if credential is not None:
         claims = credential.claims()
         valid = "valid" if not credential.expired() else "expired, renewable"
@@ -135,34 +142,50 @@ def status(settings: Settings, out: Output) -> int:
             "expires_at": credential.expires_at,
             "expired": credential.expired(),
         }
+    elif service is not None and service.get("status") == "logged_out":
+        lines.append("Signed out (logged out everywhere). Sign in with `chatgpt-login start`.")
     else:
         lines.append("Not signed in on this machine.")
-    service = _service_view(settings)
-    data["service"] = service
-    if service is None:
-        lines.append("The chatgpt-login service is not running: nothing is kept in sync.")
-    elif service.get("status") == "needs_relogin":
-        lines.append(f"Needs a new sign-in ({service.get('reason')}): run `chatgpt-login start`.")
-    elif service.get("persist_pending"):
-        lines.append("Storing the credential in the secrets store is pending.")
+    lines += _service_lines(service, pending is not None)
+    if state is not None:
+        lines.append(_describe(state))
+    data["login"] = _public(state) if state else None
     out.emit(lines, data)
     return ExitCode.OK
 
 
-def _service_view(settings: Settings) -> dict[str, Any] | None:
-    """The service's GET /v1/credentials (needs_relogin, persistence), or None if it is down."""
-    from skill.relay import loopback_request  # noqa: PLC0415
-
-    try:
-        token = (settings.state_dir / "service.token").read_text().strip()
-        answer = loopback_request(
-            "GET", settings.service_url.rstrip("/") + "/v1/credentials", timeout=2.0,
-            headers={"Authorization": f"Bearer {token}"},
-        )  # fmt: skip
-        view = answer.json() if answer.status == 200 else None
-    except (OSError, ValueError, SkillError):
-        return None
-    return view if isinstance(view, dict) else None
+def _service_lines(service: dict[str, Any] | None, logout_pending: bool) -> list[str]:
+    lines = []
+    if logout_pending:
+        lines.append(
+            "Signing out the copy kept for restarts is pending: the service does it when it "
+            "runs (until then nothing restores it)."
+        )
+    if service is None:
+        lines.append(
+            "The chatgpt-login service is not running here, so the sign-in is neither renewed "
+            "nor saved for restarts until it starts."
+        )
+        return lines
+    if service.get("status") == "needs_relogin":
+        lines.append(f"Needs a new sign-in ({service.get('reason')}): run `chatgpt-login start`.")
+    elif service.get("persist_pending"):
+        lines.append("Storing the credential in the secrets store is pending.")
+    if service.get("conflict"):
+        lines.append(
+            f"The stored copy belongs to another account ({service['conflict']}): log out to "
+            "switch accounts."
+        )
+    others = [h for h in service.get("holders") or [] if isinstance(h, dict) and not h.get("me")]
+    if others:
+        names = ", ".join(f"{h.get('host') or h.get('id')} ({h.get('id')})" for h in others)
+        lines.append(f"Shared with {len(others)} other container(s): {names}.")
+    lease = service.get("lease")
+    if isinstance(lease, dict):
+        mine = lease.get("holder") == service.get("holder")
+        who = "this container" if mine else f"{lease.get('host') or lease.get('holder')}"
+        lines.append(f"Being renewed right now by {who}.")
+    return lines
 
 
 def cancel(settings: Settings, out: Output) -> int:
@@ -175,27 +198,32 @@ def cancel(settings: Settings, out: Output) -> int:
 
 
 def logout(settings: Settings, out: Output) -> int:
-    """Cancel any live sign-in, revoke the refresh token (best effort), remove local entries."""
-    Runner(settings).cancel()
+    """Log out everywhere: through the service, which also replaces the stored copy with a
+    tombstone; when it is not running, here, with that last step noted as pending."""
+    from skill.service_client import CREDENTIALS_PATH, call, json_body  # noqa: PLC0415
+    from skill.signout import note_pending, sign_out_locally  # noqa: PLC0415
+
+    try:
+        answer = call(settings, "DELETE", CREDENTIALS_PATH, timeout=90.0)
+    except SkillError:  # service_unavailable
+        answer = None
+    if answer is not None and answer.status == 200:
+        done = json_body(answer)
+        data = {key: done.get(key) for key in ("removed", "revoked", "stored")}
+        out.emit([str(done.get("message") or "Signed out.")], data)
+        return ExitCode.OK
     credential = _local_credential(settings)
-    revoked = False
+    note_pending(settings, credential.account_id if credential else None)
+    local = sign_out_locally(settings, credential=credential)
+    lines = ["Signed out on this machine." if local.removed else "No local ChatGPT credential."]
     if credential is not None:
-        from skill.oauth import OAuthClient  # noqa: PLC0415
-
-        try:
-            with OAuthClient(settings) as client:
-                client.revoke(credential.refresh_token)
-            revoked = True
-        except SkillError:
-            revoked = False
-    from skill.authfiles import auth_files  # noqa: PLC0415
-
-    removed = [str(f.path) for f in auth_files(settings) if f.remove()]
-    lines = ["Signed out." if removed else "No local ChatGPT credential to remove."]
-    if credential is not None:
-        lines.append("The sign-in was revoked." if revoked else "Could not revoke the sign-in "
-                     "at OpenAI (offline?); it ends when it expires.")  # fmt: skip
-    out.emit(lines, {"removed": removed, "revoked": revoked})
+        lines.append("The sign-in was revoked." if local.revoked else "Could not revoke the "
+                     "sign-in at OpenAI (offline?); it ends when it expires.")  # fmt: skip
+    lines.append(
+        "The chatgpt-login service is not running, so the copy kept for restarts is signed out "
+        "when it starts; until then nothing restores it."
+    )
+    out.emit(lines, {"removed": local.removed, "revoked": local.revoked, "stored": "pending"})
     return ExitCode.OK
 
 
@@ -212,12 +240,13 @@ def _local_credential(settings: Settings) -> Credential | None:
     return None
 
 
-def _describe(state: LoginState | None) -> str:
-    if state is None:
-        return "No sign-in has been started."
+def _describe(state: LoginState) -> str:
     if state.live:
         waiting = "the pasted address" if state.method == "browser" else "device approval"
         left = max(0, int((state.expires_at - datetime.now(UTC)).total_seconds() / 60))
         return f"Sign-in {state.id} ({state.driver}) is waiting for {waiting}; {left} min left."
-    detail = f": {state.message}" if state.message else "."
-    return f"The last sign-in {state.id} ({state.driver}) {state.status}{detail}"
+    when = f" at {state.finished_at:%Y-%m-%d %H:%M} UTC" if state.finished_at else ""
+    what = {"succeeded": "succeeded", "failed": "failed", "canceled": "was canceled",
+            "expired": "expired"}.get(state.status, state.status)  # fmt: skip
+    detail = f" ({state.message})" if state.message and state.status != "succeeded" else ""
+    return f"The last sign-in attempt ({state.id}, {state.driver}) {what}{when}{detail}."

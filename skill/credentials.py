@@ -180,6 +180,19 @@ class Credential(BaseModel):
     def expires_at(self) -> datetime:
         return datetime.fromtimestamp(self.expires_ms / 1000, UTC)
 
+    def lifetime(self) -> float | None:
+        """Seconds the access token was issued for (its ``exp - iat``), if it says."""
+        claims = self.claims()
+        if claims.issued_at is None or claims.expires_at is None:
+            return None
+        seconds = (claims.expires_at - claims.issued_at).total_seconds()
+        return seconds if seconds > 0 else None
+
+    def issued_at(self) -> float | None:
+        """When the access token was issued (epoch seconds), if it says."""
+        issued = self.claims().issued_at
+        return issued.timestamp() if issued else None
+
     def expired(self, *, margin: float = 0.0, now: float | None = None) -> bool:
         """True when less than ``margin`` seconds are left at ``now`` (default: the clock)."""
         return (time.time() if now is None else now) + margin >= self.expires_ms / 1000

@@ -184,6 +184,12 @@ CODES: dict[str, _Spec] = {
         "Another program is listening on the sign-in port, so the address was not sent to it. "
         "Stop that program (another sign-in?), then `chatgpt-login start --restart`.",
     ),
+    "service_unavailable": _Spec(
+        "transient",
+        ExitCode.TRANSIENT,
+        "The service (`chatgpt-login serve`) is not running here. It starts with the container; "
+        "check `chatgpt-login status`, or start it.",
+    ),
     # Files and processes on this machine.
     "credentials_corrupt": _Spec(
         "local",

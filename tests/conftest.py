@@ -168,10 +168,12 @@ def api() -> Iterator[FakeSecretsAPI]:
 
 
 def http_store(settings: Settings) -> HttpSecretsStore:
-    """The http store for ``settings``, with the short bounds tests want."""
+    """The http store for ``settings``, with the short bounds tests want. The fake is the seed's
+    API, which has no compare-and-set: told so, the store sends no probe (fault tests count
+    requests)."""
     url, token = (
         getattr(settings, "secrets_api_url", None),
         getattr(settings, "secrets_api_token", None),
     )
     assert url and token, "these settings name no secrets API"
-    return HttpSecretsStore(url=url, token=token, timeout=2, attempts=2, deadline=3)
+    return HttpSecretsStore(url=url, token=token, timeout=2, attempts=2, deadline=3, cas="off")

@@ -17,10 +17,11 @@ import pytest
 
 from service.errors import ServiceError
 from service.keepalive import KeepAlive
+from service.persistence import Persistence
 from service.refresher import Refresher
+from service.restore import restore
 from service.secrets import HttpSecretsStore
 from service.settings import ServiceSettings
-from service.sync import persist, restore
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
 from skill.errors import SkillError
@@ -64,11 +65,15 @@ def fault_settings(
     )  # fmt: skip
 
 
+def persist(settings: ServiceSettings, store: HttpSecretsStore) -> None:
+    Persistence(settings, store).persist()
+
+
 def store_for(settings: ServiceSettings) -> HttpSecretsStore:
     assert settings.secrets_api_url and settings.secrets_api_token
     return HttpSecretsStore(url=settings.secrets_api_url, token=settings.secrets_api_token,
                             timeout=settings.secrets_timeout, attempts=settings.secrets_attempts,
-                            deadline=settings.secrets_deadline)  # fmt: skip
+                            deadline=settings.secrets_deadline, cas="off")  # fmt: skip
 
 
 def signed_in(issuer: FakeIssuer, settings: ServiceSettings, *, expired: bool = False) -> bytes:

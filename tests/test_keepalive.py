@@ -30,7 +30,7 @@ def keep_settings(tmp_path: Path, issuer: FakeIssuer, api: FakeSecretsAPI) -> Se
         issuer=issuer.url, pi_agent_dir=tmp_path / "pi", codex_home=tmp_path / "codex",
         state_dir=tmp_path / "state", secrets_api_url=api.url, secrets_api_token=api.token,
         secrets_timeout=0.5, secrets_attempts=2, secrets_deadline=2, connect_timeout=2,
-        read_timeout=5,
+        read_timeout=5, refresh_min_interval=0, lease_settle=0,
     )  # fmt: skip
 
 

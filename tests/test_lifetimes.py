@@ -12,9 +12,9 @@ import pytest
 
 from service.keepalive import KeepAlive
 from service.refresher import Refresher
+from service.restore import restore_and_refresh
 from service.secrets import HttpSecretsStore
 from service.settings import ServiceSettings
-from service.sync import restore_and_refresh
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
 from skill.tokens import TokenSet

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from service.restore import restore, restore_and_refresh
 from service.settings import ServiceSettings
-from service.sync import local_credential, restore, restore_and_refresh
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
 from skill.tokens import TokenSet
@@ -29,6 +29,10 @@ def service_settings(tmp_path: Path, issuer: FakeIssuer, api: FakeSecretsAPI) ->
         state_dir=tmp_path / "state", secrets_api_url=api.url, secrets_api_token=api.token,
         secrets_timeout=0.5, secrets_attempts=2, secrets_deadline=2,
     )  # fmt: skip
+
+
+def local_credential(settings: ServiceSettings) -> Credential | None:
+    return PiAuthFile(settings.pi_auth_file).load()
 
 
 def credential(

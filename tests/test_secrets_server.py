@@ -74,15 +74,43 @@ def server(tmp_path: Path) -> Iterator[Server]:
         running.stop()
 
 
+def document(store: HttpSecretsStore) -> dict[str, object]:
+    found = store.read()
+    assert found is not None
+    return found.document
+
+
 def test_store_round_trip_per_agent(server: Server) -> None:
     alice, bob = server.store(ALICE), server.store(BOB)
-    assert alice.get() is None
+    assert document(alice) == {}
     entry = {"type": "oauth", "access": "a", "refresh": "r", "expires": 1, "accountId": "x"}
-    alice.put(entry)
-    assert alice.get() == entry
-    assert bob.get() is None, "each agent has its own document"
-    alice.delete()
-    assert alice.get() is None
+    alice.write({"codex_credentials": entry})
+    assert document(alice) == {"codex_credentials": entry}
+    assert document(bob) == {}, "each agent has its own document"
+    alice.write({"codex_credentials": None})
+    assert document(alice) == {}
+
+
+def test_versions_make_polls_cheap_and_writes_exact(server: Server) -> None:
+    """ETag on every answer; 304 for an unchanged document; 412 (a conflict) for a write
+    against a version that is no longer current, which then changes nothing."""
+    alice = server.store(ALICE)
+    first = alice.read()
+    assert first is not None and first.etag == '"0"'
+    assert alice.read(if_none_match=first.etag) is None  # unchanged: 304, no body
+    tag = alice.write({"k": 1}, if_match=first.etag)
+    assert tag == '"1"'
+    with pytest.raises(ServiceError) as caught:
+        alice.write({"k": 2}, if_match=first.etag)  # a lost race
+    assert caught.value.code == "store_conflict"
+    assert document(alice) == {"k": 1}
+    again = alice.read(if_none_match=first.etag)
+    assert again is not None and again.etag == '"1"' and again.document == {"k": 1}
+    assert alice.write({"k": 3}, if_match='W/"1"') == '"2"'  # a weak tag of ours compares
+    assert alice.compare_and_set() is True
+    assert document(alice) == {"k": 3}, "the compare-and-set probe changes nothing"
+    plain = HttpSecretsStore(url=server.url, token=ALICE, cas="off")
+    assert plain.compare_and_set() is False  # told: no If-Match is sent
 
 
 def test_merge_patch_keeps_other_keys(server: Server) -> None:
@@ -115,12 +143,12 @@ def test_bad_requests_are_refused(
     server: Server, headers: dict[str, str], body: bytes, expected: int
 ) -> None:
     assert server.status("PATCH", "/api/agent/secrets", body, **headers) == expected
-    assert server.store(ALICE).get() is None, "a refused request changes nothing"
+    assert document(server.store(ALICE)) == {}, "a refused request changes nothing"
 
 
 def test_wrong_token_is_a_clear_store_error(server: Server) -> None:
     with pytest.raises(ServiceError) as caught:
-        server.store("not-a-known-token-at-all").get()
+        server.store("not-a-known-token-at-all").read()
     assert caught.value.code == "secrets_forbidden"
 
 
@@ -145,7 +173,7 @@ def test_concurrent_patches_lose_nothing(server: Server) -> None:
 
 
 def test_files_are_private_and_logs_hold_no_secret(server: Server) -> None:
-    server.store(ALICE).put({"refresh": "refresh-canary-5f2a", "access": "x"})
+    server.store(ALICE).write({"codex_credentials": {"refresh": "refresh-canary-5f2a"}})
     assert server.db.stat().st_mode & 0o777 == 0o600
     assert server.db.parent.stat().st_mode & 0o777 == 0o700
     for extra in server.db.parent.iterdir():

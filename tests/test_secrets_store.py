@@ -13,6 +13,13 @@ from service.secrets import FileSecretsStore, HttpSecretsStore
 from tests.fake_secrets import TOKEN, FakeSecretsAPI
 
 ENTRY = {"type": "oauth", "access": "a", "refresh": "r", "expires": 1, "accountId": "acct"}
+PATCH = {"codex_credentials": ENTRY}
+
+
+def document(secrets: HttpSecretsStore | FileSecretsStore) -> dict[str, object]:
+    found = secrets.read()
+    assert found is not None
+    return found.document
 
 
 def store(api: FakeSecretsAPI, **kwargs: object) -> HttpSecretsStore:
@@ -23,14 +30,26 @@ def store(api: FakeSecretsAPI, **kwargs: object) -> HttpSecretsStore:
 
 def test_round_trip_and_delete(api: FakeSecretsAPI) -> None:
     secrets = store(api)
-    assert secrets.get() is None
-    secrets.put(ENTRY)
-    assert api.record == {"codex_credentials": ENTRY}
-    assert secrets.get() == ENTRY
+    assert document(secrets) == {}
+    assert secrets.write(PATCH) is None  # the seed's API gives no versions
+    assert api.record == PATCH
+    assert document(secrets) == PATCH
     api.record["other_secret"] = {"keep": True}
-    secrets.delete()
+    secrets.write({"codex_credentials": None})
     assert api.record == {"other_secret": {"keep": True}}
-    assert secrets.get() is None
+
+
+def test_a_store_without_versions_is_found_out_and_never_sent_if_match(
+    api: FakeSecretsAPI,
+) -> None:
+    """The seed's API ignores If-Match: the one-time probe (an empty patch) finds that out and
+    changes nothing."""
+    api.record["k"] = 1
+    secrets = store(api)
+    assert secrets.compare_and_set() is False
+    assert api.record == {"k": 1}
+    assert api.requests == ["PATCH"]
+    assert secrets.compare_and_set() is False and api.requests == ["PATCH"]  # asked once
 
 
 @pytest.mark.parametrize(
@@ -43,7 +62,7 @@ def test_one_fault_is_retried_away(api: FakeSecretsAPI, fault: str) -> None:
     started = time.monotonic()
     # "malformed" too: a 2xx whose body cannot be read may have been cut short on the way, and
     # every request here is idempotent, so it is sent again.
-    secrets.put(ENTRY)
+    secrets.write(PATCH)
     assert time.monotonic() - started < 5
     assert api.record["codex_credentials"] == ENTRY
 
@@ -51,7 +70,7 @@ def test_one_fault_is_retried_away(api: FakeSecretsAPI, fault: str) -> None:
 def test_not_ok_is_not_success(api: FakeSecretsAPI) -> None:
     api.faults.append("not_ok")
     with pytest.raises(ServiceError) as caught:
-        store(api).put(ENTRY)
+        store(api).write(PATCH)
     assert caught.value.code == "secrets_rejected"
 
 
@@ -59,12 +78,12 @@ def test_not_ok_is_not_success(api: FakeSecretsAPI) -> None:
 def test_auth_failures_are_not_retried(api: FakeSecretsAPI, status: int) -> None:
     api.faults.append(f"status:{status}")
     with pytest.raises(ServiceError) as caught:
-        store(api).put(ENTRY)
+        store(api).write(PATCH)
     assert caught.value.code == "secrets_forbidden" and "FAT_TOOLS_TOKEN" in caught.value.message
     assert api.requests == ["PATCH"]
     wrong = HttpSecretsStore(url=api.url, token="wrong", timeout=0.5, attempts=3)
     with pytest.raises(ServiceError):
-        wrong.get()
+        wrong.read()
     assert TOKEN not in caught.value.message
 
 
@@ -72,7 +91,7 @@ def test_a_lasting_outage_ends_within_the_deadline(api: FakeSecretsAPI) -> None:
     api.faults.extend(["status:503"] * 50)
     started = time.monotonic()
     with pytest.raises(ServiceError) as caught:
-        store(api, attempts=50, deadline=1.5).put(ENTRY)
+        store(api, attempts=50, deadline=1.5).write(PATCH)
     assert caught.value.code == "secrets_unreachable" and caught.value.transient
     assert time.monotonic() - started < 2.5
     assert 2 <= len(api.requests) < 50
@@ -81,7 +100,7 @@ def test_a_lasting_outage_ends_within_the_deadline(api: FakeSecretsAPI) -> None:
 def test_retry_after_is_honoured(api: FakeSecretsAPI) -> None:
     waits: list[float] = []
     api.faults.append("retry_after:0.7")
-    store(api, sleep=waits.append).put(ENTRY)
+    store(api, sleep=waits.append).write(PATCH)
     assert waits == [0.7]
 
 
@@ -91,16 +110,23 @@ def test_down_is_reported(tmp_path: Path) -> None:
     dead = HttpSecretsStore(url=f"http://127.0.0.1:{free_port()}/x", token="t", attempts=2,
                             deadline=2, sleep=lambda _: None)  # fmt: skip
     with pytest.raises(ServiceError) as caught:
-        dead.get()
+        dead.read()
     assert caught.value.code == "secrets_unreachable"
     assert "stays on this machine" in caught.value.message
 
 
 def test_file_store(tmp_path: Path) -> None:
+    """Versions and compare-and-set under a lock, as the reference server has them."""
     secrets = FileSecretsStore(tmp_path / "state" / "secrets.json")
-    assert secrets.get() is None
-    secrets.put(ENTRY)
-    assert secrets.get() == ENTRY
+    first = secrets.read()
+    assert first is not None and first.document == {}
+    tag = secrets.write(PATCH, if_match=first.etag)
+    assert document(secrets) == PATCH
     assert stat.S_IMODE((tmp_path / "state" / "secrets.json").stat().st_mode) == 0o600
-    secrets.delete()
-    assert secrets.get() is None
+    assert secrets.read(if_none_match=tag) is None  # unchanged
+    with pytest.raises(ServiceError) as caught:
+        secrets.write({"codex_credentials": None}, if_match=first.etag)
+    assert caught.value.code == "store_conflict" and document(secrets) == PATCH
+    secrets.write({"codex_credentials": None}, if_match=tag)
+    assert document(secrets) == {}
+    assert secrets.compare_and_set()

@@ -177,9 +177,18 @@ def test_restore_and_logout(client: FlaskClient, issuer: FakeIssuer, api: FakeSe
     assert service_settings.pi_auth_file.exists()
     out = client.delete("/v1/credentials", headers=auth()).json
     assert out is not None and "revoked" in out["message"]
-    assert "codex_credentials" not in api.record
+    assert out["stored"] == "tombstoned" and out["revoked"] is True
+    assert out["removed"] == [str(service_settings.pi_auth_file)]
+    assert "codex_credentials" not in api.record  # the entry is null (PATCH null deletes it)
+    assert api.record["codex_credentials_tombstone"]["accountId"] == "acct-1111"
     assert issuer.revoked == [seeded["refresh_token"]]
-    assert client.get("/v1/credentials", headers=auth()).json["status"] == "not_logged_in"  # type: ignore[index]
+    assert client.get("/v1/credentials", headers=auth()).json["status"] == "logged_out"  # type: ignore[index]
+    again = client.post("/v1/credentials/restore", headers=auth()).json
+    assert again is not None and again["action"] == "logged_out"
+    assert (
+        not service_settings.pi_auth_file.exists()
+        or PiAuthFile(service_settings.pi_auth_file).load() is None
+    ), "a restore after a logout brings nothing back"
 
 
 def test_bad_bodies(client: FlaskClient) -> None:

@@ -1,39 +1,41 @@
-"""``/v1/credentials``: status, persist, restore and log out. Never a token value."""
+"""``/v1/credentials``: status, persist, refresh, restore and log out. Never a token value.
+
+Every change of the stored copy goes through :mod:`service.persistence`."""
 
 from __future__ import annotations
 
 import time
-from datetime import datetime
-from hashlib import sha256
 from pathlib import Path
 
 from flask import Blueprint, Response, jsonify
 
-from service.app import context
+from service.context import context
 from service.errors import ServiceError
-from service.models import CredentialStatus, Outcome
-from service.sync import local_credential, persist, restore_and_refresh
-from skill.authfiles import auth_files
+from service.models import CredentialStatus, Outcome, SignedOut
+from service.persistence import Renewed, dead_refresh_token
+from service.refresher import Refresher
+from service.restore import restore_and_refresh
+from service.signout import sign_out
 from skill.errors import SkillError
+from skill.signout import pending_path
 
 bp = Blueprint("credentials", __name__)
 
+# How long a forced refresh waits for another container's rotation before giving up.
+_BUSY_WAIT = 15.0
+
 
 def persist_now() -> bool:
-    """Store the local credential; on failure remember that a persist is pending."""
-    ctx = context()
+    """Store the local credential as a new sign-in; False when the store did not take it (the
+    persist is then pending and the keep-alive retries)."""
     try:
-        ctx.metrics.timed("secrets_api", lambda: persist(ctx.settings, ctx.store))
+        context().persistence().persist()
     except ServiceError:
-        ctx.metrics.count("persists", "failed")
-        ctx.persist_state.mark(persisted=False)
         return False
-    ctx.metrics.count("persists", "ok")
-    ctx.persist_state.mark(persisted=True)
     return True
 
 
-# The status view is what the operator API serves most, and it only changes when one of two
+# The status view is what the operator API serves most, and it only changes when one of three
 # files does. Each worker keeps the last view with the files' identities (inode, mtime, size),
 # for at most a second: a rewrite in place within the kernel's timestamp granularity that keeps
 # the size cannot hide for longer than that.
@@ -57,7 +59,7 @@ def _identity(*paths: Path) -> object:
 def status() -> Response:
     global _cache  # noqa: PLW0603 - one view per worker, replaced whole (no partial updates)
     ctx = context()
-    key = _identity(ctx.settings.pi_auth_file, ctx.persist_state.path)
+    key = _identity(ctx.settings.pi_auth_file, ctx.state.path, pending_path(ctx.settings))
     cached = _cache
     if cached is not None and cached[0] == key and time.monotonic() - cached[1] < _CACHE_SECONDS:
         return jsonify(cached[2])
@@ -68,34 +70,44 @@ def status() -> Response:
 
 def _status_view() -> dict[str, object]:
     ctx = context()
-    credential = local_credential(ctx.settings)
-    state = ctx.persist_state.read()
+    credential = ctx.persistence().local()
+    state = ctx.state.read()
+    store = state.store
+    shared = {
+        "holder": ctx.holder.id,
+        "generation": state.generation,
+        "holders": store.holders if store else [],
+        "lease": store.lease if store else None,
+        "store_read_at": state.store_read_at,
+        "store_error": state.store_error,
+        "logout_pending": pending_path(ctx.settings).exists(),
+        "conflict": state.conflict,
+    }
     if credential is None:
-        view = CredentialStatus(status="not_logged_in")
-    else:
-        claims = credential.claims()
-        last = state.get("last_persisted_at")
-        # A permanent refresh failure counts only while that same refresh token is on disk.
-        dead = state.get("dead_refresh") == sha256(credential.refresh_token.encode()).hexdigest()
-        reason = state.get("needs_relogin") if dead else None
-        view = CredentialStatus(
-            status="needs_relogin" if reason else "logged_in",
-            reason=reason,
-            account_id=credential.account_id,
-            email=claims.email,
-            plan=claims.plan_type,
-            expires_at=credential.expires_at,
-            last_refresh=credential.last_refresh,
-            last_persisted_at=datetime.fromisoformat(last) if last else None,
-            persist_pending=bool(state.get("persist_pending")),
-        )
+        gone = "logged_out" if state.logged_out is not None else "not_logged_in"
+        return CredentialStatus(status=gone, **shared).model_dump(mode="json")
+    claims = credential.claims()
+    # A permanent refresh failure counts only while that same refresh token is on disk.
+    reason = dead_refresh_token(state, credential)
+    view = CredentialStatus(
+        status="needs_relogin" if reason else "logged_in",
+        reason=reason,
+        account_id=credential.account_id,
+        email=claims.email,
+        plan=claims.plan_type,
+        expires_at=credential.expires_at,
+        last_refresh=credential.last_refresh,
+        last_persisted_at=state.last_persisted_at,
+        persist_pending=state.persist_pending,
+        **shared,
+    )
     return view.model_dump(mode="json")
 
 
 @bp.post("/persist")
 def persist_route() -> Response:
     ctx = context()
-    if local_credential(ctx.settings) is None:
+    if ctx.persistence().local() is None:
         raise ServiceError("credentials_missing", "No ChatGPT credential on this machine to "
                            "persist. Sign in first (POST /v1/logins).", status=409)  # fmt: skip
     if not persist_now():
@@ -107,25 +119,33 @@ def persist_route() -> Response:
 
 @bp.post("/refresh")
 def refresh_route() -> Response:
-    """Renew now (the refresh token is spent under pi's lock), then store the result."""
-    from service.keepalive import KeepAlive  # noqa: PLC0415
-
+    """Renew now, as the one holder allowed to (the store's lease), or adopt the rotation of
+    the holder that is renewing it right now."""
     ctx = context()
-    keep = KeepAlive(ctx.settings, ctx.store)
+    persistence = ctx.persistence()
     try:
-        renewed = keep.refresher.ensure_fresh(force=True)
+        renewed = persistence.renew(Refresher(ctx.settings), force=True)
+        deadline = time.monotonic() + _BUSY_WAIT
+        while renewed.outcome == "busy" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            if persistence.sync().decision == "adopt":
+                renewed = Renewed("adopted", persistence.local())
     except SkillError as exc:
         ctx.metrics.count("refreshes", exc.code)
-        if exc.permanent:
-            credential = local_credential(ctx.settings)
-            if credential is not None:
-                keep.mark_relogin(credential, exc)
+        if exc.permanent and (credential := persistence.local()) is not None:
+            persistence.mark_relogin(credential, exc)
         raise
-    ctx.metrics.count("refreshes", "ok")
-    persisted = persist_now()
-    message = "Renewed." + ("" if persisted else " Storing it is pending.")
-    return jsonify(Outcome(action="refreshed" if renewed.refreshed else "adopted",
-                           message=message).model_dump())  # fmt: skip
+    if renewed.outcome == "busy":
+        raise ServiceError("refresh_busy", "Another container is renewing this sign-in and has "
+                           "not stored the result yet. Retry in a minute.", status=503,
+                           transient=True)  # fmt: skip
+    ctx.metrics.count("refreshes", "ok" if renewed.outcome == "refreshed" else "adopted")
+    message = {
+        "refreshed": "Renewed and stored.",
+        "adopted": "Another container had just renewed it; using that.",
+    }.get(renewed.outcome, "Renewed.")
+    outcome = "refreshed" if renewed.outcome == "refreshed" else "adopted"
+    return jsonify(Outcome(action=outcome, message=message).model_dump())
 
 
 @bp.post("/restore")
@@ -140,22 +160,9 @@ def restore_route() -> Response:
 
 @bp.delete("")
 def logout() -> Response:
-    """Revoke at the issuer (best effort, reported), remove the local entries, delete the copy."""
-    ctx = context()
-    credential = local_credential(ctx.settings)
-    revoked = "nothing to revoke"
-    if credential is not None:
-        from skill.oauth import OAuthClient  # noqa: PLC0415
-
-        try:
-            with OAuthClient(ctx.settings) as client:
-                client.revoke(credential.refresh_token)
-            revoked = "revoked"
-        except SkillError as exc:
-            revoked = f"not revoked ({exc.code})"
-    for auth_file in auth_files(ctx.settings):
-        auth_file.remove()
-    ctx.store.delete()
-    ctx.persist_state.mark(persisted=True)
-    message = f"Signed out: local entries removed, stored copy deleted, sign-in {revoked}."
-    return jsonify(Outcome(action="logged_out", message=message).model_dump())
+    """Log out everywhere: tombstone the stored copy, revoke (best effort), remove our entries."""
+    done = sign_out(context().persistence())
+    context().metrics.count("logouts", done.stored)
+    body = SignedOut(action="logged_out", message=done.message, revoked=done.local.revoked,
+                     removed=done.local.removed, stored=done.stored)  # fmt: skip
+    return jsonify(body.model_dump())

@@ -8,7 +8,7 @@ import tempfile
 
 from flask import Blueprint, Response, jsonify
 
-from service.app import context
+from service.context import context
 from service.errors import ServiceError
 from service.models import Health
 from skill.files import ensure_private_dir
@@ -33,7 +33,7 @@ def readyz() -> tuple[Response, int]:
     except OSError as exc:
         checks["state_dir"] = f"not writable ({type(exc).__name__})"
     try:
-        ctx.store.get()
+        ctx.store.read()
         checks["secrets_store"] = f"ok ({ctx.store.name})"
     except ServiceError as exc:
         checks["secrets_store"] = exc.code

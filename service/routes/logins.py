@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from service.app import body, context
+from service.context import body, context
 from service.errors import ServiceError
 from service.models import Login, LoginRequest, RedirectRequest
 from service.routes.credentials import persist_now

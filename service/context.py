@@ -1,0 +1,67 @@
+"""What the routes share, in its own module so that blueprints never import the app factory
+(flaskr's layout): the settings, the secrets store, the accepted tokens, and helpers for reading
+a request body."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from flask import current_app, request
+
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.persistence import Holder, LocalStateFile, Persistence, holder_of
+from service.secrets import SecretsStore
+from service.settings import ServiceSettings
+from skill.files import ensure_private_dir, write_private
+from skill.lock import FlockLock
+
+EXTENSION = "chatgpt_login"
+
+
+class Context:
+    """Built once per app (per gunicorn worker)."""
+
+    def __init__(self, settings: ServiceSettings, store: SecretsStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.state = LocalStateFile(settings.state_dir / "service.json")
+        self.metrics = Metrics(settings.state_dir / "metrics.json")
+        self.holder: Holder = holder_of(settings)
+        self.tokens = [t.encode() for t in (settings.operator_token, local_token(settings)) if t]
+
+    def persistence(self) -> Persistence:
+        """The owner of the stored copy, for one request."""
+        return Persistence(self.settings, self.store, metrics=self.metrics, holder=self.holder)
+
+
+def context() -> Context:
+    found: Context = current_app.extensions[EXTENSION]
+    return found
+
+
+def local_token(settings: ServiceSettings) -> str:
+    """The token local callers (the agent's commands) read from the state directory."""
+    path = settings.state_dir / "service.token"
+    ensure_private_dir(settings.state_dir)
+    with FlockLock(path, timeout=10):  # every gunicorn worker must end up with the same one
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            token = ""
+        if not token:
+            token = secrets.token_urlsafe(32)
+            write_private(path, token.encode())
+    return token
+
+
+def body(model: type[Any]) -> Any:
+    """The request's JSON body validated by ``model`` (an empty body means all defaults)."""
+    raw = request.get_data(cache=True)
+    if raw and not request.is_json:
+        raise ServiceError(
+            "unsupported_media_type", "Send the body as JSON (Content-Type: application/json).",
+            status=415,
+        )  # fmt: skip
+    return model.model_validate_json(raw or b"{}")

@@ -1,0 +1,103 @@
+"""Counters for ``/metrics``, shared by every gunicorn worker through ``<state>/metrics.json``.
+
+Each worker counts in memory and adds its counts to the file under a lock: at once for the
+routes (``count``), at most every few seconds for the keep-alive, whose store reads can come
+many times a second while it watches a rotation (``add`` then ``flush``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from skill.files import ensure_private_dir, read_settled, write_private
+from skill.lock import FlockLock
+
+T = TypeVar("T")
+_SUMMARY = "_seconds"  # a family ending so is a summary: <family>_sum and <family>_count
+
+
+class Metrics:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._flushed = time.monotonic()
+
+    def add(self, name: str, value: float = 1, **labels: str) -> None:
+        """Count in memory; :meth:`flush` writes it."""
+        key = name + _labels(labels)
+        with self._lock:
+            self._pending[key] = self._pending.get(key, 0) + value
+
+    def count(self, name: str, outcome: str) -> None:
+        self.add(name, outcome=outcome)
+        self.flush()
+
+    def observe(self, name: str, seconds: float) -> None:
+        self.add(f"{name}{_SUMMARY}_sum", seconds)
+        self.add(f"{name}{_SUMMARY}_count")
+
+    def timed(self, name: str, call: Callable[[], T]) -> T:
+        started = time.monotonic()
+        try:
+            return call()
+        finally:
+            self.observe(name, time.monotonic() - started)
+
+    def flush(self, *, every: float = 0.0) -> None:
+        """Add the counts made since the last flush to the file (if ``every`` seconds passed)."""
+        if time.monotonic() - self._flushed < every:
+            return
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._flushed = time.monotonic()
+        if not pending:
+            return
+        ensure_private_dir(self.path.parent)
+        with FlockLock(self.path, timeout=5):
+            data = self.read()
+            for key, value in pending.items():
+                data[key] = data.get(key, 0) + value
+            write_private(self.path, json.dumps(data, indent=1).encode())
+
+    def read(self) -> dict[str, Any]:
+        try:
+            found = read_settled(self.path, json.loads, settle=0.1)
+        except Exception:  # an unreadable file must not break /metrics; counting restarts
+            return {}
+        return found[1] if found and isinstance(found[1], dict) else {}
+
+    def render(self) -> str:
+        """Prometheus text exposition format."""
+        lines, seen = [], set()
+        for key, value in sorted(self.read().items()):
+            series = key.split("{", 1)[0]
+            family = series.removesuffix("_sum").removesuffix("_count")
+            if not family.endswith(_SUMMARY):
+                family = series
+            if family not in seen:
+                seen.add(family)
+                kind = "summary" if family.endswith(_SUMMARY) else "counter"
+                lines.append(f"# TYPE chatgpt_login_{family} {kind}")
+            lines.append(f"chatgpt_login_{key} {_number(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: object) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

@@ -1,0 +1,653 @@
+"""The one owner of the stored copy: every read and write of it, and of ``service.json``.
+
+The secrets store holds the one source of truth for a credential that several containers (each
+running this service: a *holder*) share. What the record holds is in :mod:`service.record`;
+what this module guarantees (``../shared/MANY-CONTAINERS.md``):
+
+1. **Read before spending.** :meth:`Persistence.renew` reads the store first and adopts a newer
+   copy instead of refreshing; a refresh token the store shows as rotated is never spent.
+2. **One spender.** A refresh happens under a lease in the store. With compare-and-set (our
+   reference server, the file store) taking it is exact; without (the seed's API) the lease is
+   written, read back after a randomized wait longer than a write's round trip, and used only
+   if it is still ours, which narrows the race to requests that stall for that long.
+3. **Publish at once.** The rotated credential is stored (one PATCH that also ends the lease)
+   right after it is on local disk; the lease says when the spending starts, so the others
+   watch closely from then on and adopt within a poll.
+4. **A lost race adopts.** After ``refresh_token_reused`` or ``invalid_grant`` the store is read
+   again and a newer copy of the same account adopted before anything is declared dead.
+5. **Logout is a tombstone** everyone honours, and :func:`service.record.decide` never lets an
+   older copy back in.
+
+Every write is one PATCH per change; ``service.json`` (:class:`~service.record.LocalState`) is
+written only here, and only when what it says changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.record import (
+    Beat,
+    Decision,
+    HolderView,
+    Keys,
+    Lease,
+    LeaseView,
+    LocalState,
+    StoredEntry,
+    StoredRecord,
+    StoreView,
+    Tombstone,
+    decide,
+    fingerprint,
+    render_entry,
+    sha,
+)
+from service.refresher import Refresher, refresh_due_at
+from service.secrets import SecretsStore, Snapshot
+from service.settings import ServiceSettings
+from skill.authfiles import CodexAuthFile, PiAuthFile, auth_files
+from skill.credentials import Credential
+from skill.errors import SkillError
+from skill.files import ensure_private_dir, read_settled, write_private
+from skill.lock import FlockLock
+from skill.signout import clear_pending, read_pending
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_WRITE_ATTEMPTS = 4  # compare-and-set retries (a heartbeat landing in between is the usual cause)
+_VIEW_REFRESH = 60.0  # status says how old the last read is; refreshed at least this often
+
+
+# The local state file -----------------------------------------------------------------------
+
+
+class LocalStateFile:
+    """``service.json``: read by every worker, changed under an ``flock``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> LocalState:
+        try:
+            found = read_settled(self.path, LocalState.model_validate_json, settle=0.1)
+        except SkillError:
+            return LocalState()  # unreadable: start over (the store still holds the truth)
+        return found[1] if found else LocalState()
+
+    @contextmanager
+    def updating(self) -> Iterator[LocalState]:
+        """The state to change in place; written back only if it changed."""
+        ensure_private_dir(self.path.parent)
+        with FlockLock(self.path, timeout=5):
+            state = self.read()
+            before = state.model_copy(deep=True)
+            yield state
+            if state != before:
+                write_private(self.path, state.model_dump_json(indent=1).encode())
+
+
+@dataclass(frozen=True)
+class Holder:
+    id: str
+    host: str
+
+
+def holder_of(settings: ServiceSettings) -> Holder:
+    """This service's holder id: the setting, or one made once per state directory."""
+    host = socket.gethostname()
+    if settings.holder_id:
+        return Holder(settings.holder_id, host)
+    path = settings.state_dir / "holder.id"
+    ensure_private_dir(settings.state_dir)
+    with FlockLock(path, timeout=10):  # every worker must end up with the same one
+        try:
+            made = path.read_text().strip()
+        except OSError:
+            made = ""
+        if not made:
+            made = secrets.token_hex(6)
+            write_private(path, made.encode())
+    return Holder(made, host)
+
+
+# What the operations report -------------------------------------------------------------------
+
+
+@dataclass
+class Synced:
+    decision: Decision
+    record: StoredRecord
+    credential: Credential | None  # this machine's credential afterwards
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Renewed:
+    outcome: Literal["refreshed", "adopted", "busy", "not_needed"]
+    credential: Credential | None
+    busy_with: Lease | None = None  # another holder's lease, when busy
+
+
+class Persistence:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        store: SecretsStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        metrics: Metrics | None = None,
+        holder: Holder | None = None,
+    ) -> None:
+        self.settings, self.store = settings, store
+        self.keys = Keys(settings.secrets_key)
+        self.holder = holder or holder_of(settings)
+        self.state = LocalStateFile(settings.state_dir / "service.json")
+        self.metrics = metrics or Metrics(settings.state_dir / "metrics.json")
+        self.pi = PiAuthFile(
+            settings.pi_auth_file, stale=settings.lock_stale, timeout=settings.lock_timeout
+        )
+        self._clock, self._sleep = clock, sleep
+        self._snapshot: Snapshot | None = None  # the last read, for conditional reads
+        self._cas: bool | None = None
+
+    # Reading ----------------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def local(self) -> Credential | None:
+        """This machine's credential (the pi file); None when missing or unreadable."""
+        try:
+            return self.pi.load()
+        except SkillError:
+            return None
+
+    def pull(self) -> StoredRecord:
+        """Read the store (a conditional read when it gives versions: unchanged is cheap)."""
+        etag = self._snapshot.etag if self._snapshot else None
+        try:
+            snapshot = self._call("GET", lambda: self.store.read(if_none_match=etag))
+        except ServiceError as exc:
+            self._note_read(None, exc.code)
+            raise
+        if snapshot is None and self._snapshot is not None:
+            snapshot = self._snapshot  # not modified
+        self._snapshot = snapshot or Snapshot({})
+        return StoredRecord.parse(self._snapshot.document, self.keys, self._snapshot.etag)
+
+    def compare_and_set(self) -> bool:
+        if self._cas is None:
+            self._cas = self._call("PATCH", self.store.compare_and_set)
+        return self._cas
+
+    # Bringing this machine and the store together --------------------------------------------
+
+    def sync(self, *, local: Credential | None = None) -> Synced:
+        """Read the store and make this machine and it agree (at most one write)."""
+        current = self.local() if local is None else local
+        try:
+            record = self.pull()
+        except ServiceError:
+            if current is not None and fingerprint(current) != self.state.read().synced:
+                self._pending(True)  # a change here waits for the store
+            raise
+        decision = decide(current, record, self.state.read())
+        synced = self._carry_out(decision, current, record)
+        self._note_read(record, None)  # after: an adoption must not wait for status bookkeeping
+        return synced
+
+    def persist(self) -> Synced:
+        """Store this machine's credential as a new sign-in (the newest sign-in wins)."""
+        local = self.local()
+        if local is None:
+            raise ServiceError(
+                "credentials_missing",
+                "No ChatGPT credential on this machine to persist. Sign in first "
+                "(`chatgpt-login start`).",
+                status=409,
+            )
+        try:
+            record = self.pull()
+        except ServiceError:
+            self._pending(True)
+            self.metrics.count("persists", "failed")
+            raise
+        if record.live is not None and record.live.refresh_token == local.refresh_token:
+            self.metrics.count("persists", "ok")
+            return self._carry_out("in_sync", local, record)
+        stored = self.push(local, record, reason="sign_in")
+        return Synced("push", stored, local)
+
+    def _carry_out(
+        self, decision: Decision, local: Credential | None, record: StoredRecord
+    ) -> Synced:
+        notes = ["The stored copy was malformed; it was replaced."] if record.invalid else []
+        if decision == "adopt" and record.live is not None and record.entry is not None:
+            moved = self._adopt(record.live, record.entry, seen=local)
+            if moved is None:
+                decision = "in_sync"  # the file changed meanwhile; the next sync looks again
+            notes += [
+                f"{path} was unreadable; moved aside to {aside}." for path, aside in moved or []
+            ]
+        elif decision == "push" and local is not None:
+            record = self.push(local, record, reason="sync")
+        elif decision == "drop" and local is not None and record.tombstone is not None:
+            self._drop(local, record.tombstone)
+        else:
+            self._agree(decision, local, record)
+        return Synced(decision, record, self.local(), notes)
+
+    def _agree(self, decision: Decision, local: Credential | None, record: StoredRecord) -> None:
+        """Record what a decision without writes found (only what changed is written)."""
+        with self.state.updating() as state:
+            if decision == "in_sync" and local is not None and record.entry is not None:
+                state.generation = record.entry.generation
+                state.synced = fingerprint(local)
+                state.signed_in_at = record.entry.signedInAt or state.signed_in_at
+                state.persist_pending = False
+                state.conflict = None
+                state.logged_out = None
+            elif decision == "conflict" and record.live is not None:
+                state.conflict = record.live.account_id
+            elif decision == "logged_out" and record.tombstone is not None:
+                state.logged_out = record.tombstone
+                state.generation = record.tombstone.generation
+
+    def _adopt(
+        self, stored: Credential, entry: StoredEntry, *, seen: Credential | None
+    ) -> list[tuple[Path, Path]] | None:
+        """Write the stored credential here, unless this machine's changed since ``seen``
+        (None then); returns the unreadable files it moved aside."""
+        ensure_private_dir(self.pi.path.parent)  # the lock directory lives there
+        with self.pi.lock:
+            with contextlib.suppress(SkillError):  # corrupt: the save moves it aside
+                if _key(self.pi.load()) != _key(seen):
+                    return None
+            results = [self.pi.save_locked(stored)]
+        if "codex" in self.settings.credential_files and stored.id_token:
+            codex = CodexAuthFile(self.settings.codex_auth_file, timeout=self.settings.lock_timeout)
+            results.append(codex.save(stored))
+        with self.state.updating() as state:
+            state.generation, state.synced = entry.generation, fingerprint(stored)
+            state.signed_in_at = entry.signedInAt
+            state.persist_pending = False
+            state.conflict = state.logged_out = None
+        self.metrics.add("adoptions", account=stored.account_id)
+        log.info("adopted generation %d (written by %s)", entry.generation, entry.holder)
+        return [(r.path, r.moved_aside) for r in results if r.moved_aside is not None]
+
+    def _drop(self, local: Credential, tombstone: Tombstone) -> None:
+        """Logged out elsewhere: remove our entries here (if they are still ``local``)."""
+        if _key(self.local()) == _key(local):
+            for auth_file in auth_files(self.settings):
+                auth_file.remove()
+        with self.state.updating() as state:
+            _forget(state, tombstone)
+        log.info("signed out here: logged out by %s", tombstone.holder or "another holder")
+
+    # Writing ----------------------------------------------------------------------------------
+
+    def push(
+        self,
+        credential: Credential,
+        record: StoredRecord,
+        *,
+        reason: Literal["sign_in", "refresh", "sync"],
+        lease: Lease | None = None,
+    ) -> StoredRecord:
+        """Store ``credential`` as the next generation (ending ``lease``); returns the record as
+        stored. A new sign-in overwrites whatever is there. A change found here is stored only
+        while :func:`decide` still says so; a refresh steps back when another sign-in was stored
+        meanwhile (that one wins, and is adopted)."""
+        signed_in_at = self.now() if reason == "sign_in" else self._lineage(credential, record)
+        for _ in range(_WRITE_ATTEMPTS):
+            if _step_back(reason, credential, record, signed_in_at, self.state.read()):
+                return record
+            generation = record.generation + 1
+            entry = render_entry(
+                credential, generation=generation, signed_in_at=signed_in_at,
+                holder=self.holder.id,
+            )  # fmt: skip
+            patch: dict[str, object] = {self.keys.entry: entry}
+            if lease is not None or (record.lease and record.lease.holder == self.holder.id):
+                patch[self.keys.lease] = None
+            try:
+                record = self._write(patch, record)
+            except ServiceError as exc:
+                if exc.code != "store_conflict":
+                    self._pending(True)
+                    self.metrics.count("persists", "failed")
+                    raise
+                record = self.pull()
+                if (
+                    record.live is not None
+                    and record.live.refresh_token == credential.refresh_token
+                ):
+                    break  # our write landed before its answer was lost
+                continue
+            break
+        else:
+            self._pending(True)
+            raise ServiceError(
+                "store_conflict",
+                "The stored copy kept changing while this one was being stored. It is retried.",
+                status=503,
+                transient=True,
+            )
+        with self.state.updating() as state:
+            state.generation = record.entry.generation if record.entry else generation
+            state.synced = fingerprint(credential)
+            state.signed_in_at = signed_in_at
+            state.persist_pending = False
+            state.last_persisted_at = self.now()
+            state.conflict = state.logged_out = None
+        self.metrics.count("persists", "ok")
+        return record
+
+    def _lineage(self, credential: Credential, record: StoredRecord) -> datetime | None:
+        """When the sign-in ``credential`` descends from happened, as far as anyone knows."""
+        state = self.state.read()
+        if state.signed_in_at is not None and state.logged_out is None:
+            return state.signed_in_at
+        stored = record.live
+        if stored is not None and record.entry and stored.account_id == credential.account_id:
+            return record.entry.signedInAt
+        issued = credential.issued_at()
+        return datetime.fromtimestamp(issued, UTC) if issued else None
+
+    def _write(self, patch: dict[str, object], record: StoredRecord) -> StoredRecord:
+        """Write ``patch`` over ``record`` (compare-and-set on its version when the store can);
+        returns the record as it now stands."""
+        if_match = record.etag if self.compare_and_set() else None
+        etag = self._call("PATCH", lambda: self.store.write(patch, if_match=if_match))
+        document = dict(self._snapshot.document if self._snapshot else {})
+        for key, value in patch.items():  # mirror the merge (top-level keys; None deletes)
+            if value is None:
+                document.pop(key, None)
+            else:
+                document[key] = value
+        self._snapshot = Snapshot(document, etag)
+        return StoredRecord.parse(document, self.keys, etag)
+
+    def _pending(self, pending: bool) -> None:
+        with self.state.updating() as state:
+            state.persist_pending = pending
+
+    # Renewing ---------------------------------------------------------------------------------
+
+    def renew(
+        self, refresher: Refresher, *, force: bool = False, synced: Synced | None = None
+    ) -> Renewed:
+        """Renew the credential as the one holder allowed to, or adopt the one who did.
+
+        Reads the store first (a newer copy is adopted instead; ``synced``: a sync just made);
+        renews only when due (or ``force``), under the lease; stores the result at once,
+        ending the lease."""
+        synced = synced or self.sync()
+        local = synced.credential
+        if synced.decision == "adopt" and local is not None:
+            return Renewed("adopted", local)
+        if local is None or synced.decision in ("drop", "logged_out"):
+            raise SkillError("credentials_missing")
+        if synced.decision == "conflict":
+            raise SkillError("account_mismatch", _CONFLICT)
+        if not force and self._clock() < refresh_due_at(local, self.settings):
+            return Renewed("not_needed", local)
+        leased = self.take_lease(synced.record)
+        if leased is None:
+            return Renewed("busy", local, busy_with=self._busy_with())
+        lease, record = leased
+        try:
+            renewed = refresher.renew(local)
+        except SkillError as exc:
+            self.metrics.add("issuer_calls", account=local.account_id, outcome=exc.code)
+            self.release(lease)
+            if exc.permanent:
+                again = self.sync()  # whoever won the race has stored its rotation by now
+                if again.decision == "adopt" and again.credential is not None:
+                    self.metrics.add("adopted_after_reuse", account=local.account_id)
+                    return Renewed("adopted", again.credential)
+            raise
+        if renewed.refreshed:
+            self.metrics.add("issuer_calls", account=local.account_id, outcome="ok")
+        # Stored against the record as the lease left it: no read between the issuer's answer
+        # and the push, which is the time the other holders hold a spent token.
+        self.push(renewed.credential, record, reason="refresh", lease=lease)
+        return Renewed("refreshed" if renewed.refreshed else "adopted", renewed.credential)
+
+    def take_lease(self, record: StoredRecord) -> tuple[Lease, StoredRecord] | None:
+        """The refresh lease for the stored generation and the record with it, or None when
+        another holder has it."""
+        settle = self.settings.lease_settle * (1 + 0.5 * random.random())  # noqa: S311
+        for _ in range(_WRITE_ATTEMPTS):
+            now = self.now()
+            if record.lease and record.lease.live(now) and record.lease.holder != self.holder.id:
+                return None
+            lease = Lease(
+                holder=self.holder.id, host=self.holder.host, generation=record.generation,
+                until=now + timedelta(seconds=self.settings.lease_seconds),
+                spend_after=now + timedelta(seconds=settle), nonce=secrets.token_hex(8),
+            )  # fmt: skip
+            try:
+                record = self._write({self.keys.lease: lease.model_dump(mode="json")}, record)
+            except ServiceError as exc:
+                if exc.code != "store_conflict":
+                    raise
+                record = self.pull()
+                if record.lease is not None and record.lease.nonce == lease.nonce:
+                    break  # ours landed before its answer was lost
+                continue
+            break
+        else:
+            return None
+        self._sleep(settle)  # the others see the lease coming before anything is spent
+        if not self.compare_and_set():
+            record = self.pull()  # without compare-and-set, the last writer holds the lease
+            if record.lease is None or record.lease.nonce != lease.nonce:
+                self.metrics.add("leases", outcome="lost")
+                return None
+        self.metrics.add("leases", outcome="taken")
+        return lease, record
+
+    def release(self, lease: Lease) -> None:
+        """End ``lease`` early (after a failed refresh), if it is still ours."""
+        with contextlib.suppress(ServiceError):
+            record = self.pull()
+            if record.lease is not None and record.lease.nonce == lease.nonce:
+                self._write({self.keys.lease: None}, record)
+
+    def _busy_with(self) -> Lease | None:
+        """The lease another holder had at the last read."""
+        record = StoredRecord.parse(
+            self._snapshot.document if self._snapshot else {}, self.keys, None
+        )
+        return record.lease
+
+    def mark_relogin(self, credential: Credential, exc: SkillError) -> None:
+        """A refresh failed for good (and the store had nothing newer): no more attempts with
+        this refresh token; status says to sign in again."""
+        log.warning("refresh failed permanently (%s): sign-in needed", exc.code)
+        with self.state.updating() as state:
+            state.needs_relogin, state.dead_refresh = exc.code, sha(credential.refresh_token)
+
+    def clear_relogin(self) -> None:
+        if self.state.read().needs_relogin:
+            with self.state.updating() as state:
+                state.needs_relogin = state.dead_refresh = None
+
+    # Logging out ------------------------------------------------------------------------------
+
+    def log_out(self, account_id: str | None, *, at: datetime | None = None) -> Tombstone | None:
+        """Replace the stored copy with a tombstone; None when another account (or a sign-in
+        made after ``at``) is stored, which is left alone."""
+        at = at or self.now()
+        for _ in range(_WRITE_ATTEMPTS):
+            record = self.pull()
+            stored, entry = record.live, record.entry
+            if stored is not None and account_id is not None and stored.account_id != account_id:
+                return None
+            if (
+                entry is not None
+                and stored is not None
+                and entry.signedInAt
+                and entry.signedInAt > at
+            ):
+                return None
+            if record.logged_out and record.tombstone is not None and stored is None:
+                tombstone = record.tombstone  # already logged out
+                break
+            tombstone = Tombstone(
+                generation=record.generation + 1, at=at, holder=self.holder.id,
+                host=self.holder.host, accountId=account_id or (stored and stored.account_id),
+            )  # fmt: skip
+            patch: dict[str, object] = {
+                self.keys.entry: None,
+                self.keys.lease: None,
+                self.keys.tombstone: tombstone.model_dump(mode="json"),
+            }
+            try:
+                self._write(patch, record)
+            except ServiceError as exc:
+                if exc.code != "store_conflict":
+                    raise
+                continue
+            break
+        else:
+            raise ServiceError("store_conflict", "The stored copy kept changing during the "
+                               "logout. Run `chatgpt-login logout` again.", status=503,
+                               transient=True)  # fmt: skip
+        with self.state.updating() as state:
+            _forget(state, tombstone)
+        return tombstone
+
+    def carry_out_pending_logout(self) -> bool:
+        """A logout made while the service was down: sign out the stored copy now. True if
+        there was one (it is then done)."""
+        pending = read_pending(self.settings)
+        if pending is None:
+            return False
+        self.log_out(pending.account_id, at=pending.at)
+        local = self.local()
+        issued = local.issued_at() if local else None
+        if local is not None and (issued is None or issued <= pending.at.timestamp()):
+            for auth_file in auth_files(self.settings):  # restored meanwhile: it goes too
+                auth_file.remove()
+        clear_pending(self.settings)
+        return True
+
+    # Presence ---------------------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Say this holder is alive; forget holders silent for a day (or ten beats)."""
+        now = self.now()
+        beat = Beat(host=self.holder.host, seen=now, generation=self.state.read().generation)
+        patch: dict[str, object] = {self.keys.holder(self.holder.id): beat.model_dump(mode="json")}
+        forget = timedelta(seconds=max(86400.0, 10 * self.settings.holder_heartbeat))
+        if self._snapshot is not None:
+            known = StoredRecord.parse(self._snapshot.document, self.keys, None).holders
+            for other, seen in known.items():
+                if other != self.holder.id and now - seen.seen > forget:
+                    patch[self.keys.holder(other)] = None
+        self._call("PATCH", lambda: self.store.write(patch))
+
+    # Bookkeeping ------------------------------------------------------------------------------
+
+    def _call(self, method: str, call: Callable[[], T]) -> T:
+        self.metrics.add("secrets_api_requests", method=method)
+        return self.metrics.timed("secrets_api", call)
+
+    def _note_read(self, record: StoredRecord | None, error: str | None) -> None:
+        """Keep the status view of the store current (written only when it changes, or to say
+        how old it is at most every minute)."""
+        state = self.state.read()
+        view = self._view(record) if record is not None else state.store
+        now = self.now()
+        stale = (
+            state.store_read_at is None
+            or (now - state.store_read_at).total_seconds() > _VIEW_REFRESH
+        )
+        if view == state.store and error == state.store_error and not stale:
+            return
+        with self.state.updating() as fresh:
+            fresh.store, fresh.store_error = view, error
+            if error is None:
+                fresh.store_read_at = now
+
+    def _view(self, record: StoredRecord) -> StoreView:
+        now = self.now()
+        recent = timedelta(seconds=3 * self.settings.holder_heartbeat)
+        holders = sorted(
+            (HolderView(id=i, host=b.host, seen=b.seen, me=i == self.holder.id)
+             for i, b in record.holders.items() if now - b.seen <= recent),
+            key=lambda h: h.id,
+        )  # fmt: skip
+        lease = record.lease
+        return StoreView(
+            generation=record.generation,
+            holders=holders,
+            lease=LeaseView(holder=lease.holder, host=lease.host, until=lease.until)
+            if lease is not None and lease.live(now)
+            else None,
+        )
+
+
+_CONFLICT = (
+    "The stored credential is for another ChatGPT account than this machine's; neither is "
+    "renewed here. Log out (`chatgpt-login logout`) and sign in again to switch accounts."
+)
+
+
+def _step_back(
+    reason: str,
+    credential: Credential,
+    record: StoredRecord,
+    signed_in_at: datetime | None,
+    state: LocalState,
+) -> bool:
+    """Whether a push for ``reason`` must give way to what the store holds now."""
+    if reason == "sign_in":
+        return False
+    if reason == "sync":  # stored only while the rule still says this machine's is newer
+        return decide(credential, record, state) != "push"
+    entry, stored = record.entry, record.live
+    if entry is None or stored is None:
+        return False
+    other_sign_in = entry.signedInAt is not None and entry.signedInAt != signed_in_at
+    return stored.account_id != credential.account_id or (
+        other_sign_in and entry.generation > state.generation
+    )
+
+
+def _key(credential: Credential | None) -> tuple[str, str] | None:
+    return (credential.refresh_token, credential.access_token) if credential else None
+
+
+def _forget(state: LocalState, tombstone: Tombstone) -> None:
+    state.logged_out = tombstone
+    state.generation = tombstone.generation
+    state.synced = state.signed_in_at = None
+    state.persist_pending = False
+    state.needs_relogin = state.dead_refresh = state.conflict = None
+
+
+def dead_refresh_token(state: LocalState, credential: Credential) -> str | None:
+    """The permanent refresh failure recorded for ``credential``'s token, if any."""
+    if state.needs_relogin and state.dead_refresh == sha(credential.refresh_token):
+        return state.needs_relogin
+    return None

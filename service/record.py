@@ -1,0 +1,306 @@
+"""The stored copy of the credential and this machine's knowledge of it, as types.
+
+The secrets document holds, for the configured key ``K`` (``codex_credentials``):
+
+- ``K``: the pi entry (PROTOCOL.md §8: always a valid pi entry or ``null``, because the
+  platform itself may write it into ``auth.json``) plus fields pi tolerates: ``generation``
+  (grows by one with every change, whoever makes it), ``lastRefresh``, ``signedInAt`` (when the
+  sign-in this credential descends from happened), ``holder`` (who wrote it) and, when known,
+  ``idToken`` (a codex file needs it).
+- ``K_lease``: the one holder that may spend the refresh token, until when.
+- ``K_tombstone``: the last logout. An entry counts only while its generation is above the
+  tombstone's, so a logout wins over any copy written from before it.
+- ``K_holder_<id>``: one per holder, its heartbeat. One key each because the seed's API merges
+  top-level keys only: holders sharing one map would erase each other's beats.
+
+:func:`decide` is the rule that brings this machine and the store together; it is pure, and
+:mod:`service.persistence` carries out what it says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from skill.claims import Claims
+from skill.credentials import Credential
+from skill.errors import SkillError
+
+
+class Lease(BaseModel):
+    """Who may spend the refresh token of ``generation``, until ``until``. The holder spends
+    it no sooner than ``spend_after``: others watch the store closely from then on."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    holder: str
+    host: str = ""
+    generation: int = 0
+    until: datetime
+    spend_after: datetime | None = None
+    nonce: str = ""
+
+    def live(self, now: datetime) -> bool:
+        return now < self.until
+
+
+class Tombstone(BaseModel):
+    """A logout: every copy of ``accountId`` from before ``at`` (generation at most
+    ``generation``) is signed out."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    generation: int
+    at: datetime
+    holder: str = ""
+    host: str = ""
+    accountId: str | None = None  # noqa: N815 - the stored record's spelling, as pi's fields
+
+
+class Beat(BaseModel):
+    """A holder's last "still here"."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    host: str = ""
+    seen: datetime
+    generation: int = 0
+
+
+class StoredEntry(BaseModel):
+    """The stored entry: pi's fields (kept as pi writes them) and ours."""
+
+    model_config = ConfigDict(extra="allow")
+
+    generation: int = Field(default=0, ge=0)
+    lastRefresh: datetime | None = None  # noqa: N815
+    signedInAt: datetime | None = None  # noqa: N815
+    holder: str | None = None
+    idToken: str | None = Field(default=None, repr=False)  # noqa: N815
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The document's keys for one credential."""
+
+    entry: str
+
+    @property
+    def lease(self) -> str:
+        return f"{self.entry}_lease"
+
+    @property
+    def tombstone(self) -> str:
+        return f"{self.entry}_tombstone"
+
+    @property
+    def holder_prefix(self) -> str:
+        return f"{self.entry}_holder_"
+
+    def holder(self, holder_id: str) -> str:
+        return self.holder_prefix + holder_id
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """One read of the document, parsed. Anything malformed under our keys counts as absent,
+    except the entry itself, which is reported (``invalid``)."""
+
+    credential: Credential | None = None
+    entry: StoredEntry | None = None
+    invalid: bool = False
+    lease: Lease | None = None
+    tombstone: Tombstone | None = None
+    holders: dict[str, Beat] = field(default_factory=dict)
+    etag: str | None = None
+
+    @classmethod
+    def parse(cls, document: dict[str, Any], keys: Keys, etag: str | None) -> StoredRecord:
+        raw = document.get(keys.entry)
+        credential, entry = _entry(raw)
+        holders = {
+            name[len(keys.holder_prefix) :]: beat
+            for name, value in document.items()
+            if name.startswith(keys.holder_prefix) and (beat := _model(Beat, value)) is not None
+        }
+        return cls(
+            credential=credential,
+            entry=entry,
+            invalid=raw is not None and credential is None,
+            lease=_model(Lease, document.get(keys.lease)),
+            tombstone=_model(Tombstone, document.get(keys.tombstone)),
+            holders=holders,
+            etag=etag,
+        )
+
+    @property
+    def generation(self) -> int:
+        """The highest generation the store has seen: a new write takes the next one."""
+        stored = self.entry.generation if self.entry else 0
+        return max(stored, self.tombstone.generation if self.tombstone else 0)
+
+    @property
+    def live(self) -> Credential | None:
+        """The stored credential unless a later logout covers it."""
+        if self.credential is None or self.entry is None:
+            return None
+        if self.tombstone is not None and self.tombstone.generation >= self.entry.generation:
+            return None
+        return self.credential
+
+    @property
+    def logged_out(self) -> bool:
+        return self.tombstone is not None and self.live is None
+
+
+def _entry(raw: object) -> tuple[Credential | None, StoredEntry | None]:
+    """The credential in a stored entry, if it is a valid one whose token names its account."""
+    if raw is None:
+        return None, None
+    try:
+        entry = StoredEntry.model_validate(raw)
+        credential = Credential.from_pi_entry(raw)
+        claims = Claims.from_tokens(access_token=credential.access_token)
+    except (SkillError, ValidationError, ValueError):
+        return None, None
+    if claims.account_id != credential.account_id:
+        return None, None
+    if entry.idToken:
+        credential = credential.model_copy(update={"id_token": entry.idToken})
+    if entry.lastRefresh:
+        credential = credential.model_copy(update={"last_refresh": entry.lastRefresh})
+    return credential, entry
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _model(model: type[M], value: object) -> M | None:
+    if not isinstance(value, dict):
+        return None
+    try:
+        return model.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def render_entry(
+    credential: Credential, *, generation: int, signed_in_at: datetime | None, holder: str
+) -> dict[str, Any]:
+    """The stored entry for ``credential``: pi's fields first, then ours."""
+    entry = credential.to_pi_entry()
+    # Every field of ours is always there, null when unknown: a store that merges nested
+    # objects (RFC 7396, like our reference server) must not keep an older value of it.
+    entry.update(
+        generation=generation,
+        lastRefresh=credential.last_refresh.astimezone(UTC).isoformat(),
+        signedInAt=signed_in_at.astimezone(UTC).isoformat() if signed_in_at else None,
+        holder=holder,
+        idToken=credential.id_token,
+    )
+    return entry
+
+
+def fingerprint(credential: Credential) -> str:
+    """Identifies a credential's tokens without holding them (a hash, safe to store)."""
+    entry = credential.to_pi_entry()
+    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+
+
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+# This machine's side ------------------------------------------------------------------------
+
+
+class HolderView(BaseModel):
+    id: str
+    host: str = ""
+    seen: datetime
+    me: bool = False
+
+
+class LeaseView(BaseModel):
+    holder: str
+    host: str = ""
+    until: datetime
+
+
+class StoreView(BaseModel):
+    """What the last read of the store showed, for status (never a token)."""
+
+    generation: int = 0
+    holders: list[HolderView] = Field(default_factory=list)
+    lease: LeaseView | None = None
+
+
+class LocalState(BaseModel):
+    """``<state dir>/service.json``: what this service knows of its credential and the store.
+    Written by :mod:`service.persistence` only; read by every worker."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    generation: int = 0  # the stored generation this machine's credential is
+    synced: str | None = None  # fingerprint of the credential last in step with the store
+    signed_in_at: datetime | None = None  # when its sign-in happened
+    persist_pending: bool = False
+    last_persisted_at: datetime | None = None
+    needs_relogin: str | None = None  # the error code of a refresh that failed for good
+    dead_refresh: str | None = None  # sha256 of that refresh token
+    logged_out: Tombstone | None = None  # the logout this machine carried out or honoured
+    conflict: str | None = None  # the store holds another account (its id) than this machine
+    store: StoreView | None = None
+    store_read_at: datetime | None = None
+    store_error: str | None = None  # the last read's error code, None when it answered
+
+
+# Bringing the two together --------------------------------------------------------------------
+
+Decision = Literal[
+    "in_sync",  # same credential on both sides
+    "adopt",  # the store's is newer: write it here
+    "push",  # this machine's is newer: store it
+    "drop",  # logged out elsewhere: remove it here
+    "logged_out",  # logged out, and nothing here
+    "conflict",  # another account is stored: touch neither
+    "nothing",  # nothing anywhere
+]
+
+
+def decide(  # noqa: PLR0911 - one return per case of the rule reads best
+    local: Credential | None, record: StoredRecord, state: LocalState
+) -> Decision:
+    """What to do so that this machine and the store agree. Newer means a higher generation;
+    when both sides changed since they last agreed, the later expiry (never downgrade)."""
+    changed = local is not None and fingerprint(local) != state.synced
+    if record.logged_out and record.tombstone is not None:
+        if local is None:
+            return "logged_out"
+        if record.tombstone.accountId not in (None, local.account_id):
+            return "conflict"  # another account was logged out; this one is not ours to drop
+        issued = local.issued_at()
+        after = issued is not None and issued > record.tombstone.at.timestamp()
+        return "push" if changed and after else "drop"  # a sign-in made after the logout
+    stored = record.live
+    if stored is None:  # nothing (valid) stored: ours replaces it
+        return "push" if local is not None else "nothing"
+    if local is None:
+        return "adopt"
+    if stored.account_id != local.account_id:
+        return "conflict"
+    if stored.refresh_token == local.refresh_token:
+        return "in_sync"
+    generation = record.entry.generation if record.entry else 0
+    if not changed:  # only the store moved (or went back: then ours is the newer)
+        return "adopt" if generation >= state.generation else "push"
+    if state.synced is not None and generation <= state.generation:  # only this machine moved
+        return "push"
+    # Both moved, or this machine never agreed with the store (a new container whose file came
+    # from elsewhere): the later expiry wins, so nothing is ever downgraded.
+    return "push" if local.expires_ms > stored.expires_ms else "adopt"

@@ -1,0 +1,60 @@
+"""Logging out everywhere: the one implementation behind ``DELETE /v1/credentials`` and
+``chatgpt-login logout`` (which asks the service, and does :mod:`skill.signout`'s part itself
+only when the service is not running).
+
+Order matters: the stored copy is replaced with a tombstone first, then this machine's entries
+go, so the keep-alive never finds the local file empty beside a live stored copy (it would
+restore it). When the store cannot be reached, the logout is noted as pending instead, which
+keeps the keep-alive and ``restore`` from bringing the credential back until it is carried out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from service.errors import ServiceError
+from service.persistence import Persistence
+from skill.signout import LocalSignOut, note_pending, sign_out_locally
+
+Stored = Literal["tombstoned", "pending", "other_account"]
+
+
+@dataclass(frozen=True)
+class SignOut:
+    local: LocalSignOut
+    stored: Stored
+
+    @property
+    def message(self) -> str:
+        stored = {
+            "tombstoned": "the stored copy is replaced with a tombstone, so every container "
+            "signs out within seconds and no restart restores it",
+            "pending": "the secrets store could not be reached, so signing out the stored copy "
+            "is pending (it happens as soon as the store answers; until then nothing restores it "
+            "here)",
+            "other_account": "the stored copy belongs to another account and was left as it is",
+        }[self.stored]
+        if self.local.account_id is None:
+            revoked = "there was no sign-in here to revoke"
+        elif self.local.revoked:
+            revoked = "the sign-in is revoked"
+        else:
+            revoked = f"revoking failed ({self.local.revoke_error}); it ends when it expires"
+        removed = "local entries removed" if self.local.removed else "no local entries"
+        return f"Signed out: {removed}; {stored}; {revoked}."
+
+
+def sign_out(persistence: Persistence) -> SignOut:
+    settings = persistence.settings
+    local = persistence.local()
+    account = local.account_id if local else None
+    stored: Stored
+    try:
+        tombstone = persistence.log_out(account)
+        stored = "tombstoned" if tombstone is not None else "other_account"
+    except ServiceError:
+        note_pending(settings, account)
+        stored = "pending"
+    # The credential read before the tombstone: the keep-alive may drop the file meanwhile.
+    return SignOut(sign_out_locally(settings, credential=local), stored)

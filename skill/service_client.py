@@ -1,0 +1,85 @@
+"""The agent's commands talking to the local service (``chatgpt-login serve``).
+
+The agent's commands never hold the secrets API token: they ask the service, which does. The
+service writes a bearer token for local callers to ``<state_dir>/service.token`` (0600). When the
+service is not running, each caller says what happens instead: a sign-in still stands locally
+and persisting it is pending (the service pushes the newer local credential when it starts); a
+logout is noted and carried out when it starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from skill.errors import SkillError
+from skill.relay import Answer, loopback_request
+from skill.settings import Settings
+
+PERSIST_PATH = "/v1/credentials/persist"
+CREDENTIALS_PATH = "/v1/credentials"
+REFRESH_PATH = "/v1/credentials/refresh"
+
+
+@dataclass(frozen=True)
+class PersistResult:
+    persisted: bool
+    message: str
+
+
+def call(
+    settings: Settings, method: str, path: str, *, timeout: float = 30.0, body: bytes | None = None
+) -> Answer:
+    """One request to the service with the local token; ``service_unavailable`` if it is not
+    there to answer (its message says why)."""
+    try:
+        token = (settings.state_dir / "service.token").read_text().strip()
+    except OSError:
+        token = ""
+    if not token:
+        raise SkillError("service_unavailable", "the chatgpt-login service is not running")
+    headers = {"Authorization": f"Bearer {token}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        return loopback_request(
+            method, settings.service_url.rstrip("/") + path, timeout=timeout, headers=headers,
+            body=body,
+        )  # fmt: skip
+    except (OSError, SkillError) as exc:
+        raise SkillError("service_unavailable", "the chatgpt-login service did not answer") from exc
+
+
+def json_body(answer: Answer) -> dict[str, Any]:
+    try:
+        found = answer.json()
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def request_persist(settings: Settings) -> PersistResult:
+    try:
+        answer = call(settings, "POST", PERSIST_PATH, body=b"{}")
+    except SkillError as down:
+        return PersistResult(False, _pending(down.message))
+    if answer.status == 200:
+        return PersistResult(True, "Credentials persisted to the secrets store.")
+    reason = str(json_body(answer).get("message") or "")
+    return PersistResult(False, _pending(reason or f"the service answered HTTP {answer.status}"))
+
+
+def credential_view(settings: Settings) -> dict[str, Any] | None:
+    """The service's ``GET /v1/credentials``, or None if it is not running."""
+    try:
+        answer = call(settings, "GET", CREDENTIALS_PATH, timeout=2.0)
+    except SkillError:
+        return None
+    return json_body(answer) if answer.status == 200 else None
+
+
+def _pending(why: str) -> str:
+    return (
+        f"Persistence pending: {why.rstrip('.')}. The credential is saved on this machine; the "
+        "service stores it as soon as it runs."
+    )

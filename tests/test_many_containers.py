@@ -1,0 +1,229 @@
+"""One credential, many containers: real services sharing one stored copy, 20-second tokens.
+
+Each container is a real ``chatgpt-login serve`` (tests/fleet.py) with its own home, state
+directory, port and holder id. Both kinds of store: the seed's API, which has no
+compare-and-set (``seed``), and our reference server, which has (``cas``).
+
+What is counted (``scripts/reliability.py`` runs these at full size and reports the lines they
+print): refresh tokens presented twice (``refresh_token_reused``, must be 0), samples in which a
+container says it needs a new sign-in (0), the share of 1-second samples in which each
+container's pi file holds a refresh token the issuer still takes (at least 99%), and issuer
+refreshes against the half-life schedule's bound (two per token lifetime, plus one).
+
+Sizes come from the environment so that CI runs a short mode: ``FLEET_SIZES`` (default 3),
+``FLEET_SECONDS`` (45), ``FLEET_OVERLAPS`` (3 rolling restarts); the main test runs against
+both stores, and each of the others against one unless ``FLEET_ALL_STORES=1`` (the full runs).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_until
+from tests.fake_issuer import FakeIssuer
+from tests.fake_secrets import FakeSecretsAPI
+from tests.fault_proxy import FaultProxy
+from tests.fleet import Fleet, ReferenceStore, seed_store
+
+pytestmark = pytest.mark.slow
+
+LIFETIME = 20  # seconds an access token lives
+SIZES = [int(n) for n in os.environ.get("FLEET_SIZES", "3").split(",")]
+SECONDS = float(os.environ.get("FLEET_SECONDS", "45"))
+OVERLAPS = int(os.environ.get("FLEET_OVERLAPS", "3"))
+ALL_STORES = os.environ.get("FLEET_ALL_STORES") == "1"
+
+
+def stores(default: str) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("store", ["seed", "cas"] if ALL_STORES else [default],
+                                   indirect=True)  # fmt: skip
+
+
+@dataclass
+class Store:
+    mode: str
+    url: str
+    token: str
+    port: int
+
+    def document(self) -> dict[str, object]:
+        raise NotImplementedError
+
+
+class SeedStore(Store):
+    def __init__(self, api: FakeSecretsAPI) -> None:
+        super().__init__("seed", api.url, api.token, int(api.url.split(":")[2].split("/")[0]))
+        self.api = api
+
+    def document(self) -> dict[str, object]:
+        with self.api.lock:
+            return dict(self.api.record)
+
+
+class CasStore(Store):
+    def __init__(self, server: ReferenceStore) -> None:
+        super().__init__("cas", server.url, server.token, server.port)
+        self.server = server
+
+    def document(self) -> dict[str, object]:
+        return self.server.document()
+
+
+@pytest.fixture(params=["seed", "cas"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, api: FakeSecretsAPI) -> Iterator[Store]:
+    if request.param == "seed":
+        yield SeedStore(api)
+        return
+    server = ReferenceStore(tmp_path)
+    try:
+        yield CasStore(server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fleet(issuer: FakeIssuer, store: Store) -> Iterator[Fleet]:
+    issuer.expires_in = LIFETIME
+    seed_store(issuer, store.url, store.token)
+    running = Fleet(issuer, store.url, store.token)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def start(fleet: Fleet, count: int) -> None:
+    for _ in range(count):
+        fleet.add().start()
+    for container in fleet.containers:
+        container.wait_up()
+
+
+def stored_refresh(store: Store) -> str | None:
+    entry = store.document().get("codex_credentials")
+    return str(entry["refresh"]) if isinstance(entry, dict) else None
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_one_credential_many_containers(
+    fleet: Fleet, store: Store, issuer: FakeIssuer, size: int
+) -> None:
+    started = time.monotonic()  # the stored token was issued just now
+    start(fleet, size)
+    fleet.run_for(SECONDS - (time.monotonic() - started))
+    elapsed = time.monotonic() - started
+    refreshes = issuer.calls["grant:refresh_token"]
+    fleet.stop()
+    live = {c.name: fleet.live_ratio(c.name) for c in fleet.containers}
+    live_1s = {c.name: fleet.live_ratio(c.name, every=1.0) for c in fleet.containers}
+    bound = 2 * elapsed / LIFETIME + 1
+    print(
+        f"\nFLEET mode={store.mode} containers={size} seconds={elapsed:.0f} "
+        f"refreshes={refreshes} bound={bound:.1f} reused={issuer.calls['refresh_token_reused']} "
+        f"relogin_samples={fleet.relogin_samples()} samples={len(fleet.samples)} "
+        f"live_min={min(live.values()):.4f} live_min_1s={min(live_1s.values()):.4f}"
+    )
+    assert issuer.calls["refresh_token_reused"] == 0
+    assert fleet.relogin_samples() == 0
+    assert all(ratio >= 0.99 for ratio in live.values()), live
+    assert refreshes <= bound, f"{refreshes} refreshes in {elapsed:.0f} s"
+    assert refreshes >= elapsed // LIFETIME, "the credential was kept alive"
+
+
+@stores("cas")
+def test_rolling_restarts(fleet: Fleet, store: Store, issuer: FakeIssuer) -> None:
+    """A new container restores while the old one keeps refreshing, then the old one stops."""
+    rng = random.Random(1455)  # noqa: S311 - overlap lengths, not cryptography
+    old = fleet.add()
+    old.start()
+    old.wait_up()
+    for _ in range(OVERLAPS):
+        new = fleet.add()
+        new.start()  # restore, then serve, beside the old one
+        new.wait_up()
+        fleet.run_for(rng.uniform(2, LIFETIME / 2 + 2))  # often across a refresh
+        old.stop()
+        old = new
+    fleet.run_for(LIFETIME / 2 + 2)  # the last one renews alone
+    survivor = old.refresh_token()
+    print(
+        f"\nROLLING mode={store.mode} overlaps={OVERLAPS} "
+        f"refreshes={issuer.calls['grant:refresh_token']} "
+        f"reused={issuer.calls['refresh_token_reused']} relogin_samples={fleet.relogin_samples()} "
+        f"lost={int(survivor not in issuer.refresh_tokens)}"
+    )
+    assert issuer.calls["refresh_token_reused"] == 0
+    assert fleet.relogin_samples() == 0
+    assert survivor in issuer.refresh_tokens, "the credential was lost"
+    assert stored_refresh(store) == survivor
+
+
+@stores("seed")
+def test_a_partitioned_container_adopts_on_return(
+    fleet: Fleet, store: Store, issuer: FakeIssuer
+) -> None:
+    """Cut off from the store for two token lifetimes, a container spends nothing (the others
+    rotate meanwhile) and adopts the current copy once the store answers again."""
+    proxy = FaultProxy(upstream_port=store.port).start()
+    try:
+        start(fleet, 2)
+        cut = fleet.add(store_url=f"{proxy.url}/api/agent/secrets")
+        cut.start()
+        cut.wait_up()
+        fleet.run_for(2)
+        proxy.down_for(2 * LIFETIME)
+        fleet.run_for(2 * LIFETIME)
+        returned = time.monotonic()
+        wait_until(lambda: cut.refresh_token() == stored_refresh(store), 20, "the adoption")
+        adopted_after = time.monotonic() - returned
+        fleet.run_for(LIFETIME / 2 + 2)  # and it goes on with the others
+    finally:
+        proxy.stop()
+    print(
+        f"\nPARTITION mode={store.mode} seconds={2 * LIFETIME} "
+        f"reused={issuer.calls['refresh_token_reused']} relogin_samples={fleet.relogin_samples()} "
+        f"adopted_after={adopted_after:.1f}s"
+    )
+    assert issuer.calls["refresh_token_reused"] == 0
+    assert fleet.relogin_samples() == 0
+    assert all(fleet.samples[-1].live.values()), fleet.samples[-1]
+
+
+def test_logout_in_one_container_signs_out_every_one(
+    fleet: Fleet, store: Store, issuer: FakeIssuer
+) -> None:
+    start(fleet, 4)
+    fleet.run_for(2)
+    first, *others = fleet.containers
+    token = first.refresh_token()
+    logged_out = time.monotonic()
+    out = first.call("DELETE", "/v1/credentials")
+    assert out["stored"] == "tombstoned" and out["revoked"] is True, out
+    wait_until(lambda: all(c.view()["status"] == "logged_out" for c in others), 5,
+               "every container to report logged_out")  # fmt: skip
+    took = time.monotonic() - logged_out
+    assert all(c.refresh_token() is None for c in fleet.containers)
+    assert issuer.revoked == [token]
+    document = store.document()
+    assert document.get("codex_credentials") is None and document.get("codex_credentials_tombstone")
+
+    fresh = fleet.add()  # a container started afterwards: the restore writes nothing
+    restored = fresh.cli("restore")
+    assert "logged out" in restored.stdout, restored.stdout
+    assert fresh.refresh_token() is None
+
+    again = others[0]  # the tombstone survives a restart of the service
+    again.stop()
+    again.start()
+    again.wait_up()
+    fleet.run_for(2)
+    assert again.view()["status"] == "logged_out" and again.refresh_token() is None
+    assert store.document().get("codex_credentials") is None
+    print(f"\nLOGOUT mode={store.mode} containers=4 all_logged_out_after={took:.2f}s")
