@@ -410,8 +410,11 @@ class Persistence:
         if not force and self._clock() < refresh_due_at(local, self.settings):
             return Renewed("not_needed", local)
         leased = self.take_lease(synced.record)
-        if leased is None:
-            return Renewed("busy", local, busy_with=self._busy_with())
+        if leased is None:  # another holder has it, or has just stored its rotation
+            again = self.sync()
+            if again.decision == "adopt" and again.credential is not None:
+                return Renewed("adopted", again.credential)
+            return Renewed("busy", local, busy_with=again.record.lease)
         lease, record = leased
         try:
             renewed = refresher.renew(local)
@@ -432,15 +435,20 @@ class Persistence:
         return Renewed("refreshed" if renewed.refreshed else "adopted", renewed.credential)
 
     def take_lease(self, record: StoredRecord) -> tuple[Lease, StoredRecord] | None:
-        """The refresh lease for the stored generation and the record with it, or None when
-        another holder has it."""
+        """The refresh lease for ``record``'s generation and the record with it, or None when
+        another holder has it or the store moved past that generation (adopt instead)."""
+        generation = record.generation
         settle = self.settings.lease_settle * (1 + 0.5 * random.random())  # noqa: S311
+        if not self.compare_and_set():
+            record = self.pull()  # the race is between this read and the write: keep it short
         for _ in range(_WRITE_ATTEMPTS):
             now = self.now()
-            if record.lease and record.lease.live(now) and record.lease.holder != self.holder.id:
+            lease = record.lease
+            taken = lease is not None and lease.live(now) and lease.holder != self.holder.id
+            if taken or record.generation != generation:
                 return None
             lease = Lease(
-                holder=self.holder.id, host=self.holder.host, generation=record.generation,
+                holder=self.holder.id, host=self.holder.host, generation=generation,
                 until=now + timedelta(seconds=self.settings.lease_seconds),
                 spend_after=now + timedelta(seconds=settle), nonce=secrets.token_hex(8),
             )  # fmt: skip
@@ -458,9 +466,16 @@ class Persistence:
             return None
         self._sleep(settle)  # the others see the lease coming before anything is spent
         if not self.compare_and_set():
-            record = self.pull()  # without compare-and-set, the last writer holds the lease
+            # Without compare-and-set the last writer holds the lease, and only while nothing
+            # was stored since it read the record: a holder slow between its read and its write
+            # would otherwise take a lease after the winner had already stored the rotation.
+            record = self.pull()
             if record.lease is None or record.lease.nonce != lease.nonce:
                 self.metrics.add("leases", outcome="lost")
+                return None
+            if record.generation != generation:
+                self.metrics.add("leases", outcome="stale")
+                self.release(lease)
                 return None
         self.metrics.add("leases", outcome="taken")
         return lease, record
@@ -471,13 +486,6 @@ class Persistence:
             record = self.pull()
             if record.lease is not None and record.lease.nonce == lease.nonce:
                 self._write({self.keys.lease: None}, record)
-
-    def _busy_with(self) -> Lease | None:
-        """The lease another holder had at the last read."""
-        record = StoredRecord.parse(
-            self._snapshot.document if self._snapshot else {}, self.keys, None
-        )
-        return record.lease
 
     def mark_relogin(self, credential: Credential, exc: SkillError) -> None:
         """A refresh failed for good (and the store had nothing newer): no more attempts with

@@ -1,0 +1,314 @@
+"""The owner of the stored copy, in one process: several holders (each its own home and state
+directory) sharing one real store, the seed's API (no compare-and-set) or a file (with)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from service.persistence import Persistence
+from service.record import LocalState, StoredRecord, Tombstone, decide, fingerprint, render_entry
+from service.refresher import Refresher, refresh_due_at
+from service.secrets import FileSecretsStore, HttpSecretsStore, SecretsStore
+from service.settings import ServiceSettings
+from skill.authfiles import PiAuthFile
+from skill.credentials import Credential
+from skill.errors import SkillError
+from skill.signout import note_pending, read_pending
+from skill.tokens import TokenSet
+from tests.fake_issuer import Account, FakeIssuer, make_jwt
+from tests.fake_secrets import FakeSecretsAPI
+
+
+def holder(tmp_path: Path, issuer: FakeIssuer, name: str, **extra: object) -> ServiceSettings:
+    home = tmp_path / name
+    values: dict[str, object] = {
+        "issuer": issuer.url, "pi_agent_dir": home / "pi", "codex_home": home / "codex",
+        "state_dir": home / "state", "holder_id": name, "lease_settle": 0,
+        "refresh_min_interval": 0, "connect_timeout": 2, "read_timeout": 5,
+    }  # fmt: skip
+    return ServiceSettings.model_validate({**values, **extra})
+
+
+def signed_in(issuer: FakeIssuer, settings: ServiceSettings, **account: str) -> Credential:
+    tokens = issuer.seed_refresh_token(Account(**account) if account else None)
+    credential = Credential.from_tokens(TokenSet.model_validate(tokens))
+    PiAuthFile(settings.pi_auth_file).save(credential)
+    return credential
+
+
+def local(settings: ServiceSettings) -> Credential | None:
+    return PiAuthFile(settings.pi_auth_file).load()
+
+
+@pytest.fixture(params=["file", "seed"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, api: FakeSecretsAPI) -> SecretsStore:
+    if request.param == "file":
+        return FileSecretsStore(tmp_path / "store.json")
+    return HttpSecretsStore(url=api.url, token=api.token, timeout=2, attempts=2, deadline=3)
+
+
+# The rule ---------------------------------------------------------------------------------------
+
+
+def credential(
+    issuer: FakeIssuer, *, expires_in: float = 3600, account: str = "acct-1111"
+) -> Credential:
+    tokens = issuer.seed_refresh_token(Account(account_id=account))
+    made = Credential.from_tokens(TokenSet.model_validate(tokens))
+    return made.model_copy(update={"expires_ms": int((time.time() + expires_in) * 1000)})
+
+
+def record(
+    entry: Credential | None, generation: int, tombstone: Tombstone | None = None
+) -> StoredRecord:
+    document: dict[str, object] = {}
+    if entry is not None:
+        document["k"] = render_entry(entry, generation=generation, signed_in_at=None, holder="x")
+    if tombstone is not None:
+        document["k_tombstone"] = tombstone.model_dump(mode="json")
+    from service.record import Keys  # noqa: PLC0415
+
+    return StoredRecord.parse(document, Keys("k"), None)
+
+
+def test_the_rule_table(issuer: FakeIssuer) -> None:
+    """Each case of :func:`decide` once: what a holder does given its file, the store and what it
+    last agreed with the store."""
+    mine, newer = credential(issuer, expires_in=600), credential(issuer, expires_in=3600)
+    other = credential(issuer, account="acct-2222")
+    agreed = LocalState(generation=3, synced=fingerprint(mine))
+    fresh = LocalState()
+    past = datetime.now(UTC) - timedelta(hours=1)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    cases = [
+        (None, record(None, 0), fresh, "nothing"),
+        (mine, record(None, 0), fresh, "push"),  # nothing stored: ours goes up
+        (None, record(newer, 4), fresh, "adopt"),  # a new container
+        (mine, record(mine, 3), agreed, "in_sync"),
+        (mine, record(newer, 4), agreed, "adopt"),  # only the store moved
+        (mine, record(other, 4), agreed, "conflict"),  # never another account
+        (newer, record(mine, 3), agreed, "push"),  # only this machine moved
+        (newer, record(mine, 0), fresh, "push"),  # never agreed: the later expiry wins
+        (mine, record(newer, 0), fresh, "adopt"),
+        (mine, record(None, 0, Tombstone(generation=4, at=later)), agreed, "drop"),
+        (None, record(None, 0, Tombstone(generation=4, at=later)), fresh, "logged_out"),
+        (
+            newer,
+            record(None, 0, Tombstone(generation=4, at=past)),
+            agreed,
+            "push",
+        ),  # signed in since
+        (mine, record(mine, 3, Tombstone(generation=4, at=later)), agreed, "drop"),  # a stale write
+    ]
+    for number, (here, stored, state, expected) in enumerate(cases):
+        assert decide(here, stored, state) == expected, number
+
+
+def test_half_life_schedule(issuer: FakeIssuer, tmp_path: Path) -> None:
+    """min(window, lifetime / 2) before expiry, never within the minimum interval of issue."""
+    settings = holder(tmp_path, issuer, "a")
+
+    def token(lifetime: int) -> Credential:
+        now = int(time.time())
+        access = make_jwt({"iat": now, "exp": now + lifetime, "https://api.openai.com/auth":
+                           {"chatgpt_account_id": "acct-1111"}})  # fmt: skip
+        return Credential(
+            access_token=access, refresh_token="rt", account_id="acct-1111",
+            expires_ms=(now + lifetime) * 1000, last_refresh=datetime.now(UTC),
+        )  # fmt: skip
+
+    short, day = token(20), token(86400)
+    assert refresh_due_at(short, settings) == pytest.approx(short.expires_ms / 1000 - 10, abs=1)
+    assert refresh_due_at(day, settings) == pytest.approx(day.expires_ms / 1000 - 600, abs=1)
+    slow = settings.model_copy(update={"refresh_min_interval": 60})
+    assert refresh_due_at(short, slow) == pytest.approx(short.expires_ms / 1000, abs=1)
+
+
+# Holders sharing one store ----------------------------------------------------------------------
+
+
+def test_followers_adopt_and_never_spend(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    a, b = holder(tmp_path, issuer, "a"), holder(tmp_path, issuer, "b")
+    pa, pb = Persistence(a, store), Persistence(b, store)
+    signed_in(issuer, a)
+    pa.persist()
+    assert pb.sync().decision == "adopt"
+    renewed = pa.renew(Refresher(a), force=True)
+    assert renewed.outcome == "refreshed"
+    assert pb.sync().decision == "adopt"
+    here, there = local(a), local(b)
+    assert here is not None and there is not None and here.refresh_token == there.refresh_token
+    assert pb.renew(Refresher(b)).outcome == "not_needed"  # not due: nothing spent
+    assert issuer.calls["grant:refresh_token"] == 1 and issuer.calls["refresh_token_reused"] == 0
+    metrics = pa.metrics
+    metrics.flush()
+    assert 'chatgpt_login_issuer_calls{account="acct-1111",outcome="ok"} 1' in metrics.render()
+
+
+def test_one_lease_per_credential(tmp_path: Path, issuer: FakeIssuer, store: SecretsStore) -> None:
+    """Eight holders due at once, racing for the lease: one refresh, the rest adopt. Without
+    compare-and-set (``seed``) the lease is read back after a wait; with it, exact."""
+    names = [f"h{n}" for n in range(8)]
+    settings = {n: holder(tmp_path, issuer, n, lease_settle=0.3) for n in names}
+    first = Persistence(settings["h0"], store)
+    signed_in(issuer, settings["h0"])
+    first.persist()
+    for name in names[1:]:
+        Persistence(settings[name], store).sync()
+    outcomes: dict[str, str] = {}
+    barrier = threading.Barrier(len(names))
+
+    def race(name: str) -> None:
+        persistence = Persistence(settings[name], store)
+        barrier.wait()
+        outcomes[name] = persistence.renew(Refresher(settings[name]), force=True).outcome
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes.values()).count("refreshed") == 1, (outcomes, issuer.calls)
+    assert issuer.calls["grant:refresh_token"] == 1 and issuer.calls["refresh_token_reused"] == 0
+    for name in names:
+        Persistence(settings[name], store).sync()
+    tokens = {credential.refresh_token for n in names if (credential := local(settings[n]))}
+    assert len(tokens) == 1 and tokens <= set(issuer.refresh_tokens)
+
+
+def test_a_lost_race_adopts_instead_of_dying(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    """The store showed nothing newer when this holder read it, but another had just spent the
+    same token: refresh_token_reused comes back, the store is read again, the winner's copy is
+    adopted, and nothing is marked for a new sign-in."""
+    a, b = holder(tmp_path, issuer, "a"), holder(tmp_path, issuer, "b")
+    pa, pb = Persistence(a, store), Persistence(b, store)
+    signed_in(issuer, a)
+    pa.persist()
+    pb.sync()
+
+    def a_wins_first(token: str) -> None:
+        """While B's refresh is at the issuer: A spends the same token (a lease race lost
+        without compare-and-set, or a lease that ran out) and stores its rotation."""
+        issuer.refresh_hook = None
+        issuer.lock.release()  # the hook runs under the issuer's lock; A's request needs it
+        try:
+            seen = local(a)
+            assert seen is not None
+            won = Refresher(a).renew(seen)
+            pa.push(won.credential, pa.pull(), reason="refresh")
+        finally:
+            issuer.lock.acquire()
+
+    issuer.refresh_hook = a_wins_first
+    outcome = pb.renew(Refresher(b), force=True)
+    assert outcome.outcome == "adopted"
+    assert issuer.calls["refresh_token_reused"] == 1  # B presented the spent token once
+    state = pb.state.read()
+    assert state.needs_relogin is None
+    here, there = local(a), local(b)
+    assert here is not None and there is not None and here.refresh_token == there.refresh_token
+
+
+def test_logout_is_a_tombstone_everyone_honours(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    a, b, c = (holder(tmp_path, issuer, n) for n in "abc")
+    pa, pb = Persistence(a, store), Persistence(b, store)
+    mine = signed_in(issuer, a)
+    pa.persist()
+    pb.sync()
+    tombstone = pa.log_out(mine.account_id)
+    assert tombstone is not None and tombstone.accountId == "acct-1111"
+    assert pb.sync().decision == "drop" and local(b) is None
+    assert pb.state.read().logged_out is not None
+    newcomer = Persistence(c, store)  # a container started later: nothing comes back
+    assert newcomer.sync().decision == "logged_out" and local(c) is None
+    again = signed_in(issuer, b)  # a new sign-in wins over the tombstone
+    assert pb.persist().decision == "push"
+    assert newcomer.sync().decision == "adopt"
+    there = local(c)
+    assert there is not None and there.refresh_token == again.refresh_token
+
+
+def test_a_logout_noted_while_the_service_was_down(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    """The note is carried out against the copy stored before it; a sign-in made after it (here
+    in another container) is left alone."""
+    a, b = holder(tmp_path, issuer, "a"), holder(tmp_path, issuer, "b")
+    pa, pb = Persistence(a, store), Persistence(b, store)
+    old = signed_in(issuer, a)
+    pa.persist()
+    note_pending(a, old.account_id)
+    assert pa.carry_out_pending_logout()
+    assert read_pending(a) is None and pb.sync().decision == "logged_out"
+
+    signed_in(issuer, b)
+    note_pending(a, old.account_id)
+    time.sleep(0.01)
+    pb.persist()  # signed in again after the note
+    assert pa.carry_out_pending_logout()
+    assert pa.pull().live is not None, "the later sign-in stays"
+
+
+def test_the_holders_and_the_lease_are_visible(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    a, b = holder(tmp_path, issuer, "a"), holder(tmp_path, issuer, "b")
+    pa, pb = Persistence(a, store), Persistence(b, store)
+    signed_in(issuer, a)
+    pa.persist()
+    pa.heartbeat()
+    pb.heartbeat()
+    pb.sync()
+    record = pb.pull()
+    leased = pb.take_lease(record)
+    assert leased is not None
+    pa.sync()
+    view = pa.state.read().store
+    assert view is not None
+    assert [(h.id, h.me) for h in view.holders] == [("a", True), ("b", False)]
+    assert view.lease is not None and view.lease.holder == "b"
+    document = json.dumps(pa.pull().holders, default=str)
+    assert "refresh" not in document
+
+
+def test_a_store_it_cannot_read_leaves_everything_as_it_was(
+    tmp_path: Path, issuer: FakeIssuer, api: FakeSecretsAPI
+) -> None:
+    """Never spend without the store: a holder cut off from it refreshes nothing."""
+    a = holder(tmp_path, issuer, "a")
+    store = HttpSecretsStore(url=api.url, token=api.token, timeout=0.5, attempts=2, deadline=1)
+    persistence = Persistence(a, store)
+    before = signed_in(issuer, a)
+    persistence.persist()
+    api.faults.extend(["status:503"] * 10)
+    with pytest.raises(Exception) as caught:
+        persistence.renew(Refresher(a), force=True)
+    assert getattr(caught.value, "code", None) == "secrets_unreachable"
+    assert issuer.calls["grant:refresh_token"] == 0
+    after = local(a)
+    assert after is not None and after.refresh_token == before.refresh_token
+
+
+def test_another_accounts_copy_is_never_renewed_here(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    a, b = holder(tmp_path, issuer, "a"), holder(tmp_path, issuer, "b")
+    signed_in(issuer, a)
+    Persistence(a, store).persist()
+    signed_in(issuer, b, account_id="acct-2222")
+    with pytest.raises(SkillError) as caught:
+        Persistence(b, store).renew(Refresher(b), force=True)
+    assert caught.value.code == "account_mismatch" and "Log out" in caught.value.message
+    assert Persistence(b, store).state.read().conflict == "acct-1111"
