@@ -12,7 +12,11 @@ container (host networking, as on this build machine):
    the agent command starts;
 5. rotate the token inside it from another process than the service: the rotation must reach
    the secrets API (sync-back);
-6. ``podman stop`` must end it cleanly (exit 0, within the grace period).
+6. start a second agent container of the same user (its own volumes): it comes up signed in
+   with the stored copy; through three token lifetimes one container renews and the other
+   adopts, 0 refresh tokens presented twice; then the first is restarted while the second
+   keeps working, and both end on the stored copy;
+7. ``podman stop`` must end it cleanly (exit 0, within the grace period).
 
 Prints one line per check and the figures (start to /readyz green, sync-back latency, stop
 time); exits non-zero at the first failed check. No token is printed: tokens are compared by
@@ -47,6 +51,8 @@ from tests.fake_issuer import FakeIssuer  # noqa: E402
 PREFIX = "cgl-story"
 HOME_VOLUME, STATE_VOLUME, DATA_VOLUME = f"{PREFIX}-home", f"{PREFIX}-state", f"{PREFIX}-data"
 AGENT, SECRETS_API = f"{PREFIX}-agent", f"{PREFIX}-secrets-api"
+# The second agent container of the same user, and its own volumes.
+AGENT2, HOME2_VOLUME, STATE2_VOLUME = f"{PREFIX}-agent2", f"{PREFIX}-home2", f"{PREFIX}-state2"
 # The agent command: says whether auth.json was there when it started (its mode and the hash of
 # its refresh token), then idles.
 AGENT_COMMAND = (
@@ -124,7 +130,7 @@ class Story:
             path = self.secrets_dir / name
             path.write_text(value + "\n")
             path.chmod(0o644)
-        self.api_port, self.agent_port = free_port(), free_port()
+        self.api_port, self.agent_port, self.agent2_port = free_port(), free_port(), free_port()
         self.callback_ports = f"{free_port()},{free_port()}"
         self.issuer = FakeIssuer(expires_in=TOKEN_LIFE).start()
         self.figures: dict[str, str] = {}
@@ -137,8 +143,9 @@ class Story:
         return ["-v", f"{self.secrets_dir / name}:/run/secrets/{name}:ro"]
 
     def clean(self) -> None:
-        podman("rm", "-f", "-v", "-t", "0", AGENT, SECRETS_API, check=False)
-        podman("volume", "rm", "-f", HOME_VOLUME, STATE_VOLUME, DATA_VOLUME, check=False)
+        podman("rm", "-f", "-v", "-t", "0", AGENT, AGENT2, SECRETS_API, check=False)
+        podman("volume", "rm", "-f", HOME_VOLUME, STATE_VOLUME, DATA_VOLUME, HOME2_VOLUME,
+               STATE2_VOLUME, check=False)  # fmt: skip
 
     # The two containers --------------------------------------------------------------------
 
@@ -179,51 +186,62 @@ class Story:
         store_url: str | None = None,
         ready_path: str = "/readyz",
         extra_env: Sequence[str] = (),
+        second: bool = False,
     ) -> float:
-        """Start an agent container; seconds from `podman run` to ``ready_path`` answering 200."""
+        """Start an agent container (``second``: the other one of the same user); seconds from
+        `podman run` to ``ready_path`` answering 200."""
         started = time.monotonic()
+        name, home, state = (AGENT2, HOME2_VOLUME, STATE2_VOLUME) if second else (
+            AGENT, HOME_VOLUME, STATE_VOLUME)  # fmt: skip
+        port = self.agent2_port if second else self.agent_port
         podman(
             "run",
             "-d",
             "--name",
-            AGENT,
+            name,
             "--health-interval",
             "disable",
             "-v",
-            f"{HOME_VOLUME}:/home/agent",
+            f"{home}:/home/agent",
             "-v",
-            f"{STATE_VOLUME}:/var/lib/chatgpt-login",
+            f"{state}:/var/lib/chatgpt-login",
             *self.secret_mount("secrets_api_token"),
             *self.secret_mount("operator_token"),
             "-e",
             f"CHATGPT_LOGIN_SECRETS_API_URL={store_url or self.store_url}",
             *extra_env,
             "-e",
-            f"CHATGPT_LOGIN_BIND=127.0.0.1:{self.agent_port}",
+            f"CHATGPT_LOGIN_BIND=127.0.0.1:{port}",
             "-e",
-            f"CHATGPT_LOGIN_SERVICE_URL=http://127.0.0.1:{self.agent_port}",
+            f"CHATGPT_LOGIN_SERVICE_URL=http://127.0.0.1:{port}",
             "-e",
             f"CHATGPT_LOGIN_ISSUER={self.issuer.url}",
             "-e",
             f"CHATGPT_LOGIN_CALLBACK_PORTS={self.callback_ports}",
             "-e",
             f"CHATGPT_LOGIN_REFRESH_WINDOW={REFRESH_WINDOW}",
+            "-e",
+            "CHATGPT_LOGIN_REFRESH_MIN_INTERVAL=5",
+            "-e",
+            "CHATGPT_LOGIN_STORE_POLL=2",
+            "-e",
+            "CHATGPT_LOGIN_HOLDER_HEARTBEAT=5",
             self.image,
             "bash",
             "-c",
             AGENT_COMMAND,
         )
-        ready = f"http://127.0.0.1:{self.agent_port}{ready_path}"
+        ready = f"http://127.0.0.1:{port}{ready_path}"
         wait_for(lambda: http_status(ready) == 200, 60, f"the agent's {ready_path}")
         return time.monotonic() - started
 
-    def agent_exec(self, *argv: str, stdin: str | None = None) -> str:
+    def agent_exec(self, *argv: str, stdin: str | None = None, agent: str = AGENT) -> str:
         interactive = ["-i"] if stdin is not None else []
-        return podman("exec", *interactive, AGENT, *argv, input=stdin)
+        return podman("exec", *interactive, agent, *argv, input=stdin)
 
-    def agent_log(self) -> str:
+    def agent_log(self, agent: str = AGENT) -> str:
         done = subprocess.run(
-            ["podman", "logs", AGENT], capture_output=True, text=True, timeout=30, check=False
+            ["podman", "logs", agent], capture_output=True, text=True, timeout=30, check=False
         )
         return done.stdout + done.stderr
 
@@ -239,9 +257,18 @@ class Story:
             return None
         return entry["accountId"], hashlib.sha256(entry["refresh"].encode()).hexdigest()
 
-    def local(self) -> tuple[str, str]:
-        account, digest = self.agent_exec("python", "-c", LOCAL_REFRESH_HASH).split()
+    def local(self, agent: str = AGENT) -> tuple[str, str]:
+        account, digest = self.agent_exec("python", "-c", LOCAL_REFRESH_HASH, agent=agent).split()
         return account, digest
+
+    def holders(self, port: int) -> list[str]:
+        """The holder ids the operator API shows as sharing the credential."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/credentials",
+            headers={"Authorization": f"Bearer {self.operator_token}"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
+            return sorted(holder["id"] for holder in json.load(answer)["holders"])
 
     # The story ---------------------------------------------------------------------------------
 
@@ -338,6 +365,7 @@ class Story:
         self.rotate_elsewhere()
         reused = self.issuer.calls["refresh_token_reused"]
         check(reused == 0, f"refresh_token_reused answers from the issuer: {reused}")
+        self.two_agents()
 
         stop_started = time.monotonic()
         podman("stop", "-t", "15", AGENT)
@@ -349,6 +377,40 @@ class Story:
         check("Shutting down: Master" in log, "gunicorn shut down gracefully")
         leaked = [s for s in (self.api_token, self.operator_token, callback) if s in log]
         check(not leaked, "no token or pasted address in the container's log")
+
+    def two_agents(self) -> None:
+        """Two agent containers of one user share the stored copy: one renews per lifetime, the
+        other adopts; the first restarts while the second keeps working."""
+        self.start_agent(second=True)
+        wait_for(lambda: "agent start:" in self.agent_log(AGENT2), 10, "the second agent")
+        stored = self.stored()
+        check(
+            stored is not None and f"agent start: auth.json 600 {stored[1]}" in self.agent_log(
+                AGENT2),
+            "second agent container: signed in with the stored copy before its command started",
+        )  # fmt: skip
+        calls, started = self.issuer.calls["grant:refresh_token"], time.monotonic()
+        wait_for(lambda: self.issuer.calls["grant:refresh_token"] >= calls + 3, 4 * TOKEN_LIFE,
+                 "three renewals with two containers")  # fmt: skip
+        span = time.monotonic() - started
+        in_step = lambda: self.stored() == self.local() == self.local(AGENT2)  # noqa: E731
+        wait_for(in_step, 10, "both containers on the stored copy")
+        renewals = self.issuer.calls["grant:refresh_token"] - calls
+        check(True, f"two containers, {span:.0f} s: {renewals} renewals, both on the stored copy")
+        wait_for(lambda: len(self.holders(self.agent_port)) == 2, 15, "two holders in the view")
+        check(True, f"the operator API shows both holders: {self.holders(self.agent_port)}")
+
+        podman("restart", "-t", "15", AGENT)  # restore at start, then the service, again
+        ready = f"http://127.0.0.1:{self.agent_port}/readyz"
+        wait_for(lambda: http_status(ready) == 200, 60, "the restarted agent's /readyz")
+        calls = self.issuer.calls["grant:refresh_token"]
+        wait_for(lambda: self.issuer.calls["grant:refresh_token"] > calls, 2 * TOKEN_LIFE,
+                 "a renewal after the restart")  # fmt: skip
+        wait_for(in_step, 10, "both containers on the stored copy after the restart")
+        reused = self.issuer.calls["refresh_token_reused"]
+        check(reused == 0, f"first restarted while the second worked: in step, {reused} reused")
+        self.figures["two containers: renewals in three token lifetimes"] = str(renewals)
+        podman("rm", "-f", "-t", "15", AGENT2)
 
 
 def compose_check(image: str, workdir: Path) -> dict[str, str]:

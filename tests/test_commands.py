@@ -197,3 +197,73 @@ def test_status_shows_needs_relogin_from_the_service(
         assert "Needs a new sign-in (refresh_token_reused)" in done.stdout
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def running_service(env: dict[str, str], state_dir: Path) -> Iterator[str]:
+    """The operator API in this process (its keep-alive not started), the file store in the
+    state directory; the commands find it through CHATGPT_LOGIN_SERVICE_URL."""
+    from werkzeug.serving import make_server  # noqa: PLC0415
+
+    from service.app import create_app  # noqa: PLC0415
+    from service.settings import ServiceSettings  # noqa: PLC0415
+
+    settings = ServiceSettings.from_env({**env, "CHATGPT_LOGIN_SECRETS_DIR": str(state_dir / "x")})
+    server = make_server("127.0.0.1", free_port(), create_app(settings), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env["CHATGPT_LOGIN_SERVICE_URL"] = f"http://127.0.0.1:{server.server_port}"
+    yield env["CHATGPT_LOGIN_SERVICE_URL"]
+    server.shutdown()
+
+
+def stored_document(state_dir: Path) -> dict[str, Any]:
+    found = json.loads((state_dir / "secrets.json").read_text())
+    assert isinstance(found, dict)
+    return found
+
+
+def test_logout_through_the_service_signs_out_the_stored_copy_too(
+    env: dict[str, str], issuer: FakeIssuer, state_dir: Path, running_service: str
+) -> None:
+    _, started, _ = cli(env, "start")
+    code, done, _ = cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
+    assert code == 0 and done["persisted"] is True
+    assert stored_document(state_dir)["codex_credentials"]["accountId"] == "acct-1111"
+    _, status, _ = cli(env, "status")
+    assert status["service"]["holders"] == [] and status["service"]["holder"]
+    code, out, text = cli(env, "logout")
+    assert code == 0 and out["stored"] == "tombstoned" and out["revoked"] is True, text
+    document = stored_document(state_dir)
+    assert "codex_credentials" not in document and document["codex_credentials_tombstone"]
+    _, status, _ = cli(env, "status")
+    assert status["credential"] is None and status["service"]["status"] == "logged_out"
+
+
+def test_a_logout_with_the_service_down_waits_for_it(
+    env: dict[str, str], issuer: FakeIssuer, state_dir: Path
+) -> None:
+    """No service: the local half happens at once and the stored copy's logout is noted;
+    status says so; the next restore (a container start) carries it out."""
+    from service.persistence import Persistence  # noqa: PLC0415
+    from service.secrets import FileSecretsStore  # noqa: PLC0415
+    from service.settings import ServiceSettings  # noqa: PLC0415
+
+    _, started, _ = cli(env, "start")
+    cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
+    settings = ServiceSettings.from_env({**env, "CHATGPT_LOGIN_SECRETS_DIR": str(state_dir / "x")})
+    Persistence(settings, FileSecretsStore(state_dir / "secrets.json")).persist()
+    code, out, text = cli(env, "logout")
+    assert code == 0 and out["stored"] == "pending" and out["removed"], text
+    _, status, _ = cli(env, "status")
+    assert status["logout_pending"] is True and status["credential"] is None
+    human = subprocess.run([PYTHON, "-m", "skill.cli", "status"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert "Signing out the copy kept for restarts is pending" in human.stdout
+    restored = subprocess.run(
+        [PYTHON, "-m", "service.cli", "restore"], env={**env, "CHATGPT_LOGIN_SECRETS_DIR":
+        str(state_dir / "x")}, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "logged out" in restored.stdout, restored.stdout + restored.stderr
+    assert "codex_credentials" not in stored_document(state_dir)
+    _, status, _ = cli(env, "status")
+    assert status["logout_pending"] is False and status["credential"] is None

@@ -128,7 +128,7 @@ def test_one_credential_many_containers(
         f"\nFLEET mode={store.mode} containers={size} seconds={elapsed:.0f} "
         f"refreshes={refreshes} bound={bound:.1f} reused={issuer.calls['refresh_token_reused']} "
         f"relogin_samples={fleet.relogin_samples()} samples={len(fleet.samples)} "
-        f"live_min={min(live.values()):.4f} live_min_1s={min(live_1s.values()):.4f}"
+        f"live_min={min(live.values()):.4f} live_1s={min(live_1s.values()):.4f}"
     )
     assert issuer.calls["refresh_token_reused"] == 0
     assert fleet.relogin_samples() == 0
