@@ -70,7 +70,8 @@ def _no_store(response: Response) -> Response:
 
 
 def _service_error(exc: ServiceError) -> tuple[Response, int]:
-    return jsonify(error=exc.code, message=exc.message), exc.status
+    extra = {"next": exc.next, **exc.details} if exc.next else dict(exc.details)
+    return jsonify(error=exc.code, message=exc.message, **extra), exc.status
 
 
 def _validation_error(exc: ValidationError) -> tuple[Response, int]:

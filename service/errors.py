@@ -17,17 +17,29 @@ _CODE_STATUS = {"no_login": 404, "internal": 500, "lock_timeout": 503}
 
 
 class ServiceError(Exception):
-    def __init__(self, code: str, message: str, *, status: int = 500, transient: bool = False):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int = 500,
+        transient: bool = False,
+        next: str | None = None,
+        details: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
         self.transient = transient
+        self.next = next or ("retry" if transient else None)
+        self.details = dict(details or {})
 
     @classmethod
     def from_skill(cls, exc: SkillError) -> ServiceError:
         status = _CODE_STATUS.get(exc.code) or _SKILL_STATUS.get(exc.kind, 500)
-        return cls(exc.code, exc.message, status=status, transient=exc.transient)
+        return cls(exc.code, exc.message, status=status, transient=exc.transient,
+                   next=exc.next, details=exc.details)  # fmt: skip
 
     def __repr__(self) -> str:
         return f"ServiceError({self.code!r}, status={self.status})"

@@ -21,7 +21,11 @@ class LoginRequest(Request):
 
 
 class RedirectRequest(Request):
-    url: str = Field(min_length=1, max_length=16384, description="the address the user pasted")
+    url: str = Field(
+        min_length=1,
+        max_length=16384,
+        description="what the user wrote back: the address, or their whole message with it",
+    )
 
 
 class Login(BaseModel):
@@ -88,3 +92,9 @@ class Health(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     message: str
+    next: str | None = Field(
+        default=None,
+        description="what a caller does next: ask_user, send_current_link, start_again, retry, "
+        "tell_user or report",
+    )
+    auth_url: str | None = Field(default=None, description="with send_current_link: the link")

@@ -34,7 +34,8 @@ class Output:
 
     def error(self, exc: SkillError) -> int:
         if self.as_json:
-            print(json.dumps({"ok": False, "error": exc.code, "message": exc.message}))
+            print(json.dumps({"ok": False, "error": exc.code, "message": exc.message,
+                              "next": exc.next, **exc.details}))  # fmt: skip
         else:
             print(f"Error: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -10,6 +10,13 @@ Kinds:
 - ``transient``: network trouble, 5xx, 429; the same call may work later.
 - ``user``: the sign-in itself was refused or the input was wrong; the user can act on it.
 - ``local``: a problem with files or processes on this machine.
+
+Each code also says what an agent relaying a chat does next (``next``, in every ``--json``
+error, so that no agent has to parse prose): ``ask_user`` (ask for the address again),
+``send_current_link`` (send the live attempt's sign-in link again; it is in the error as
+``auth_url``), ``start_again`` (``chatgpt-login start`` and send the new link), ``retry`` (the
+same command again after a moment), ``tell_user`` (nothing to retry: say what the message says)
+or ``report`` (a fault of this tool).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["permanent", "transient", "user", "local"]
+Next = Literal["ask_user", "send_current_link", "start_again", "retry", "tell_user", "report"]
 
 
 class ExitCode:
@@ -40,6 +48,7 @@ class _Spec:
     kind: Kind
     exit_code: int
     message: str
+    next: Next = "retry"
 
 
 _RELOGIN = "Sign in again with `chatgpt-login start`."
@@ -51,51 +60,63 @@ CODES: dict[str, _Spec] = {
         ExitCode.TRANSIENT,
         "Could not reach the sign-in server. Check the network and proxy settings "
         "(HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE), then try again.",
+        next="retry",
     ),
     "response_timeout": _Spec(
         "transient",
         ExitCode.TRANSIENT,
         "The sign-in server did not answer in time. Try again in a minute.",
+        next="retry",
     ),
     "server_error": _Spec(
         "transient",
         ExitCode.TRANSIENT,
         "The sign-in server had a problem. Try again in a minute.",
+        next="retry",
     ),
     "rate_limited": _Spec(
         "transient",
         ExitCode.TRANSIENT,
         "The sign-in server is limiting requests. Wait a minute, then try again.",
+        next="retry",
     ),
     "invalid_response": _Spec(
         "transient",
         ExitCode.TRANSIENT,
         "The sign-in server sent an answer this tool does not understand. Try again; "
         "if it keeps happening, the protocol may have changed: report it.",
+        next="retry",
     ),
     # Refresh failures that no retry can fix (PROTOCOL.md §4).
     "refresh_token_reused": _Spec(
         "permanent",
         ExitCode.RELOGIN,
         f"The refresh token was already used by another program, so this sign-in ended. {_RELOGIN}",
+        next="start_again",
     ),
     "refresh_token_expired": _Spec(
-        "permanent", ExitCode.RELOGIN, f"The sign-in has expired. {_RELOGIN}"
+        "permanent",
+        ExitCode.RELOGIN,
+        f"The sign-in has expired. {_RELOGIN}",
+        next="start_again",
     ),
     "refresh_token_invalidated": _Spec(
         "permanent",
         ExitCode.RELOGIN,
         f"The sign-in was revoked (signed out elsewhere or password changed). {_RELOGIN}",
+        next="start_again",
     ),
     "invalid_grant": _Spec(
         "permanent",
         ExitCode.RELOGIN,
         f"The sign-in server no longer accepts this sign-in. {_RELOGIN}",
+        next="start_again",
     ),
     "refresh_rejected": _Spec(
         "permanent",
         ExitCode.RELOGIN,
         f"The sign-in server refused to renew the sign-in. {_RELOGIN}",
+        next="start_again",
     ),
     # The sign-in itself.
     "state_mismatch": _Spec(
@@ -103,127 +124,157 @@ CODES: dict[str, _Spec] = {
         ExitCode.USAGE,
         "That address belongs to a different sign-in attempt. Open the newest sign-in link, "
         "sign in, and paste the address of the page that fails to load.",
+        next="send_current_link",
     ),
     "access_denied": _Spec(
         "user",
         ExitCode.REFUSED,
         "The sign-in was declined. Open the sign-in link again and approve access.",
+        next="send_current_link",
     ),
     "missing_codex_entitlement": _Spec(
         "user",
         ExitCode.REFUSED,
         "Codex is not enabled for this ChatGPT workspace. Ask the workspace admin to enable "
         "Codex, or sign in with a personal Plus/Pro account.",
+        next="tell_user",
     ),
     "code_rejected": _Spec(
         "user",
         ExitCode.USAGE,
         "The sign-in server rejected the code (it expires within minutes and works once). "
         "Open the sign-in link again, sign in, and paste the new address promptly.",
+        next="send_current_link",
     ),
     "plan_not_supported": _Spec(
         "user",
         ExitCode.REFUSED,
         "This ChatGPT plan cannot use Codex models. A Plus, Pro, Team, Business, Edu or "
         "Enterprise plan is needed: upgrade, or sign in with another account.",
+        next="tell_user",
     ),
     "device_auth_disabled": _Spec(
         "user",
         ExitCode.REFUSED,
         "Device-code sign-in is not enabled for this account. Enable it in ChatGPT under "
         "Settings > Security (or ask the workspace admin), or use the browser method.",
+        next="tell_user",
     ),
     "device_code_expired": _Spec(
         "user",
         ExitCode.TIMEOUT,
         "The device code expired before it was approved. Start a new sign-in.",
+        next="start_again",
     ),
     "login_timeout": _Spec(
         "user",
         ExitCode.TIMEOUT,
         "The sign-in attempt timed out. Start a new sign-in and finish it within the time limit.",
+        next="start_again",
     ),
     "canceled": _Spec(
-        "user", ExitCode.CANCELED, "The sign-in was canceled. Start again when ready."
+        "user",
+        ExitCode.CANCELED,
+        "The sign-in was canceled. Start again when ready.",
+        next="start_again",
     ),
     "bad_paste": _Spec(
         "user",
         ExitCode.USAGE,
         "That is not the address of the sign-in result page. Paste the full address of the page "
         "that failed to load (it starts with http://localhost:1455/auth/callback?code=).",
+        next="ask_user",
     ),
     # The skill runner.
     "unsupported_method": _Spec(
         "user",
         ExitCode.USAGE,
         "That driver cannot do that sign-in method. Start again with another --method or --driver.",
+        next="start_again",
     ),
     "no_login": _Spec(
         "user",
         ExitCode.USAGE,
         "No sign-in is in progress. Start one with `chatgpt-login start`, then paste the address.",
+        next="start_again",
     ),
     "login_ended": _Spec(
         "user",
         ExitCode.FAILED,
         "That sign-in attempt has already ended. Start a new one with `chatgpt-login start`.",
+        next="start_again",
     ),
     "program_failed": _Spec(
         "user",
         ExitCode.FAILED,
         "The login program reported a failure. Start a new sign-in with `chatgpt-login start`.",
+        next="start_again",
     ),
     "program_timeout": _Spec(
         "transient",
         ExitCode.TIMEOUT,
         "The login program did not answer in time. Check `chatgpt-login status`, or start again.",
+        next="retry",
     ),
     "listener_not_ours": _Spec(
         "local",
         ExitCode.LOCAL,
         "Another program is listening on the sign-in port, so the address was not sent to it. "
         "Stop that program (another sign-in?), then `chatgpt-login start --restart`.",
+        next="start_again",
     ),
     "service_unavailable": _Spec(
         "transient",
         ExitCode.TRANSIENT,
         "The service (`chatgpt-login serve`) is not running here. It starts with the container; "
         "check `chatgpt-login status`, or start it.",
+        next="retry",
     ),
     # Files and processes on this machine.
     "credentials_corrupt": _Spec(
         "local",
         ExitCode.LOCAL,
         "The credential file is not valid JSON. It was moved aside; sign in again.",
+        next="start_again",
     ),
     "credentials_missing": _Spec(
-        "local", ExitCode.LOCAL, f"No ChatGPT credential is stored on this machine. {_RELOGIN}"
+        "local",
+        ExitCode.LOCAL,
+        f"No ChatGPT credential is stored on this machine. {_RELOGIN}",
+        next="start_again",
     ),
     "credentials_invalid": _Spec(
         "local",
         ExitCode.LOCAL,
         f"The stored ChatGPT credential is incomplete or malformed. {_RELOGIN}",
+        next="start_again",
     ),
     "account_mismatch": _Spec(
         "local",
         ExitCode.LOCAL,
         "The credential belongs to a different ChatGPT account than the one on this machine. "
         "Log out first (`chatgpt-login logout`) if you mean to switch accounts.",
+        next="tell_user",
     ),
     "lock_timeout": _Spec(
         "local",
         ExitCode.LOCAL,
         "Another program held the credential file lock for too long. Retry; if it persists, "
         "check for a stuck pi or codex process.",
+        next="retry",
     ),
     "port_unavailable": _Spec(
         "local",
         ExitCode.LOCAL,
         "None of the callback ports (1455, 1457) could be opened. Stop the program using "
         "them (another sign-in?) or paste the address instead.",
+        next="start_again",
     ),
     "internal": _Spec(
-        "local", ExitCode.FAILED, "Something unexpected went wrong. Please report this."
+        "local",
+        ExitCode.FAILED,
+        "Something unexpected went wrong. Please report this.",
+        next="report",
     ),
 }
 
@@ -253,13 +304,24 @@ class SkillError(Exception):
     still say what to do next and must not contain secrets.
     """
 
-    def __init__(self, code: str, message: str | None = None, *, status: int | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        details: dict[str, str] | None = None,
+    ):
         spec = CODES.get(code) or CODES["internal"]
         self.code = code
         self.kind: Kind = spec.kind
         self.exit_code = spec.exit_code
+        self.next: Next = spec.next
         self.message = message or spec.message
         self.status = status
+        # Facts for the caller besides the message: the live attempt's sign-in link for
+        # ``send_current_link``. Never a code, a token or a pasted address.
+        self.details = dict(details or {})
         super().__init__(self.message)
 
     @property

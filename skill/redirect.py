@@ -48,14 +48,15 @@ def clean_paste(pasted: str) -> str:
 
 
 def parse_redirect(
-    pasted: str, *, state: str, port: int, allow_bare_code: bool = False
+    pasted: str, *, state: str, port: int, allow_bare_code: bool = False, hint: str | None = None
 ) -> Callback:
     """Validate ``pasted`` against the live attempt (its ``state`` and redirect ``port``).
 
     With ``allow_bare_code`` a lone code (no URL) is accepted too; it carries no state to check,
-    so only a program that holds the attempt itself (our login program) allows it.
+    so only a program that holds the attempt itself (our login program) allows it. ``hint`` ends
+    each message (default: what to paste, said to the person at the terminal).
     """
-    hint = _PASTE_HINT.format(port=port)
+    hint = hint or _PASTE_HINT.format(port=port)
     if len(pasted) > 4 * MAX_LENGTH:
         raise _bad(f"The pasted text is far too long for a sign-in address. {hint}")
     text = clean_paste(pasted)

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from skill.attempt import PremadeAttempt, premade_link
+from skill.chat import codes_in, extract_callback
 from skill.drivers import DRIVERS, Driver, DriverName, Method
 from skill.errors import CODES, RECOVERABLE, SkillError
 from skill.files import ensure_private_dir
 from skill.loginstate import LoginState, StateStore
 from skill.procs import alive, descendants, end_processes, listener_pids
-from skill.redirect import Callback, parse_redirect
+from skill.redirect import Callback
 from skill.relay import callback_url, relay_http
 from skill.screen import find_authorize_link, find_device_code
 from skill.settings import Settings
@@ -91,7 +92,7 @@ class Runner:
             if state is None:
                 raise SkillError("no_login")
             if state.status == "succeeded":
-                return state  # a repeated complete returns the first result
+                return self._repeated(state, pasted)
             if not state.live:
                 raise SkillError("login_ended", _ended_message(state))
             if state.method != "browser" or state.state is None or state.redirect_port is None:
@@ -100,7 +101,10 @@ class Runner:
                     "This sign-in uses a device code: approve it in the browser, then run "
                     "`chatgpt-login wait`.",
                 )
-            callback = parse_redirect(pasted, state=state.state, port=state.redirect_port)
+            try:
+                callback = extract_callback(pasted, state=state.state, port=state.redirect_port)
+            except SkillError as exc:
+                raise _with_link(exc, state) from None
             state = state.model_copy(update={"status": "completing"})
             self.store.save(state)
             try:
@@ -109,7 +113,32 @@ class Runner:
                 current = self.store.load() or state
                 if current.status == "completing":
                     self.store.save(current.model_copy(update={"status": "waiting"}))
-                raise exc from None
+                raise (_with_link(exc, state) if current.live else exc) from None
+
+    def _repeated(self, state: LoginState, pasted: str) -> LoginState:
+        """A paste after the attempt succeeded: the address that finished it, again, gets the
+        first result, while the credential it made is still here; anything else is refused."""
+        if state.code_sha256 is None or state.code_sha256 not in map(_sha, codes_in(pasted)):
+            raise SkillError(
+                "login_ended",
+                "That sign-in already finished, and this is not the address it used. Check "
+                "`chatgpt-login status`; to sign in again, start a new sign-in with "
+                "`chatgpt-login start`.",
+            )
+        from skill.authfiles import auth_files  # noqa: PLC0415 - not on the start path
+
+        files = auth_files(self.settings)
+        try:
+            here = any(f.load() is not None for f in files)
+        except SkillError:
+            here = False
+        if not here:
+            raise SkillError(
+                "login_ended",
+                "That sign-in finished earlier, but its credential is no longer on this machine "
+                "(signed out since?). Start a new sign-in with `chatgpt-login start`.",
+            )
+        return state
 
     def wait(self, *, timeout: float | None = None, on_tick: Tick = _no_tick) -> LoginState:
         """Wait for a live sign-in (device code, or a browser one completed elsewhere) to end."""
@@ -431,6 +460,15 @@ class Runner:
         logs = self.dir / "logs"
         ensure_private_dir(logs)
         return logs / f"{login_id}.log"
+
+
+def _with_link(exc: SkillError, state: LoginState) -> SkillError:
+    """The attempt's sign-in link on an error whose next step is to send it again."""
+    if exc.next == "send_current_link" and state.auth_url:
+        exc.details["auth_url"] = state.auth_url
+        if exc.code == "state_mismatch":
+            exc.message += f" The current link: {state.auth_url}"
+    return exc
 
 
 def _refuse_plan(credential: Credential, settings: Settings) -> None:

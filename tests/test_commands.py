@@ -267,3 +267,24 @@ def test_a_logout_with_the_service_down_waits_for_it(
     assert "codex_credentials" not in stored_document(state_dir)
     _, status, _ = cli(env, "status")
     assert status["logout_pending"] is False and status["credential"] is None
+
+
+def test_a_finished_sign_in_takes_only_its_own_address_again(
+    env: dict[str, str], issuer: FakeIssuer
+) -> None:
+    """After success, the same address again gets the first result while the credential is
+    here; any other paste is refused, and nothing is called signed in once it is gone."""
+    _, started, _ = cli(env, "start")
+    url = issuer.sign_in(started["auth_url"])
+    code, done, _ = cli(env, "complete", "-", stdin=url)
+    assert code == 10 and done["status"] == "succeeded"
+    code, again, _ = cli(env, "complete", "-", stdin=f"here it is again: {url}")
+    assert code == 10 and again["id"] == done["id"]
+    for other in ("anything at all", issuer.sign_in(started["auth_url"])):
+        code, refused, _ = cli(env, "complete", "-", stdin=other)
+        assert (code, refused["error"], refused["next"]) == (1, "login_ended", "start_again")
+        assert "not the address it used" in refused["message"]
+    cli(env, "logout")
+    code, refused, _ = cli(env, "complete", "-", stdin=url)
+    assert (code, refused["error"]) == (1, "login_ended")
+    assert "no longer on this machine" in refused["message"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+import typing
 
 from service.cli import build_parser
-from skill.errors import CODES, ExitCode
+from skill.errors import CODES, ExitCode, Next
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
@@ -82,12 +83,6 @@ def test_unofficial_notice() -> None:
 SKILL = (REPO / "SKILL.md").read_text()
 
 
-def _source_text() -> str:
-    """The skill package's source with implicitly joined string literals glued back together."""
-    text = "".join(p.read_text() for p in sorted((REPO / "skill").glob("*.py")))
-    return re.sub(r'"\s*\n\s*f?"', "", text)
-
-
 def test_skill_md_front_matter() -> None:
     front = SKILL.split("---")[1]
     assert re.search(r"^name: chatgpt-login$", front, re.MULTILINE)
@@ -113,15 +108,19 @@ def test_skill_md_commands_exist() -> None:
             assert option in help_text, (name, option)
 
 
-def test_skill_md_troubleshooting_covers_every_error_and_quotes_real_messages() -> None:
-    rows = re.findall(r"^\| `([a-z_]+)` \| (.+?) \| (.+?) \|$", SKILL, re.MULTILINE)
-    assert {code for code, _, _ in rows} == set(CODES)
-    source = _source_text()
-    for code, shown, _ in rows:
-        for fragment in re.findall(r'"([^"]+)"', shown):
-            for raw in fragment.split("..."):
-                piece = raw.strip(" .:")
-                assert not piece or piece in source, (code, piece)
+def test_skill_md_walks_every_error_code_to_a_step() -> None:
+    """Every code the commands can return has a row in SKILL.md with the ``next`` the code
+    carries in its JSON error, and every such ``next`` has a row saying what the agent does."""
+    rows = re.findall(r"^\| `([a-z_]+)` \| `([a-z_]+)` \| (.+?) \|$", SKILL, re.MULTILINE)
+    table = {code: step for code, step, _ in rows}
+    assert set(table) == set(CODES), set(table) ^ set(CODES)
+    steps = dict(re.findall(r"^\| `([a-z_]+)` \| ([^`|][^|]+) \|$", SKILL, re.MULTILINE))
+    steps.pop("next", None)  # the table's heading
+    for code, spec in CODES.items():
+        assert table[code] == spec.next, (code, table[code], spec.next)
+        assert spec.next in steps, (code, spec.next)
+        assert len(steps[spec.next]) > 20, spec.next
+    assert set(steps) == set(typing.get_args(Next))
 
 
 def test_skill_md_exit_codes_match() -> None:
