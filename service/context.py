@@ -5,6 +5,7 @@ a request body."""
 from __future__ import annotations
 
 import secrets
+import threading
 from typing import Any
 
 from flask import current_app, request
@@ -30,6 +31,10 @@ class Context:
         self.metrics = Metrics(settings.state_dir / "metrics.json")
         self.holder: Holder = holder_of(settings)
         self.tokens = [t.encode() for t in (settings.operator_token, local_token(settings)) if t]
+        # /readyz's own look at the store, when the keep-alive has not read it lately: one at a
+        # time, its result kept (monotonic time, result) for a while.
+        self.store_checking = threading.Lock()
+        self.store_check: tuple[float, str] | None = None
 
     def persistence(self) -> Persistence:
         """The owner of the stored copy, for one request."""

@@ -138,7 +138,7 @@ class KeepAlive:
         synced = self.persistence.sync(local=local)
         self._next_sync = time.monotonic() + self.settings.store_poll
         result.pushed = synced.decision == "push"
-        result.adopted = synced.decision == "adopt"
+        result.adopted = synced.decision == "adopt" and synced.written
         result.dropped = synced.decision == "drop"
         lease = synced.record.lease
         if (

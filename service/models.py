@@ -79,6 +79,9 @@ class Outcome(BaseModel):
 class SignedOut(Outcome):
     revoked: bool = False
     removed: list[str] = Field(default_factory=list, description="files our entries left")
+    moved_aside: list[str] = Field(
+        default_factory=list, description="unreadable files, moved aside (never deleted)"
+    )
     stored: Literal["tombstoned", "pending", "other_account"] = Field(
         description="what became of the stored copy"
     )

@@ -134,6 +134,7 @@ class Synced:
     record: StoredRecord
     credential: Credential | None  # this machine's credential afterwards
     notes: list[str] = field(default_factory=list)
+    written: bool = True  # False: an adoption found the file changed meanwhile and left it
 
 
 @dataclass
@@ -238,10 +239,10 @@ class Persistence:
         self, decision: Decision, local: Credential | None, record: StoredRecord
     ) -> Synced:
         notes = ["The stored copy was malformed; it was replaced."] if record.invalid else []
+        written = True
         if decision == "adopt" and record.live is not None and record.entry is not None:
             moved = self._adopt(record.live, record.entry, seen=local)
-            if moved is None:
-                decision = "in_sync"  # the file changed meanwhile; the next sync looks again
+            written = moved is not None  # None: the file changed meanwhile; looked at again later
             notes += [
                 f"{path} was unreadable; moved aside to {aside}." for path, aside in moved or []
             ]
@@ -251,7 +252,7 @@ class Persistence:
             self._drop(local, record.tombstone)
         else:
             self._agree(decision, local, record)
-        return Synced(decision, record, self.local(), notes)
+        return Synced(decision, record, self.local(), notes, written)
 
     def _agree(self, decision: Decision, local: Credential | None, record: StoredRecord) -> None:
         """Record what a decision without writes found (only what changed is written)."""
@@ -401,8 +402,8 @@ class Persistence:
         ending the lease."""
         synced = synced or self.sync()
         local = synced.credential
-        if synced.decision == "adopt" and local is not None:
-            return Renewed("adopted", local)
+        if synced.decision == "adopt" and local is not None:  # unwritten: the next look
+            return Renewed("adopted" if synced.written else "not_needed", local)
         if local is None or synced.decision in ("drop", "logged_out"):
             raise SkillError("credentials_missing")
         if synced.decision == "conflict":

@@ -13,6 +13,7 @@ No Flask here, and nothing heavy: it runs on every container start.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 Action = Literal[
     "restored", "pushed_local", "in_sync", "nothing_stored", "unreachable", "conflict",
-    "invalid_record", "logged_out",
+    "invalid_record", "logged_out", "not_written",
 ]  # fmt: skip
 
 _ACTIONS: dict[Decision, Action] = {
@@ -52,6 +53,8 @@ MESSAGES: dict[Action, str] = {
     "it was ignored. Sign in again to replace it.",
     "logged_out": "The credential was logged out (a tombstone is stored); nothing was restored "
     "and this machine's copy, if any, was removed. Sign in again to use ChatGPT.",
+    "not_written": "The stored credential was not written here: the credential file changed or "
+    "stayed locked meanwhile. The service brings them together when it runs.",
 }
 
 
@@ -65,7 +68,21 @@ class RestoreResult:
 
     @property
     def failed(self) -> bool:
-        return self.action in ("unreachable", "conflict", "invalid_record")
+        return self.action in ("unreachable", "conflict", "invalid_record", "not_written")
+
+
+def within_limit(settings: ServiceSettings) -> ServiceSettings:
+    """The settings a restore runs with: every wait cut to fit inside ``restore_limit``, the
+    time the container's entrypoint gives it before starting the service anyway."""
+    limit = settings.restore_limit
+    return settings.model_copy(
+        update={
+            "secrets_deadline": min(settings.secrets_deadline, 0.3 * limit),
+            "secrets_timeout": min(settings.secrets_timeout, 0.15 * limit),
+            "lock_timeout": min(settings.lock_timeout, 0.2 * limit),
+            "request_deadline": min(settings.request_deadline, 0.25 * limit),
+        }
+    )
 
 
 def restore(settings: ServiceSettings, store: SecretsStore) -> RestoreResult:
@@ -82,9 +99,9 @@ def restore(settings: ServiceSettings, store: SecretsStore) -> RestoreResult:
         synced = persistence.sync()
     except ServiceError as exc:
         return RestoreResult("unreachable", exc.message)
-    except SkillError as exc:  # a credential file or lock in the way
-        return RestoreResult("unreachable", exc.message)
-    action = _ACTIONS[synced.decision]
+    except SkillError as exc:  # a credential file or its lock in the way: nothing was written
+        return RestoreResult("not_written", f"{MESSAGES['not_written']} ({exc.message})")
+    action = _ACTIONS[synced.decision] if synced.written else "not_written"
     if synced.record.invalid and action == "nothing_stored":
         action = "invalid_record"
     return RestoreResult(
@@ -115,10 +132,15 @@ def refresh_if_expired(settings: ServiceSettings, store: SecretsStore) -> bool:
 
 
 def restore_and_refresh(settings: ServiceSettings, store: SecretsStore) -> RestoreResult:
-    """:func:`restore`, then :func:`refresh_if_expired`; refresh failures become notes (the
-    credential is kept: the user may need to sign in again)."""
+    """:func:`restore`, then :func:`refresh_if_expired` if half the time limit is left (else the
+    service renews it when it starts); refresh failures become notes (the credential is kept:
+    the user may need to sign in again)."""
+    started = time.monotonic()
     result = restore(settings, store)
-    if result.action in ("unreachable", "conflict", "logged_out"):
+    if result.failed or result.action == "logged_out":
+        return result
+    if time.monotonic() - started > settings.restore_limit / 2:
+        result.notes.append("Renewing an expired access token is left to the service.")
         return result
     try:
         result.refreshed = refresh_if_expired(settings, store)

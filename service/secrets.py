@@ -12,8 +12,12 @@ is :mod:`service.persistence`'s business, not the store's.
   ``GET`` with a matching ``If-None-Match`` (a cheap poll), and ``412`` to a ``PATCH`` whose
   ``If-Match`` is no longer current. Whether a server honours ``If-Match`` is found out once, by
   patching nothing (``{}``) with a version no server has: a ``412`` says it does.
-  Network errors, 5xx and 429 are retried with exponential backoff and jitter (``Retry-After``
-  honoured), bounded by attempts and a total deadline; 401/403 are not. A PATCH without
+  Each attempt has a deadline that covers connecting, sending and reading the whole answer
+  (:class:`skill.outbound.Watchdog`: a server sending a byte at a time is cut off), its answer is
+  read up to ``answer_max_bytes`` and parsed as JSON only within that and a nesting limit.
+  Network errors, 5xx, 429 and unreadable answers are retried with exponential backoff and
+  jitter (``Retry-After`` honoured), bounded by attempts and a total deadline; 401/403, and
+  answers too big or too deep, are not. A PATCH without
   ``If-Match`` sets the same keys again, so retrying it is safe; one with ``If-Match`` that
   landed before its answer was lost comes back as a conflict, and the caller reads the document
   to see whose write it holds. TLS verification is always on (``SSL_CERT_FILE`` for a CA).
@@ -30,10 +34,13 @@ is :mod:`service.persistence`'s business, not the store's.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import random
 import secrets
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +55,15 @@ from service.errors import ServiceError, unreachable
 from service.settings import ServiceSettings
 from skill.files import ensure_private_dir, read_settled, write_private
 from skill.lock import FlockLock
+from skill.outbound import (
+    MAX_ANSWER_BYTES,
+    MAX_JSON_DEPTH,
+    AnswerError,
+    Watchdog,
+    chunks_of,
+    parse_json,
+    read_capped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +109,8 @@ def secrets_store(settings: ServiceSettings, **kwargs: Any) -> SecretsStore:
             attempts=settings.secrets_attempts,
             deadline=settings.secrets_deadline,
             cas=settings.secrets_cas,
+            max_bytes=settings.answer_max_bytes,
+            max_depth=settings.json_max_depth,
             **kwargs,
         )
     return FileSecretsStore(settings.secrets_file or settings.state_dir / "secrets.json")
@@ -133,19 +151,24 @@ class HttpSecretsStore:
         attempts: int = 5,
         deadline: float = 30.0,
         cas: CasMode = "auto",
+        max_bytes: int = MAX_ANSWER_BYTES,
+        max_depth: int = MAX_JSON_DEPTH,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not url.startswith(("https://", "http://")):  # ServiceSettings checks this too
             raise ValueError("the secrets API URL must be an http(s) URL")
         self.url = url
         self.timeout, self.attempts, self.deadline = timeout, attempts, deadline
+        self.max_bytes, self.max_depth = max_bytes, max_depth
         self._cas: bool | None = {"on": True, "off": False}.get(cas)
         self._sleep = sleep
         self._token = token
         # Proxies from the environment as urllib reads them; certificates are always verified
         # (the default HTTPS context). Redirects are refused: the bearer token must not follow
-        # an answer to another address.
-        self._opener = urllib.request.build_opener(_RefuseRedirects())
+        # an answer to another address. Every socket is watched by the attempt's watchdog.
+        self._opener = urllib.request.build_opener(
+            _RefuseRedirects(), _WatchedHTTP(), _WatchedHTTPS()
+        )
 
     def read(self, *, if_none_match: str | None = None) -> Snapshot | None:
         headers = {"If-None-Match": if_none_match} if if_none_match else {}
@@ -186,31 +209,18 @@ class HttpSecretsStore:
         deadline = time.monotonic() + self.deadline
         error: ServiceError = unreachable("no attempt made")
         for attempt in range(1, self.attempts + 1):
-            retry_after: float | None = None
+            seconds = max(0.1, min(self.timeout, deadline - time.monotonic()))
             try:
-                response = self._send(method, body, headers)
+                response = self._send(method, body, headers, seconds)
+            except AnswerError as exc:  # too big: a broken or hostile server; not retried
+                raise _bad_answer(exc, transient=False) from None
             except (OSError, HTTPException, ValueError) as exc:  # timeouts, resets, TLS, truncation
-                error = unreachable(_reason(exc))
+                error, retry_after = unreachable(_reason(exc)), None
             else:
-                status = response.status
-                etag = response.headers.get("ETag")
-                if status in (401, 403):
-                    raise ServiceError(
-                        "secrets_forbidden",
-                        f"The secrets API refused the token (HTTP {status}). Check "
-                        "FAT_TOOLS_TOKEN (or the secrets_api_token secret).",
-                        status=502,
-                    )
-                if status in (304, 412) or (status == 404 and method == "GET"):
-                    return _Answer(status, etag, {})
-                if status != 429 and status < 500:
-                    try:
-                        return _Answer(status, etag, _json_object(response))
-                    except ServiceError as exc:  # e.g. a body cut short by the network
-                        error = exc
-                else:
-                    error = unreachable(f"HTTP {status}")
-                    retry_after = _retry_after(response)
+                judged = self._judge(method, response)
+                if isinstance(judged, _Answer):
+                    return judged
+                error, retry_after = judged, _retry_after(response)
             delay = retry_after if retry_after is not None else _backoff(attempt)
             if attempt == self.attempts or time.monotonic() + delay > deadline:
                 break
@@ -220,7 +230,51 @@ class HttpSecretsStore:
             self._sleep(delay)
         raise error
 
-    def _send(self, method: str, body: Document | None, headers: dict[str, str]) -> _Response:
+    def _judge(self, method: str, response: _Response) -> _Answer | ServiceError:
+        """The answer to return, or the error to retry on; raises what is not retried."""
+        status, etag = response.status, response.headers.get("ETag")
+        if status in (401, 403):
+            raise ServiceError(
+                "secrets_forbidden",
+                f"The secrets API refused the token (HTTP {status}). Check FAT_TOOLS_TOKEN (or "
+                "the secrets_api_token secret).",
+                status=502,
+            )
+        if status in (304, 412) or (status == 404 and method == "GET"):
+            return _Answer(status, etag, {})
+        if status == 429 or status >= 500:
+            return unreachable(f"HTTP {status}")
+        try:
+            document = parse_json(response.body, max_depth=self.max_depth)
+        except AnswerError as exc:
+            if "deeper" in exc.reason:  # a hostile answer: asking again brings the same
+                raise _bad_answer(exc, transient=False) from None
+            return _bad_answer(exc, transient=True)  # e.g. cut short by the network
+        if not isinstance(document, dict):
+            return _bad_answer(AnswerError("not a JSON object"), transient=True)
+        return _Answer(status, etag, document)
+
+    def _send(
+        self, method: str, body: Document | None, headers: dict[str, str], seconds: float
+    ) -> _Response:
+        """One request, over within ``seconds`` whatever the server does."""
+        with Watchdog(seconds) as watchdog:
+            _WATCHING.dog = watchdog
+            try:
+                response = self._exchange(method, body, headers, seconds)
+            except (OSError, HTTPException, ValueError) as exc:
+                if watchdog.fired and not isinstance(exc, AnswerError):
+                    raise TimeoutError from exc
+                raise
+            finally:
+                _WATCHING.dog = None
+            if watchdog.fired:  # the body ended where the watchdog cut it
+                raise TimeoutError
+            return response
+
+    def _exchange(
+        self, method: str, body: Document | None, headers: dict[str, str], seconds: float
+    ) -> _Response:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url, data=data, method=method)  # noqa: S310 - http(s) only, checked in __init__
         request.add_header("Authorization", f"Bearer {self._token}")
@@ -230,11 +284,48 @@ class HttpSecretsStore:
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
-            with self._opener.open(request, timeout=self.timeout) as answer:
-                return _Response(answer.status, answer.headers, answer.read())
+            with self._opener.open(request, timeout=seconds) as answer:
+                return _Response(answer.status, answer.headers, self._read(answer))
         except urllib.error.HTTPError as answer:  # a non-2xx answer is still an answer
             with answer:
-                return _Response(answer.code, answer.headers, answer.read())
+                return _Response(answer.code, answer.headers, self._read(answer))
+
+    def _read(self, answer: Any) -> bytes:
+        return read_capped(chunks_of(answer.read), max_bytes=self.max_bytes)
+
+
+# The watchdog of the request this thread is making; the connections below hand it their
+# socket the moment it exists, so even a slow TLS handshake or header is cut off.
+_WATCHING = threading.local()
+
+
+def _watched_socket(*args: Any, **kwargs: Any) -> socket.socket:
+    sock = socket.create_connection(*args, **kwargs)
+    if (dog := getattr(_WATCHING, "dog", None)) is not None:
+        dog.watch(sock)
+    return sock
+
+
+class _WatchedConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _watched_socket
+
+
+class _WatchedTLSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _watched_socket
+
+
+class _WatchedHTTP(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_WatchedConnection, req)
+
+
+class _WatchedHTTPS(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_WatchedTLSConnection, req)
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -242,9 +333,20 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
         return None  # the 3xx is then handled as an ordinary (non-2xx) answer
 
 
+def _bad_answer(exc: AnswerError, *, transient: bool) -> ServiceError:
+    return ServiceError(
+        "secrets_bad_response",
+        f"The secrets API sent an answer this tool does not take ({exc.reason}). "
+        + ("It will be retried; if it persists, check the secrets API." if transient
+           else "Check the secrets API's address (CHATGPT_LOGIN_SECRETS_API_URL)."),
+        status=502,
+        transient=transient,
+    )  # fmt: skip
+
+
 def _reason(exc: BaseException) -> str:
     """A short cause for the error message: the innermost reason urllib wraps."""
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | socket.timeout):
         return "it did not answer in time"
     reason = getattr(exc, "reason", None)
     if isinstance(reason, BaseException):
@@ -294,22 +396,6 @@ class FileSecretsStore:
 
 def _etag(raw: bytes) -> str:
     return '"' + hashlib.sha256(raw).hexdigest()[:20] + '"'
-
-
-def _json_object(response: _Response) -> Document:
-    try:
-        body = json.loads(response.body)
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise ServiceError(
-            "secrets_bad_response",
-            f"The secrets API sent an unreadable answer (HTTP {response.status}). It will be "
-            "retried; if it persists, check the secrets API.",
-            status=502,
-            transient=True,
-        )
-    return body
 
 
 def _retry_after(response: _Response) -> float | None:

@@ -51,6 +51,10 @@ class ServiceSettings(Settings):
     lease_seconds: float = Field(default=120.0, gt=0)
     lease_settle: float = Field(default=0.5, ge=0)
 
+    # `chatgpt-login restore` must be done within this (the container's entrypoint starts the
+    # service after it anyway): its store, lock and issuer waits are cut to fit.
+    restore_limit: float = Field(default=20.0, gt=0)
+
     # The operator API.
     bind: str = "127.0.0.1:8080"
     operator_token: str | None = Field(default=None, repr=False)

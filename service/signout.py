@@ -42,7 +42,11 @@ class SignOut:
         else:
             revoked = f"revoking failed ({self.local.revoke_error}); it ends when it expires"
         removed = "local entries removed" if self.local.removed else "no local entries"
-        return f"Signed out: {removed}; {stored}; {revoked}."
+        moved = "".join(
+            f" {path} could not be read; it was moved aside to {path}.corrupt-*, not deleted."
+            for path in self.local.moved_aside
+        )
+        return f"Signed out: {removed}; {stored}; {revoked}.{moved}"
 
 
 def sign_out(persistence: Persistence) -> SignOut:

@@ -9,8 +9,9 @@ the environment) and is deleted once read.
 from __future__ import annotations
 
 import json
+import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from skill.authorize import authorize_url, redirect_uri
@@ -27,6 +28,8 @@ class PremadeAttempt:
     pkce: Pkce
     state: str
     port: int
+    # What the program's /cancel wants: only the runner, which made the attempt, may end it so.
+    control: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def __repr__(self) -> str:
         return f"PremadeAttempt(port={self.port})"
@@ -36,7 +39,8 @@ class PremadeAttempt:
         return cls(Pkce(), new_state(), first_free_port(settings.callback_ports))
 
     def save(self, path: Path) -> None:
-        data = {"verifier": self.pkce.verifier, "state": self.state, "port": self.port}
+        data = {"verifier": self.pkce.verifier, "state": self.state, "port": self.port,
+                "control": self.control}  # fmt: skip
         write_private(path, json.dumps(data).encode())
 
     @classmethod
@@ -44,7 +48,8 @@ class PremadeAttempt:
         try:
             data = json.loads(path.read_text())
             path.unlink()
-            return cls(Pkce(data["verifier"]), str(data["state"]), int(data["port"]))
+            return cls(Pkce(data["verifier"]), str(data["state"]), int(data["port"]),
+                       str(data["control"]))  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SkillError("internal", "The prepared sign-in attempt is unreadable.") from exc
 

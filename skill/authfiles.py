@@ -37,12 +37,19 @@ class SaveResult:
     moved_aside: Path | None = None
 
 
+@dataclass(frozen=True)
+class RemoveResult:
+    path: Path
+    removed: bool  # our entry was there and is gone
+    moved_aside: Path | None = None  # the file was unreadable: moved here, never deleted
+
+
 class AuthFile(Protocol):
     path: Path
 
     def load(self) -> Credential | None: ...
     def save(self, credential: Credential) -> SaveResult: ...
-    def remove(self) -> bool: ...
+    def remove(self) -> RemoveResult: ...
 
 
 def _parse_object(raw: bytes) -> dict[str, Any]:
@@ -128,16 +135,16 @@ class PiAuthFile:
         log.warning("finished a credential write a killed process left in %s", self.path.parent)
         return newest
 
-    def remove(self) -> bool:
-        """Remove our entry, keeping every other provider's. True if there was one."""
+    def remove(self) -> RemoveResult:
+        """Remove our entry, keeping every other provider's byte for byte."""
         if not self.path.exists():
-            return False
+            return RemoveResult(self.path, removed=False)
         with self.lock:
-            text, document, _ = self._read_for_update()
+            text, document, moved = self._read_for_update()
             if PI_PROVIDER_KEY not in document:
-                return False
+                return RemoveResult(self.path, removed=False, moved_aside=moved)
             write_private(self.path, splice_entry(text, PI_PROVIDER_KEY, None).encode("utf-8"))
-            return True
+            return RemoveResult(self.path, removed=True)
 
     def _read_for_update(self) -> tuple[str, dict[str, Any], Path | None]:
         try:
@@ -187,13 +194,31 @@ class CodexAuthFile:
             data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
             return SaveResult(self.path, write_private(self.path, data), moved)
 
-    def remove(self) -> bool:
+    def remove(self) -> RemoveResult:
+        """Remove what we write (the ChatGPT tokens and their fields) and keep everything else
+        (an API key, codex's own fields): a file left with nothing of value goes; one that
+        cannot be read is moved aside, never deleted."""
         if not self.path.exists():
-            return False
+            return RemoveResult(self.path, removed=False)
         with self.lock:
-            existed = self.path.exists()
-            self.path.unlink(missing_ok=True)
-            return existed
+            try:
+                found = read_settled(self.path, _parse_object)
+            except SkillError:
+                return RemoveResult(self.path, removed=False, moved_aside=move_aside(self.path))
+            if found is None or not found[1].get("tokens"):
+                return RemoveResult(self.path, removed=False)
+            rest = {k: v for k, v in found[1].items() if k not in _CODEX_FIELDS}
+            if not any(value not in (None, "", [], {}) for value in rest.values()):
+                self.path.unlink(missing_ok=True)
+            else:
+                if rest.get("OPENAI_API_KEY"):
+                    rest["auth_mode"] = "apikey"  # what codex calls a file with a key only
+                write_private(self.path, (json.dumps(rest, indent=2) + "\n").encode("utf-8"))
+            return RemoveResult(self.path, removed=True)
+
+
+# What CodexAuthFile.save writes (Credential.to_codex), and so what logout takes back.
+_CODEX_FIELDS = frozenset({"tokens", "last_refresh", "auth_mode"})
 
 
 def auth_files(

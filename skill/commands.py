@@ -210,13 +210,14 @@ def logout(settings: Settings, out: Output) -> int:
         answer = None
     if answer is not None and answer.status == 200:
         done = json_body(answer)
-        data = {key: done.get(key) for key in ("removed", "revoked", "stored")}
+        data = {key: done.get(key) for key in ("removed", "moved_aside", "revoked", "stored")}
         out.emit([str(done.get("message") or "Signed out.")], data)
         return ExitCode.OK
     credential = _local_credential(settings)
     note_pending(settings, credential.account_id if credential else None)
     local = sign_out_locally(settings, credential=credential)
     lines = ["Signed out on this machine." if local.removed else "No local ChatGPT credential."]
+    lines += [f"{path} could not be read: moved aside, not deleted." for path in local.moved_aside]
     if credential is not None:
         lines.append("The sign-in was revoked." if local.revoked else "Could not revoke the "
                      "sign-in at OpenAI (offline?); it ends when it expires.")  # fmt: skip
@@ -224,7 +225,8 @@ def logout(settings: Settings, out: Output) -> int:
         "The chatgpt-login service is not running, so the copy kept for restarts is signed out "
         "when it starts; until then nothing restores it."
     )
-    out.emit(lines, {"removed": local.removed, "revoked": local.revoked, "stored": "pending"})
+    out.emit(lines, {"removed": local.removed, "moved_aside": local.moved_aside,
+                     "revoked": local.revoked, "stored": "pending"})  # fmt: skip
     return ExitCode.OK
 
 

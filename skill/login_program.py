@@ -20,6 +20,7 @@ Device method: print the verification URL and one-time code, poll until approved
 from __future__ import annotations
 
 import contextlib
+import hmac
 import http.server
 import queue
 import signal
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from skill.attempt import PremadeAttempt
 from skill.authorize import CALLBACK_PATH, authorize_url, redirect_uri
@@ -64,6 +65,7 @@ class _Event:
     text: str = ""
     callback: Callback | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    sent: threading.Event = field(default_factory=threading.Event)  # the answer went out
     outcome: tuple[int, str, str | None] = (500, "", None)
 
     def reply(self, status: int, message: str, code: str | None = None) -> None:
@@ -132,7 +134,9 @@ def _browser_login(
     events: queue.Queue[_Event] = queue.Queue()
     # A premade attempt's link already names its port: bind that one or none.
     ports = (premade.port,) if premade else settings.callback_ports
-    server = _bind_listener(settings, ports, events, state, console)
+    server = _bind_listener(
+        settings, ports, events, state, console, control=premade.control if premade else None
+    )
     port = server.server_address[1] if server else ports[0]
     redirect = redirect_uri(settings, port)
     console.say("Open this link in a browser and sign in to ChatGPT:")
@@ -191,6 +195,7 @@ def _await_code(
             raise SkillError("login_timeout") from None
         if event.kind == "cancel":
             event.reply(200, "The sign-in was canceled.")
+            event.sent.wait(1.0)  # answer the canceller before the program (and listener) ends
             raise SkillError("canceled", "The sign-in was canceled by another login program.")
         if event.kind == "eof":
             if attempt.listening:
@@ -259,10 +264,18 @@ class _Listener(http.server.ThreadingHTTPServer):
     allow_reuse_address = True  # TIME_WAIT only; two live listeners still cannot share a port
 
     def __init__(
-        self, port: int, events: queue.Queue[_Event], state: str, console: _Console, wait: float
+        self,
+        port: int,
+        events: queue.Queue[_Event],
+        state: str,
+        console: _Console,
+        *,
+        wait: float,
+        control: str | None,
     ) -> None:
         super().__init__(("127.0.0.1", port), _CallbackHandler)
         self.events, self.state, self.console, self.wait = events, state, console, wait
+        self.control = control  # /cancel's secret; None: nobody may cancel over HTTP
 
 
 def _bind_listener(
@@ -271,12 +284,14 @@ def _bind_listener(
     events: queue.Queue[_Event],
     state: str,
     console: _Console,
+    *,
+    control: str | None,
 ) -> _Listener | None:
     # Outcome of one callback: exchange plus writes, each bounded by the HTTP timeouts.
     wait = 2 * (settings.connect_timeout + settings.read_timeout) + settings.lock_timeout
     for port in ports:
         try:
-            return _Listener(port, events, state, console, wait)
+            return _Listener(port, events, state, console, wait=wait, control=control)
         except OSError:
             continue
     return None
@@ -288,8 +303,16 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        parts = urlsplit(self.path)
+        path = parts.path
         if path == "/cancel":
+            # Anyone on this machine can reach 127.0.0.1: ending the sign-in takes the secret
+            # the runner made with the attempt (in the query, as codex's own /cancel is a GET).
+            given = parse_qs(parts.query).get("secret", [""])[0].encode()
+            control = self.server.control
+            if control is None or not hmac.compare_digest(given, control.encode()):
+                self._send(403, "Ending this sign-in takes its secret. Stop the program instead.")
+                return
             self._ask(_Event("cancel"))
             return
         if path != CALLBACK_PATH:
@@ -312,7 +335,10 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
         if not event.done.wait(self.server.wait):
             self._send(504, "The sign-in is still being processed. Check the terminal.")
             return
-        self._send(*event.outcome)
+        try:
+            self._send(*event.outcome)
+        finally:
+            event.sent.set()
 
     def _send(self, status: int, message: str, code: str | None = None) -> None:
         body = (message + "\n").encode("utf-8")

@@ -2,7 +2,11 @@
 
 Protocol facts are in ../shared/PROTOCOL.md §2-5. Rules this module keeps:
 
-- Every call has explicit connect and read timeouts.
+- Every call has explicit connect and read timeouts, and a deadline for the whole of it
+  (``request_deadline``: :class:`skill.outbound.Watchdog` shuts the socket down, so an answer
+  dripping in a byte at a time is cut off); an answer is read up to ``answer_max_bytes`` and
+  parsed as JSON only within that and ``json_max_depth``. Each call opens its own connection, so
+  the watchdog always has the socket.
 - A request is retried only when the connection failed before anything was sent: a code is
   single use and a refresh token rotates on use, so a request the server may have seen is
   never sent twice.
@@ -13,7 +17,6 @@ Protocol facts are in ../shared/PROTOCOL.md §2-5. Rules this module keeps:
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -26,6 +29,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skill.errors import SkillError
+from skill.outbound import AnswerError, Watchdog, parse_json, read_capped
 from skill.settings import Settings
 from skill.tokens import TokenSet
 
@@ -72,11 +76,13 @@ def http_client(settings: Settings, transport: httpx.BaseTransport | None = None
     timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
     if transport is not None:
         return httpx.Client(transport=transport, timeout=timeout)
+    # No connection is kept: each call's watchdog then sees its socket from the start.
+    limits = httpx.Limits(max_keepalive_connections=0)
     # A mount per loopback host overrides any HTTP(S)_PROXY for it.
     mounts: dict[str, httpx.BaseTransport | None] = {
-        pattern: httpx.HTTPTransport() for pattern in _LOOPBACK_PATTERNS
+        pattern: httpx.HTTPTransport(limits=limits) for pattern in _LOOPBACK_PATTERNS
     }
-    return httpx.Client(timeout=timeout, trust_env=True, mounts=mounts)
+    return httpx.Client(timeout=timeout, trust_env=True, mounts=mounts, limits=limits)
 
 
 class OAuthClient:
@@ -217,7 +223,7 @@ class OAuthClient:
         url = self.settings.issuer + path
         for attempt in range(_CONNECT_ATTEMPTS):
             try:
-                return self._http.post(url, data=form, json=json_body)
+                return self._exchange(url, form, json_body)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 log.info("connect to %s failed (attempt %d): %s", path, attempt + 1, type(exc))
                 if attempt + 1 < _CONNECT_ATTEMPTS:
@@ -228,14 +234,42 @@ class OAuthClient:
                 raise SkillError("network_error") from exc
         raise SkillError("network_error")
 
+    def _exchange(
+        self, url: str, form: dict[str, str] | None, json_body: dict[str, Any] | None
+    ) -> httpx.Response:
+        """One request, over within ``request_deadline`` whatever the server does; its answer
+        read up to ``answer_max_bytes``."""
+        with Watchdog(self.settings.request_deadline) as watchdog:
+            try:
+                with self._http.stream(
+                    "POST", url, data=form, json=json_body, extensions={"trace": watchdog.trace}
+                ) as response:
+                    body = read_capped(
+                        response.iter_bytes(), max_bytes=self.settings.answer_max_bytes
+                    )
+            except AnswerError as exc:
+                raise SkillError(
+                    "invalid_response",
+                    f"The sign-in server sent an answer this tool does not take ({exc.reason}).",
+                ) from None
+            except httpx.HTTPError as exc:
+                if watchdog.fired:
+                    raise SkillError("response_timeout") from exc
+                raise
+        if watchdog.fired:
+            raise SkillError("response_timeout")
+        return httpx.Response(
+            response.status_code, headers=response.headers, content=body, request=response.request
+        )
+
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     """The body as a dict; accepts form-encoded answers too (some servers send them)."""
     text = response.text
     try:
-        body = json.loads(text)
-    except ValueError:
-        body = dict(parse_qsl(text)) if "=" in text else None
+        body = parse_json(response.content)
+    except AnswerError:
+        body = dict(parse_qsl(text)) if "=" in text and "[" not in text else None
     if not isinstance(body, dict):
         raise SkillError("invalid_response", status=response.status_code)
     return body
@@ -268,8 +302,8 @@ def _device_grant(response: httpx.Response) -> DeviceGrant:
 def error_code_of(response: httpx.Response) -> str | None:
     """The machine code in an OAuth error body: ``{"error": {"code"}}`` or ``{"error": str}``."""
     try:
-        body = json.loads(response.text)
-    except ValueError:
+        body = parse_json(response.content)
+    except AnswerError:
         return None
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):

@@ -57,7 +57,9 @@ class Runner:
         self.store = StateStore(self.dir)
         self._who: str | None = None
         env = {**settings.child_env, "HOME": str(Path.home())}
-        self.tmux = tmux or TmuxServer(self.dir / "tmux.sock", base_env=env)
+        self.tmux = tmux or TmuxServer(
+            self.dir / "tmux.sock", base_env=env, python=settings.python_executable
+        )
 
     # Commands -------------------------------------------------------------------------------
 

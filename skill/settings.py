@@ -87,9 +87,14 @@ class Settings(BaseModel):
     callback_ports: tuple[int, ...] = (1455, 1457)
     callback_host: str = "localhost"
 
-    # Timeouts in seconds. Every outbound call has explicit connect and read limits.
+    # Timeouts in seconds. Every outbound call has explicit connect and read limits, and a
+    # deadline for the whole of it (skill/outbound.py): answers are read up to a size and
+    # parsed as JSON up to a nesting depth.
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=30.0, gt=0)
+    request_deadline: float = Field(default=60.0, gt=0)
+    answer_max_bytes: int = Field(default=256 * 1024, ge=4096)
+    json_max_depth: int = Field(default=32, ge=4)
     login_timeout: float = Field(default=600.0, gt=0)
     device_timeout: float = Field(default=900.0, gt=0)
 

@@ -36,6 +36,7 @@ class LocalSignOut:
     revoked: bool = False
     revoke_error: str | None = None  # the error code when revoking failed
     removed: list[str] = field(default_factory=list)  # the files our entries were removed from
+    moved_aside: list[str] = field(default_factory=list)  # unreadable files, moved (not deleted)
 
 
 def sign_out_locally(settings: Settings, *, credential: Credential | None = None) -> LocalSignOut:
@@ -58,12 +59,13 @@ def sign_out_locally(settings: Settings, *, credential: Credential | None = None
             revoked = True
         except SkillError as exc:
             revoke_error = exc.code
-    removed = [str(auth_file.path) for auth_file in files if auth_file.remove()]
+    results = [auth_file.remove() for auth_file in files]
     return LocalSignOut(
         account_id=credential.account_id if credential else None,
         revoked=revoked,
         revoke_error=revoke_error,
-        removed=removed,
+        removed=[str(r.path) for r in results if r.removed],
+        moved_aside=[str(r.moved_aside) for r in results if r.moved_aside],
     )
 
 

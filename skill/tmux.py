@@ -1,9 +1,11 @@
 """Our private tmux server: the one place that talks to the tmux binary.
 
 One server per user, its socket in the 0700 state directory, never the user's default server.
-Every command we send runs with a minimal environment (``env -i``), so whichever one starts the
-server gives it that environment, and secrets in the caller's environment do not reach the
-server or anything it runs. Handles are re-queried, never cached.
+Every command we send runs with a minimal environment (given to the process, never on its
+command line: a proxy's password must not show in ``ps``), so whichever one starts the server
+gives it that environment, and secrets in the caller's environment do not reach the server or
+anything it runs. A program started in a session gets its own environment through a 0600 file
+that :mod:`skill.launch` reads and deletes. Handles are re-queried, never cached.
 
 libtmux gives the typed pane handles used to read the screen and type. Importing it costs
 about 0.1 s, a third of ``chatgpt-login start``'s budget, so the handful of fire-and-forget
@@ -18,18 +20,21 @@ readable after the program exits.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from skill.errors import SkillError
+from skill.files import write_private
 
 if TYPE_CHECKING:
     import libtmux
@@ -54,9 +59,12 @@ class PaneStatus:
 class TmuxServer:
     """The private server on ``socket``. ``base_env`` is all its programs inherit."""
 
-    def __init__(self, socket: Path, *, base_env: Mapping[str, str]) -> None:
+    def __init__(
+        self, socket: Path, *, base_env: Mapping[str, str], python: str = sys.executable
+    ) -> None:
         self.socket = socket
         self.base_env = dict(base_env)
+        self.python = python  # runs skill.launch for each program
         self.tmux = shutil.which("tmux", path=self.base_env.get("PATH")) or "tmux"
         self._server: libtmux.Server | None = None
 
@@ -70,9 +78,10 @@ class TmuxServer:
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """One tmux command on our socket, with the server's clean environment."""
-        env = [f"{key}={value}" for key, value in self.base_env.items()]
-        argv = ["env", "-i", *env, self.tmux, "-S", str(self.socket), "-f", "/dev/null", *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        argv = [self.tmux, "-S", str(self.socket), "-f", "/dev/null", *args]
+        done = subprocess.run(
+            argv, env=self.base_env, capture_output=True, text=True, timeout=10, check=False
+        )
         if check and done.returncode != 0:
             raise SkillError(
                 "internal",
@@ -92,7 +101,10 @@ class TmuxServer:
     ) -> None:
         """Run ``argv`` in a new session ``name`` with exactly ``env``, logging to ``log_file``."""
         gate = f"gate-{name}"
-        program = shlex.join(["env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv])
+        env_file = cwd / f".{name}.env"
+        write_private(env_file, json.dumps(dict(env)).encode())
+        launch = [self.python, "-m", "skill.launch", str(env_file), "--", *argv]
+        program = shlex.join(launch)
         opener = shlex.join([self.tmux, "-S", str(self.socket), "wait-for", gate])
         fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         os.close(fd)

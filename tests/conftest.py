@@ -12,7 +12,7 @@ import pytest
 
 from service.secrets import HttpSecretsStore
 from skill.settings import Settings
-from tests.canary import Sweep
+from tests.canary import Sweep, register
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
 
@@ -153,9 +153,21 @@ def state_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+# A proxy whose URL carries a password, handed to every login program the runner starts (the
+# issuer is on loopback, so nothing goes through it): the canary sweep then shows that the
+# password reaches no process's argument list, log or output.
+PROXY_PASSWORD = "proxy-pw-canary-3b8e"
+register(PROXY_PASSWORD, "proxy password")
+
+
 @pytest.fixture
 def runner_settings(settings: Settings, state_dir: Path) -> Settings:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "HTTPS_PROXY": f"http://agent:{PROXY_PASSWORD}@127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
     return settings.model_copy(update={"state_dir": state_dir, "child_env": env})
 
 

@@ -91,6 +91,9 @@ class FakeIssuer:
     # Faults: each entry (status, body) answers the next token-endpoint call instead.
     token_faults: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     token_delay: float = 0.0
+    # A hostile token endpoint: "drip" (the answer a byte every 0.5 s), "huge" (300 MB),
+    # "nested" (JSON nested 100000 deep).
+    token_hostile: str | None = None
     # Called with the refresh token before a refresh is processed; an answer it returns is sent
     # instead (for races: "another process won").
     refresh_hook: Any = None
@@ -230,6 +233,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _hostile(self, kind: str) -> None:
+        if kind == "nested":  # a body no JSON parser should recurse into
+            data = b"[" * 100_000 + b"]" * 100_000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        size = 300 * 1024 * 1024 if kind == "huge" else 64
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            if kind == "huge":
+                for _ in range(size // 65536):
+                    self.wfile.write(b" " * 65536)
+            else:
+                for byte in b'{"access_token": "x", "expires_in": 1}'.ljust(size):
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.5)
+
     def _body(self) -> dict[str, str]:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length).decode()
@@ -253,6 +279,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake.calls[path] += 1
         body = self._body()
         if path == "/oauth/token":
+            if fake.token_hostile:
+                self._hostile(fake.token_hostile)
+                return
             if fake.token_delay:
                 time.sleep(fake.token_delay)
             with fake.lock:

@@ -4,6 +4,11 @@
 longer than the client's timeout), ``reset`` (close the connection without an answer),
 ``truncated`` (promise more body than is sent), ``malformed`` (not JSON), ``not_ok``
 (``{"ok": false}``), ``status:<code>`` (e.g. ``status:503``), ``retry_after:<seconds>`` (429).
+
+Hostile answers (a broken or malicious server): ``drip`` (a valid answer, one byte every
+``drip_every`` seconds), ``drip_headers`` (the status line and headers that way), ``huge`` (a
+300 MB body, sent as fast as it is read), ``nested`` (JSON nested 100000 levels deep),
+``wrong_types`` (a record that is not an object, and an ``ok`` that is not ``true``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class FakeSecretsAPI:
     faults: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     delay: float = 2.0
+    drip_every: float = 0.5
     patch_delay: float = 0.0  # before storing a PATCH (widens a crash window)
     acks: list[float] = field(default_factory=list)  # monotonic times of acknowledged PATCHes
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -98,7 +104,44 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(int(arg), b'{"error": "fault"}')
         elif kind == "retry_after":
             self._answer(429, b'{"error": "slow down"}', headers={"Retry-After": arg})
+        elif kind in ("drip", "drip_headers"):
+            self._drip(headers_too=kind == "drip_headers")
+        elif kind == "huge":
+            self._huge()
+        elif kind == "nested":
+            self._answer(200, b"[" * 100_000 + b"]" * 100_000)
+        elif kind == "wrong_types":
+            self._answer(200, b'{"ok": "yes", "codex_credentials": [1, 2, 3]}')
         return True
+
+    def _drip(self, *, headers_too: bool) -> None:
+        body = json.dumps({"ok": True, **self.fake.record}).encode()
+        head = (
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        if not headers_too:
+            self.wfile.write(head)
+            self.wfile.flush()
+        with contextlib.suppress(OSError):
+            for byte in (head if headers_too else b"") + body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(self.fake.drip_every)
+        self.close_connection = True
+
+    def _huge(self) -> None:
+        size = 300 * 1024 * 1024
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        chunk = b" " * 65536
+        with contextlib.suppress(OSError):
+            self.wfile.write(b'{"ok": true, "x": "')
+            for _ in range(size // len(chunk)):
+                self.wfile.write(chunk)
+        self.close_connection = True
 
     def _authorized(self) -> bool:
         if self.headers.get("Authorization") == f"Bearer {self.fake.token}":

@@ -25,7 +25,7 @@ from skill.errors import SkillError
 from skill.procs import listener_inodes
 from skill.runner import Runner
 from skill.settings import Settings
-from tests.conftest import wait_until
+from tests.conftest import PROXY_PASSWORD, wait_until
 from tests.fake_issuer import FakeIssuer
 
 
@@ -54,6 +54,9 @@ def main(spec_path: str) -> int:
             "LANG": "C.UTF-8",
             "NODE_EXTRA_CA_CERTS": spec["ca_cert"],
             "SSL_CERT_FILE": spec["ca_cert"],
+            # A proxy with a password that nothing goes through: it must show in no argv.
+            "HTTPS_PROXY": f"http://agent:{PROXY_PASSWORD}@127.0.0.1:9",
+            "NO_PROXY": "auth.openai.com,127.0.0.1,localhost",
         },
         pi_ai_command=f"{npm_bin}/pi-ai",
         codex_command=f"{npm_bin}/codex",

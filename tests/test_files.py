@@ -168,10 +168,10 @@ def test_pi_save_merges_and_keeps_unknown_keys(tmp_path: Path, credential: Crede
 def test_pi_remove_keeps_other_providers(tmp_path: Path, credential: Credential) -> None:
     path = tmp_path / "auth.json"
     path.write_text(PI_FILE_FROM_PI)
-    assert PiAuthFile(path).remove() is True
+    assert PiAuthFile(path).remove().removed is True
     assert "openai-codex" not in json.loads(path.read_text())
     assert '"google": "x"' in path.read_text()
-    assert PiAuthFile(path).remove() is False
+    assert PiAuthFile(path).remove().removed is False
     assert PiAuthFile(path).load() is None
 
 
@@ -219,6 +219,30 @@ def test_codex_file_round_trip_keeps_unknown_keys(tmp_path: Path, credential: Cr
     )
     assert abs(loaded.expires_ms - credential.expires_ms) < 2000
     assert path.with_name("auth.json.lock").is_file()
+
+
+def test_codex_remove_takes_back_only_what_we_wrote(tmp_path: Path, credential: Credential) -> None:
+    """A user's API key and codex's own fields stay; a file that is only ours goes; a file that
+    cannot be read is moved aside, never deleted."""
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps({"OPENAI_API_KEY": "sk-keep-this", "model": "gpt-x"}))
+    os.chmod(path, 0o600)
+    before = path.read_bytes()
+    assert CodexAuthFile(path).remove().removed is False and path.read_bytes() == before
+    CodexAuthFile(path).save(credential)
+    assert CodexAuthFile(path).remove().removed is True
+    assert json.loads(path.read_text()) == {
+        "OPENAI_API_KEY": "sk-keep-this", "model": "gpt-x", "auth_mode": "apikey",
+    }  # fmt: skip
+    only_ours = tmp_path / "ours" / "auth.json"
+    CodexAuthFile(only_ours).save(credential)
+    assert CodexAuthFile(only_ours).remove().removed is True and not only_ours.exists()
+    broken = tmp_path / "broken" / "auth.json"
+    broken.parent.mkdir()
+    broken.write_text("{not json")
+    result = CodexAuthFile(broken).remove()
+    assert not result.removed and result.moved_aside is not None
+    assert result.moved_aside.read_text() == "{not json" and not broken.exists()
 
 
 def test_codex_file_needs_an_id_token(tmp_path: Path, credential: Credential) -> None:

@@ -239,14 +239,39 @@ def test_signals_end_cleanly(
     assert port_is_free(ports[0])
 
 
-def test_cancel_request_ends_the_attempt(login_env: dict[str, str], ports: tuple[int, int]) -> None:
-    """codex sends GET /cancel to whatever holds 1455 before taking the port over."""
-    program = start(login_env)
+def test_cancel_takes_the_attempts_secret(
+    login_env: dict[str, str], ports: tuple[int, int], tmp_path: Path
+) -> None:
+    """Anyone on the machine can reach 127.0.0.1 (codex sends GET /cancel to whatever holds
+    1455): a bare or wrong /cancel is refused and the sign-in goes on; the secret the runner
+    made with the attempt ends it."""
+    from skill.attempt import PremadeAttempt  # noqa: PLC0415
+    from skill.pkce import Pkce, new_state  # noqa: PLC0415
+
+    attempt = PremadeAttempt(Pkce(), new_state(), ports[0])
+    attempt.save(tmp_path / "attempt.json")
+    program = start(login_env, "--attempt", str(tmp_path / "attempt.json"))
     program.authorize_url()
-    status, _ = callback_get(f"http://127.0.0.1:{ports[0]}/cancel")
+    program.wait_for(r"^Waiting \(listening")
+    for bad in ("", "?secret=", "?secret=guess"):
+        status, body = callback_get(f"http://127.0.0.1:{ports[0]}/cancel{bad}")
+        assert status == 403 and "takes its secret" in body
+    assert program.proc.poll() is None, "still signing in"
+    status, _ = callback_get(f"http://127.0.0.1:{ports[0]}/cancel?secret={attempt.control}")
     assert status == 200
     assert program.finish() == 130
     assert port_is_free(ports[0])
+
+
+def test_without_a_runner_nobody_cancels_over_http(
+    login_env: dict[str, str], ports: tuple[int, int]
+) -> None:
+    program = start(login_env)
+    program.authorize_url()
+    program.wait_for(r"^Waiting \(listening")
+    status, _ = callback_get(f"http://127.0.0.1:{ports[0]}/cancel")
+    assert status == 403 and program.proc.poll() is None
+    program.kill()
 
 
 def test_end_of_input_does_not_end_a_listening_attempt(

@@ -360,3 +360,21 @@ def test_bad_jwts_are_reported(bad: str) -> None:
     with pytest.raises(SkillError) as caught:
         decode_jwt_payload(bad)
     assert caught.value.code == "credentials_invalid"
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [("drip", "response_timeout"), ("huge", "invalid_response"), ("nested", "invalid_response")],
+)
+def test_a_hostile_token_answer_is_cut_off(
+    settings: Settings, issuer: FakeIssuer, kind: str, code: str
+) -> None:
+    """An answer sent a byte at a time ends at the deadline, not at the last byte; one too big
+    or too deep is refused as soon as that is seen; each with its own code, no traceback."""
+    issuer.token_hostile = kind
+    quick = settings.model_copy(update={"request_deadline": 2.0})
+    started = time.monotonic()
+    with pytest.raises(SkillError) as caught, OAuthClient(quick) as client:
+        client.refresh("rt_any")
+    assert caught.value.code == code, caught.value.message
+    assert time.monotonic() - started < 4

@@ -130,3 +130,34 @@ def test_file_store(tmp_path: Path) -> None:
     secrets.write({"codex_credentials": None}, if_match=tag)
     assert document(secrets) == {}
     assert secrets.compare_and_set()
+
+
+HOSTILE = ["drip", "drip_headers", "huge", "nested"]
+
+
+@pytest.mark.parametrize("fault", HOSTILE)
+def test_a_hostile_answer_is_cut_off_within_the_deadline(api: FakeSecretsAPI, fault: str) -> None:
+    """Every attempt meets the hostile answer: the store gives up within its deadline (a byte
+    at a time does not stretch it), reads no more than its cap, and says so with its own code."""
+    api.faults.extend([fault] * 10)
+    secrets = store(api, timeout=1.0, attempts=3, deadline=2.5)
+    started = time.monotonic()
+    with pytest.raises(ServiceError) as caught:
+        secrets.read()
+    took = time.monotonic() - started
+    assert took < 4, f"{fault}: {took:.1f} s"
+    expected = {"drip": "secrets_unreachable", "drip_headers": "secrets_unreachable",
+                "huge": "secrets_bad_response", "nested": "secrets_bad_response"}  # fmt: skip
+    assert caught.value.code == expected[fault], caught.value.message
+    assert "Traceback" not in caught.value.message
+    if fault in ("huge", "nested"):
+        assert api.requests.count("GET") == 1, "not asked again: the answer would be the same"
+
+
+def test_wrong_types_in_a_readable_answer_are_refused_as_such(api: FakeSecretsAPI) -> None:
+    """A write's answer whose ok is not true is no acknowledgement; a document whose record is
+    not an object is the owner module's to judge (tests/test_hostile.py)."""
+    api.faults.append("wrong_types")
+    with pytest.raises(ServiceError) as caught:
+        store(api).write(PATCH)
+    assert caught.value.code == "secrets_rejected"

@@ -164,5 +164,6 @@ def logout() -> Response:
     done = sign_out(context().persistence())
     context().metrics.count("logouts", done.stored)
     body = SignedOut(action="logged_out", message=done.message, revoked=done.local.revoked,
-                     removed=done.local.removed, stored=done.stored)  # fmt: skip
+                     removed=done.local.removed, moved_aside=done.local.moved_aside,
+                     stored=done.stored)  # fmt: skip
     return jsonify(body.model_dump())

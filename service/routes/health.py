@@ -1,19 +1,30 @@
 """``/healthz`` (process up), ``/readyz`` (tmux, state directory, secrets store), ``/metrics``
-and the OpenAPI document."""
+and the OpenAPI document.
+
+``/readyz`` answers anyone, so it must not be a way to make the service call out: it reports
+the store as the keep-alive last read it (how long ago is in the answer). Only when no such
+read is recent (the keep-alive is not running, say) does it ask the store itself, one request at
+a time and at most every :data:`CHECK_EVERY` seconds per worker; meanwhile it answers with the
+last result.
+"""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import time
+from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify
 
-from service.context import context
+from service.context import Context, context
 from service.errors import ServiceError
 from service.models import Health
 from skill.files import ensure_private_dir
 
 bp = Blueprint("health", __name__)
+
+CHECK_EVERY = 10.0
 
 
 @bp.get("/healthz")
@@ -32,14 +43,39 @@ def readyz() -> tuple[Response, int]:
         checks["state_dir"] = "ok"
     except OSError as exc:
         checks["state_dir"] = f"not writable ({type(exc).__name__})"
-    try:
-        ctx.store.read()
-        checks["secrets_store"] = f"ok ({ctx.store.name})"
-    except ServiceError as exc:
-        checks["secrets_store"] = exc.code
+    checks["secrets_store"] = _store(ctx)
     ready = all(value.startswith("ok") for value in checks.values())
     health = Health(status="ok" if ready else "unavailable", checks=checks)
     return jsonify(health.model_dump()), 200 if ready else 503
+
+
+def _store(ctx: Context) -> str:
+    state = ctx.state.read()
+    fresh = max(3 * ctx.settings.store_poll, 90.0)
+    if state.store_read_at is not None:
+        age = (datetime.now(UTC) - state.store_read_at).total_seconds()
+        if age <= fresh:
+            result = state.store_error or f"ok ({ctx.store.name})"
+            return f"{result}, read {age:.0f} s ago by the keep-alive"
+    return _checked_here(ctx)
+
+
+def _checked_here(ctx: Context) -> str:
+    last = ctx.store_check
+    if last is not None and time.monotonic() - last[0] < CHECK_EVERY:
+        return f"{last[1]}, checked {time.monotonic() - last[0]:.0f} s ago"
+    if not ctx.store_checking.acquire(blocking=False):  # another request is checking now
+        return f"{last[1]}, checked {time.monotonic() - last[0]:.0f} s ago" if last else "checking"
+    try:
+        try:
+            ctx.store.read()
+            result = f"ok ({ctx.store.name})"
+        except ServiceError as exc:
+            result = exc.code
+        ctx.store_check = (time.monotonic(), result)
+    finally:
+        ctx.store_checking.release()
+    return f"{result}, checked just now"
 
 
 @bp.get("/metrics")
