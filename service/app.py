@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import traceback
 
 from flask import Flask, Response, g, jsonify, request
 from pydantic import ValidationError
@@ -20,7 +21,7 @@ from service.context import EXTENSION, Context, context
 from service.errors import ServiceError
 from service.secrets import SecretsStore, secrets_store
 from service.settings import ServiceSettings
-from skill.errors import SkillError
+from skill.errors import SkillError, from_os_error
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def create_app(settings: ServiceSettings, *, store: SecretsStore | None = None) 
     app.register_error_handler(SkillError, lambda exc: _service_error(ServiceError.from_skill(exc)))
     app.register_error_handler(ValidationError, _validation_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
     return app
 
 
@@ -81,6 +83,22 @@ def _validation_error(exc: ValidationError) -> tuple[Response, int]:
         for e in exc.errors(include_input=False, include_url=False)
     )
     return jsonify(error="invalid_request", message=f"Invalid request body ({problems})."), 400
+
+
+def _unexpected(exc: Exception) -> tuple[Response, int]:
+    """The one boundary of every route: a file problem, or anything unforeseen, is one of our
+    error bodies. The log gets the frames but not the exception's text, which could quote a
+    request (a pasted address) or a value read from a file."""
+    if isinstance(exc, HTTPException):  # handled by _http_error; here only if re-raised
+        return _http_error(exc)
+    if isinstance(exc, OSError):
+        return _service_error(ServiceError.from_skill(from_os_error(exc)))
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("unexpected %s in %s:\n%s", type(exc).__name__, request.endpoint, frames)
+    return _service_error(ServiceError(
+        "internal", f"Something unexpected went wrong ({type(exc).__name__}). Report it; the "
+        "service's log has where.", status=500, next="report",
+    ))  # fmt: skip
 
 
 def _http_error(exc: HTTPException) -> tuple[Response, int]:

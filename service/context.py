@@ -19,6 +19,7 @@ from skill.files import ensure_private_dir, write_private
 from skill.lock import FlockLock
 
 EXTENSION = "chatgpt_login"
+LOCAL_TOKEN_LENGTH = 43  # secrets.token_urlsafe(32)
 
 
 class Context:
@@ -55,7 +56,7 @@ def local_token(settings: ServiceSettings) -> str:
             token = path.read_text().strip()
         except OSError:
             token = ""
-        if not token:
+        if len(token) < LOCAL_TOKEN_LENGTH:  # none yet, or not one we made: a new one
             token = secrets.token_urlsafe(32)
             write_private(path, token.encode())
     return token

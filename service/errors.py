@@ -13,7 +13,7 @@ from skill.errors import SkillError
 # A local problem (no credential, a file or lock in the way) is a conflict with this machine's
 # state, not a server fault; only "internal" is a 500.
 _SKILL_STATUS = {"user": 400, "permanent": 409, "transient": 503, "local": 409}
-_CODE_STATUS = {"no_login": 404, "internal": 500, "lock_timeout": 503}
+_CODE_STATUS = {"no_login": 404, "internal": 500, "lock_timeout": 503, "local_error": 500}
 
 
 class ServiceError(Exception):

@@ -38,8 +38,10 @@ from werkzeug.exceptions import HTTPException
 from service.errors import ServiceError
 from service.settings import ServiceSettings
 from skill.files import ensure_private_dir
+from skill.outbound import AnswerError, parse_json
 
 MAX_BODY = 256 * 1024
+MAX_DEPTH = 32
 DEFAULT_AGENT = "agent"
 ROUTE = "/api/agent/secrets"
 
@@ -196,10 +198,15 @@ def create_secrets_app(settings: ServiceSettings) -> Flask:
                 "Send a JSON object (Content-Type: application/json).",
                 status=415,
             )
-        patch = request.get_json(silent=True)
+        try:
+            patch = parse_json(request.get_data(cache=False), max_depth=MAX_DEPTH)
+        except AnswerError:  # not JSON, or nested deeper than any secrets document
+            patch = None
         if not isinstance(patch, dict):
             raise ServiceError(
-                "invalid_request", "The body must be a JSON object (a merge patch).", status=400
+                "invalid_request",
+                f"The body must be a JSON object (a merge patch) nested at most {MAX_DEPTH} deep.",
+                status=400,
             )
         if_rev = None
         if (wanted := request.headers.get("If-Match")) is not None:

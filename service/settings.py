@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from skill.settings import Settings
 
 TINYFAT_SECRETS_URL = "https://tinyfat.com/api/agent/secrets"
+MIN_TOKEN_LENGTH = 16
 
 
 class ServiceSettings(Settings):
@@ -63,6 +64,19 @@ class ServiceSettings(Settings):
     # (default: secrets_api_token for one agent) and its SQLite file (default in state_dir).
     secrets_server_tokens: str | None = Field(default=None, repr=False)
     secrets_server_db: Path | None = None
+
+    @field_validator("operator_token", "secrets_api_token", "secrets_server_tokens")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        # A bearer token anyone could guess is none: the reference server wants 16 characters
+        # too. A blank one is a mistake to point out, not a token to accept.
+        if value is not None and len(value.strip()) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"a token must be at least {MIN_TOKEN_LENGTH} characters (this one has "
+                f"{len(value.strip())}); make one with `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`"
+            )
+        return value
 
     @field_validator("secrets_api_url")
     @classmethod

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from skill.errors import ExitCode
 
 if TYPE_CHECKING:
+    from skill.errors import SkillError
     from skill.settings import Settings
 
 __version__ = "0.1.0"
@@ -52,9 +53,8 @@ def _oauth_login(args: argparse.Namespace) -> int:
 
 
 def _agent_command(args: argparse.Namespace) -> int:
-    """Run one of the agent's commands with its output mode."""
+    """Run one of the agent's commands with its output mode (errors: :func:`fail`)."""
     from skill import commands  # noqa: PLC0415
-    from skill.errors import SkillError  # noqa: PLC0415
 
     out = commands.Output(as_json=args.json)
     run: dict[str, Callable[[Settings], int]] = {
@@ -67,10 +67,7 @@ def _agent_command(args: argparse.Namespace) -> int:
         "cancel": lambda st: commands.cancel(st, out),
         "logout": lambda st: commands.logout(st, out),
     }
-    try:
-        return run[args.command](_settings(args))
-    except SkillError as exc:
-        return out.error(exc)
+    return run[args.command](_settings(args))
 
 
 def _pasted(url: str | None) -> str:
@@ -227,11 +224,45 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     if handler is None:
         parser.print_help()
         return ExitCode.USAGE
+    return _guarded(handler, args)
+
+
+def _guarded(handler: Handler, args: argparse.Namespace) -> int:
+    """Every command's one error boundary: whatever goes wrong is one line (or, with --json,
+    one JSON object) with a code and an exit code, never a traceback (that only with -v)."""
+    from pydantic import ValidationError  # noqa: PLC0415 - loaded by the settings anyway
+
+    from skill.errors import SkillError, from_os_error  # noqa: PLC0415
+
     try:
         return handler(args)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        print(f"Error: invalid setting: {_first_line(exc)}. Fix it and retry.", file=sys.stderr)
-        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        return ExitCode.CANCELED
+    except SkillError as exc:
+        return fail(args, exc)
+    except ValidationError as exc:
+        return fail(args, SkillError("invalid_setting", f"Invalid setting: {_first_line(exc)}. "
+                                     "Fix it and retry."))  # fmt: skip
+    except OSError as exc:
+        return fail(args, from_os_error(exc))
+    except Exception as exc:
+        logging.getLogger(__name__).info("unexpected failure", exc_info=True)  # with -v
+        return fail(args, SkillError("internal", f"Something unexpected went wrong "
+                                     f"({type(exc).__name__}). Report it, with the output of "
+                                     "`chatgpt-login status --json`."))  # fmt: skip
+
+
+def fail(args: argparse.Namespace, exc: SkillError) -> int:
+    """Say ``exc`` as the command speaks: a JSON object with --json, else a line on stderr."""
+    if getattr(args, "json", False):
+        import json  # noqa: PLC0415
+
+        print(json.dumps({"ok": False, "error": exc.code, "message": exc.message,
+                          "next": exc.next, **exc.details}))  # fmt: skip
+    else:
+        print(f"Error: {exc.message}", file=sys.stderr)
+    code: int = exc.exit_code
+    return code
 
 
 def _first_line(exc: Exception) -> str:

@@ -32,14 +32,6 @@ class Output:
             for line in lines:
                 print(line)
 
-    def error(self, exc: SkillError) -> int:
-        if self.as_json:
-            print(json.dumps({"ok": False, "error": exc.code, "message": exc.message,
-                              "next": exc.next, **exc.details}))  # fmt: skip
-        else:
-            print(f"Error: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-
     def tick(self, elapsed: float) -> None:
         """On a terminal, show that a wait is alive."""
         if not self.as_json and sys.stderr.isatty():
@@ -54,7 +46,8 @@ class Output:
 def _public(state: LoginState) -> dict[str, Any]:
     data = state.model_dump(
         include={"id", "driver", "method", "status", "started_at", "expires_at", "finished_at",
-                 "verification_url", "user_code", "error", "message", "saved", "redirect_port"}
+                 "verification_url", "user_code", "error", "message", "saved", "notes",
+                 "redirect_port"}
     )  # fmt: skip
     if state.live and state.auth_url:
         data["auth_url"] = state.auth_url  # the user needs it; it dies with the attempt
@@ -111,6 +104,7 @@ def _signed_in(settings: Settings, out: Output, state: LoginState) -> int:
     persisted = request_persist(settings)
     lines = [f"Signed in{who}."]
     lines += [f"Credentials saved to {path}" for path in state.saved]
+    lines += [f"Note: {note}" for note in state.notes]
     lines.append(persisted.message)
     out.emit(lines, {**_public(state), "persisted": persisted.persisted,
                      "persist_message": persisted.message})  # fmt: skip
@@ -123,7 +117,7 @@ def status(settings: Settings, out: Output) -> int:
     from skill.signout import read_pending  # noqa: PLC0415
 
     state = Runner(settings).status()
-    credential = _local_credential(settings)
+    credential, problems = _credential_and_problems(settings)
     service = credential_view(settings)
     pending = read_pending(settings)
     lines: list[str] = []
@@ -147,6 +141,8 @@ def status(settings: Settings, out: Output) -> int:
         lines.append("Signed out (logged out everywhere). Sign in with `chatgpt-login start`.")
     else:
         lines.append("Not signed in on this machine.")
+    lines += problems
+    data["file_problems"] = problems
     lines += _service_lines(service, pending is not None)
     if state is not None:
         lines.append(_describe(state))
@@ -231,16 +227,25 @@ def logout(settings: Settings, out: Output) -> int:
 
 
 def _local_credential(settings: Settings) -> Credential | None:
+    return _credential_and_problems(settings)[0]
+
+
+def _credential_and_problems(settings: Settings) -> tuple[Credential | None, list[str]]:
+    """The credential on this machine, and what is wrong with the files it could be in."""
     from skill.authfiles import auth_files  # noqa: PLC0415 - not on the start path
 
+    found, problems = None, []
     for auth_file in auth_files(settings):
         try:
             credential = auth_file.load()
-        except SkillError:
+        except SkillError as exc:
+            problems.append(
+                f"{auth_file.path} cannot be read ({exc.code}); the next sign-in or restore "
+                "moves it aside (it is never deleted)."
+            )
             continue
-        if credential is not None:
-            return credential
-    return None
+        found = found or credential
+    return found, problems
 
 
 def _describe(state: LoginState) -> str:

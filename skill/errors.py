@@ -230,6 +230,12 @@ CODES: dict[str, _Spec] = {
         "check `chatgpt-login status`, or start it.",
         next="retry",
     ),
+    "invalid_setting": _Spec(
+        "user",
+        ExitCode.USAGE,
+        "A setting is not valid. Fix it (its name is in the message) and retry.",
+        next="tell_user",
+    ),
     # Files and processes on this machine.
     "credentials_corrupt": _Spec(
         "local",
@@ -269,6 +275,13 @@ CODES: dict[str, _Spec] = {
         "None of the callback ports (1455, 1457) could be opened. Stop the program using "
         "them (another sign-in?) or paste the address instead.",
         next="start_again",
+    ),
+    "local_error": _Spec(
+        "local",
+        ExitCode.LOCAL,
+        "A file or directory on this machine could not be used. Check its owner, permissions "
+        "and the free space, then retry.",
+        next="tell_user",
     ),
     "internal": _Spec(
         "local",
@@ -334,3 +347,26 @@ class SkillError(Exception):
 
     def __repr__(self) -> str:
         return f"SkillError({self.code!r})"
+
+
+def from_os_error(exc: OSError) -> SkillError:
+    """A ``local_error`` that says which file and what is wrong with it (a path, never a
+    file's contents)."""
+    import errno  # noqa: PLC0415 - only on this rare path
+
+    what = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "not permitted (owned by another user?)",
+        errno.ENOTDIR: "a file is where a directory should be",
+        errno.EISDIR: "a directory is where a file should be",
+        errno.ENOENT: "it does not exist",
+    }.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    where = f" {exc.filename}" if exc.filename else ""
+    return SkillError(
+        "local_error",
+        f"Could not use{where}: {what}. Check its owner, permissions and the free space, then "
+        "retry.",
+    )

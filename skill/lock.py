@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _POLL_FIRST = 0.02
 _POLL_MAX = 0.25
+_SAY_AFTER = 2.0  # a wait longer than this is said (a person at a terminal sees why it stalls)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -57,8 +58,10 @@ class DirLock:
         self._held_fd: int | None = None  # the flock that says "this holder is alive"
 
     def acquire(self) -> None:
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
         delay = _POLL_FIRST
+        said = False
         while True:
             try:
                 self.path.mkdir(mode=0o700)
@@ -69,6 +72,14 @@ class DirLock:
                 self._mark_ours()
                 self._start_keeper()
                 return
+            if not said and time.monotonic() - started > _SAY_AFTER:
+                said = True
+                log.warning(
+                    "waiting for %s: another program holds it (pi, codex, or one of ours); a "
+                    "lock its holder left behind is taken over %.0f s after its last sign of "
+                    "life, at the latest in %.0f s",
+                    self.path, self.stale, self.timeout - _SAY_AFTER,
+                )  # fmt: skip
             if time.monotonic() >= deadline:
                 raise SkillError(
                     "lock_timeout",

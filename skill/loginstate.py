@@ -43,6 +43,7 @@ class LoginState(BaseModel):
     error: str | None = None
     message: str | None = None
     saved: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # e.g. an unreadable file moved aside
     signed_in_as: str | None = None  # "<email> (<plan> plan)": for messages, not a secret
     code_sha256: str | None = None  # which pasted code finished it (for a repeated complete)
     pane_pid: int | None = None

@@ -268,6 +268,7 @@ class Runner:
                 saved = re.findall(r"^Credentials saved to (.+)$", answer.body, re.MULTILINE)
                 done = state.model_copy(update={
                     "saved": saved,
+                    "notes": _warnings(answer.body),
                     "code_sha256": _sha(callback.code),
                     "signed_in_as": _who(answer.body),
                 })  # fmt: skip
@@ -359,22 +360,24 @@ class Runner:
             self._end(state, "failed", error=verdict.code, message=verdict.message)
             raise verdict
         try:
-            saved = self._save_credential(state, driver)
+            saved, notes = self._save_credential(state, driver)
         except SkillError as exc:
             self._end(state, "failed", error=exc.code, message=exc.message)
             raise
-        done = state.model_copy(
-            update={"saved": saved, "code_sha256": code_sha, "signed_in_as": self._who}
-        )
+        done = state.model_copy(update={
+            "saved": saved, "notes": notes, "code_sha256": code_sha, "signed_in_as": self._who,
+        })  # fmt: skip
         return self._end(done, "succeeded", message="Signed in.")
 
-    def _save_credential(self, state: LoginState, driver: Driver) -> list[str]:
-        """Write what a pi-ai or codex program produced into the configured files."""
+    def _save_credential(self, state: LoginState, driver: Driver) -> tuple[list[str], list[str]]:
+        """Write what a pi-ai or codex program produced into the configured files; the files
+        written, and what there is to say about them (an unreadable one moved aside)."""
         workdir = self.dir / "work" / state.id
         if driver.name == "native":
             screen = self.tmux.screen(state.session)
             self._who = _who(screen)
-            return re.findall(r"^Credentials saved to (.+)$", screen, re.MULTILINE)
+            saved = re.findall(r"^Credentials saved to (.+)$", screen, re.MULTILINE)
+            return saved, _warnings(screen)
         from skill.authfiles import auth_files  # noqa: PLC0415 - not on the start path
 
         credential = driver.collect(workdir)
@@ -383,14 +386,19 @@ class Runner:
         _refuse_plan(credential, self.settings)
         claims = credential.claims()
         self._who = f"{claims.email or 'unknown'} ({claims.plan_type or 'unknown'} plan)"
-        saved = []
+        saved, notes = [], []
         for auth_file in auth_files(self.settings):
             try:
-                saved.append(str(auth_file.save(credential).path))
+                result = auth_file.save(credential)
             except SkillError as exc:
                 if exc.code != "credentials_invalid":  # a pi entry cannot make a codex file
                     raise
-        return saved
+                continue
+            saved.append(str(result.path))
+            if result.moved_aside is not None:
+                notes.append(f"{result.path} was not valid JSON; moved it aside to "
+                             f"{result.moved_aside}.")  # fmt: skip
+        return saved, notes
 
     # Ending ---------------------------------------------------------------------------------
 
@@ -490,6 +498,11 @@ def _typeable(text: str) -> str:
     if text.rstrip().endswith(";"):
         raise SkillError("bad_paste")
     return text
+
+
+def _warnings(output: str) -> list[str]:
+    """Our login program's "Warning: ..." lines (a credential file it moved aside)."""
+    return re.findall(r"^Warning: (.+)$", output, re.MULTILINE)
 
 
 def _who(output: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -10,6 +11,15 @@ import time
 from collections.abc import Sequence
 
 from tests.conftest import PYTHON
+
+
+def kill(pid: int, signum: int = signal.SIGKILL) -> bool:
+    """Signal ``pid``; False if it had already gone (a snapshot of a process tree ages fast)."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 class Program:

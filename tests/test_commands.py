@@ -288,3 +288,22 @@ def test_a_finished_sign_in_takes_only_its_own_address_again(
     code, refused, _ = cli(env, "complete", "-", stdin=url)
     assert (code, refused["error"]) == (1, "login_ended")
     assert "no longer on this machine" in refused["message"]
+
+
+def test_an_unreadable_credential_file_is_said_by_status_complete_and_logout(
+    env: dict[str, str], issuer: FakeIssuer, tmp_path: Path
+) -> None:
+    pi_file = tmp_path / "pi" / "auth.json"
+    pi_file.parent.mkdir(parents=True)
+    pi_file.write_text("{not json")
+    _, status, _ = cli(env, "status")
+    assert status["credential"] is None and "cannot be read" in status["file_problems"][0]
+    _, started, _ = cli(env, "start")
+    _, done, text = cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
+    assert done["status"] == "succeeded" and "moved it aside" in done["notes"][0], text
+    aside = list(pi_file.parent.glob("auth.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_text() == "{not json"
+    pi_file.write_text("{broken again")
+    _, out, _ = cli(env, "logout")
+    assert out["moved_aside"] and out["moved_aside"][0].startswith(str(pi_file))
+    assert len(list(pi_file.parent.glob("auth.json.corrupt-*"))) == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from skill.runner import Runner
 from skill.settings import Settings
 from skill.tmux import PaneStatus, TmuxServer
 from tests.fake_issuer import FakeIssuer
+from tests.process import kill
 from tests.test_runner import CLEAN, leftovers
 
 KILLS = int(os.environ.get("CRASH_KILLS_LOGIN", "20"))
@@ -55,10 +55,10 @@ def test_sigkill_during_a_sign_in(runner_settings: Settings, issuer: FakeIssuer)
         outcomes[target] += 1
         if target == "program":
             for pid in pids:
-                os.kill(pid, signal.SIGKILL)
+                kill(pid)
         else:
             server_pid = int(runner.tmux._run("display-message", "-p", "#{pid}").stdout.strip())
-            os.kill(server_pid, signal.SIGKILL)
+            kill(server_pid)
         left = _still_running(pids, within=10)
         assert not left, f"after killing the {target}: {left}"
         after = Runner(runner_settings).status()
@@ -96,7 +96,7 @@ def test_a_program_killed_a_moment_ago_is_reported_at_once(
     assert state.pane_pid
     pids = descendants(state.pane_pid)
     for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+        kill(pid)
     assert not _still_running(list(pids), within=10)
     with monkeypatch.context() as patch:
         stuck = PaneStatus(alive=True, exit_status=None, pid=state.pane_pid)

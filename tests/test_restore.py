@@ -154,12 +154,12 @@ def test_cli_unreachable_store_touches_nothing_and_exits_0(
     before = service_settings.pi_auth_file.stat()
     env = {**login_env, "PI_CODING_AGENT_DIR": str(service_settings.pi_agent_dir),
            "CHATGPT_LOGIN_SECRETS_API_URL": f"http://127.0.0.1:{free_port()}/api/agent/secrets",
-           "FAT_TOOLS_TOKEN": "fat-canary-0000", "CHATGPT_LOGIN_SECRETS_DEADLINE": "1",
+           "FAT_TOOLS_TOKEN": "fat-canary-0000000000", "CHATGPT_LOGIN_SECRETS_DEADLINE": "1",
            "CHATGPT_LOGIN_SECRETS_DIR": str(service_settings.state_dir / "none")}  # fmt: skip
     done = restore_cli(env)
     assert done.returncode == 0 and len(done.stdout.strip().splitlines()) == 1
     assert "could not be reached" in done.stdout
-    assert "fat-canary-0000" not in done.stdout + done.stderr
+    assert "fat-canary-0000000000" not in done.stdout + done.stderr
     after = service_settings.pi_auth_file.stat()
     assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
     assert restore_cli(env, "--strict").returncode == 4

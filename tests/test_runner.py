@@ -6,7 +6,6 @@ import contextlib
 import http.server
 import json
 import os
-import signal
 import socket
 import stat
 import threading
@@ -23,6 +22,7 @@ from skill.settings import Settings
 from skill.tmux import TmuxServer
 from tests.conftest import port_is_free, wait_until
 from tests.fake_issuer import FakeIssuer
+from tests.process import kill
 
 
 def leftovers(runner: Runner, settings: Settings) -> dict[str, object]:
@@ -160,7 +160,7 @@ def test_a_dead_program_gives_a_clear_error(runner_settings: Settings, issuer: F
     assert state.auth_url and state.pane_pid
     wait_until(lambda: not port_is_free(state.redirect_port or 0), what="listener")
     program = max(descendants(state.pane_pid))
-    os.kill(program, signal.SIGKILL)
+    kill(program)
     with pytest.raises(SkillError) as caught:
         runner.complete(issuer.sign_in(state.auth_url))
     assert caught.value.code in {"program_failed", "login_ended"}

@@ -136,6 +136,8 @@ def test_merge_patch_keeps_other_keys(server: Server) -> None:
         ({"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"}, b"[1]", 400),
         ({"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"}, b"{", 400),
         ({"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"},
+         b'{"a":' * 20000 + b"1" + b"}" * 20000, 400),  # nested past any parser's recursion
+        ({"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"},
          b'{"k": "' + b"x" * 300_000 + b'"}', 413),
     ],
 )  # fmt: skip

@@ -261,13 +261,14 @@ def _get(url: str) -> int:
 def test_service_settings_read_compose_secrets(tmp_path: Path) -> None:
     secrets = tmp_path / "run-secrets"
     secrets.mkdir()
-    (secrets / "fat_tools_token").write_text("tok-from-file\n")
-    (secrets / "operator_token").write_text("op-from-file")
+    (secrets / "fat_tools_token").write_text("tok-from-file-0123456789\n")
+    (secrets / "operator_token").write_text("op-from-file-0123456789")
     settings = ServiceSettings.from_env(
         {"CHATGPT_LOGIN_SECRETS_DIR": str(secrets), "HOME": str(tmp_path)}
     )
     assert (
-        settings.secrets_api_token == "tok-from-file" and settings.operator_token == "op-from-file"
+        settings.secrets_api_token == "tok-from-file-0123456789"
+        and settings.operator_token == "op-from-file-0123456789"
     )
     assert settings.secrets_api_url == "https://tinyfat.com/api/agent/secrets"
     assert "tok-from-file" not in repr(settings) and "op-from-file" not in repr(settings)
@@ -275,7 +276,7 @@ def test_service_settings_read_compose_secrets(tmp_path: Path) -> None:
         {"CHATGPT_LOGIN_SECRETS_DIR": str(tmp_path / "none"), "HOME": str(tmp_path)}
     )
     assert not plain.uses_secrets_api and plain.secrets_file == plain.state_dir / "secrets.json"
-    assert os.environ.get("FAT_TOOLS_TOKEN") != "tok-from-file"
+    assert os.environ.get("FAT_TOOLS_TOKEN") != "tok-from-file-0123456789"
 
 
 FAULTS = ["delay", "reset", "truncated", "malformed", "not_ok", "status:500", "status:503",

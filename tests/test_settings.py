@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from skill.settings import Settings
+from tests.conftest import REPO
 from tests.process import Program
 
 
@@ -63,5 +67,25 @@ def test_cli_reports_a_bad_setting_without_echoing_it(login_env: dict[str, str])
     env = {**login_env, "CHATGPT_LOGIN_ISSUER": "not-a-url-secretvalue"}
     program = Program(["oauth-login"], env)
     assert program.finish() == 2
-    assert "Error: invalid setting: issuer" in program.stderr
+    assert "Error: Invalid setting: issuer" in program.stderr
     assert "secretvalue" not in program.stderr
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["CHATGPT_LOGIN_OPERATOR_TOKEN", "FAT_TOOLS_TOKEN", "CHATGPT_LOGIN_SECRETS_API_TOKEN"],
+)
+@pytest.mark.parametrize("value", ["", "   ", "x", "fifteen-chars-x"])
+def test_a_short_token_is_refused_at_start(tmp_path: Path, variable: str, value: str) -> None:
+    """Every bearer token the service takes has at least 16 characters; serve says which one
+    is short (never its value) and exits 2 before listening."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+           "CHATGPT_LOGIN_SECRETS_DIR": str(tmp_path / "none"), variable: value}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--bind", "127.0.0.1:9"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=30,
+                          check=False)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "at least 16 characters" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    if len(value.strip()) > 3:
+        assert value not in done.stderr
