@@ -42,7 +42,9 @@ class Login(BaseModel):
     error: str | None = None
     message: str | None = None
     saved: list[str] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list, description="e.g. an unreadable file moved aside")
+    notes: list[str] = Field(
+        default_factory=list, description="e.g. an unreadable file moved aside"
+    )
 
 
 class CredentialStatus(BaseModel):
