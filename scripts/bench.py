@@ -38,7 +38,8 @@ SECTIONS = [
      ["--runs", "1", "--seconds", "1", "--connections", "1,8"]),
     ("bench_stampede.py", ["--runs", "3"], ["--runs", "1", "--processes", "1,4"]),
     ("bench_memory.py", ["--runs", "3"], ["--runs", "1"]),
-    ("bench_fleet.py", ["--seconds", "90"], ["--seconds", "10", "--containers", "1,2"]),
+    ("bench_fleet.py", ["--seconds", "90"],
+     ["--seconds", "8", "--containers", "2", "--stores", "cas"]),
 ]  # fmt: skip
 
 

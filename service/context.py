@@ -36,6 +36,7 @@ class Context:
         # time, its result kept (monotonic time, result) for a while.
         self.store_checking = threading.Lock()
         self.store_check: tuple[float, str] | None = None
+        self.state_dir_check: tuple[float, str] | None = None
 
     def persistence(self) -> Persistence:
         """The owner of the stored copy, for one request."""

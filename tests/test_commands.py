@@ -55,7 +55,12 @@ def test_start_complete_status_over_the_cli(env: dict[str, str], issuer: FakeIss
 def test_a_bad_paste_is_exit_2_and_the_attempt_lives_on(env: dict[str, str]) -> None:
     cli(env, "start")
     code, error, _ = cli(env, "complete", "-", stdin="https://auth.openai.com/oauth/authorize?x=1")
-    assert code == 2 and error == {"ok": False, "error": "bad_paste", "message": error["message"]}
+    assert code == 2 and error == {
+        "ok": False,
+        "error": "bad_paste",
+        "message": error["message"],
+        "next": "ask_user",
+    }
     assert "sign-in link itself" in error["message"]
     _, status, _ = cli(env, "status")
     assert status["login"]["status"] == "waiting"

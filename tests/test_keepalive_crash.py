@@ -35,7 +35,7 @@ from tests.conftest import http_store
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
 
-KILLS = int(os.environ.get("CRASH_KILLS", "200"))
+KILLS = int(os.environ.get("CRASH_KILLS_REFRESH", "80"))
 
 
 def report_progress(fd: int) -> None:
@@ -145,7 +145,7 @@ def test_sigkill_between_refresh_and_push(tmp_path: Path, issuer: FakeIssuer) ->
     assert in_window >= KILLS // 4  # the kills did land in the window that matters
 
 
-LEASE_KILLS = int(os.environ.get("CRASH_KILLS_LEASE", "40"))
+LEASE_KILLS = int(os.environ.get("CRASH_KILLS_LEASE", "20"))
 
 
 def test_sigkill_while_holding_the_lease(tmp_path: Path, issuer: FakeIssuer) -> None:

@@ -11,7 +11,7 @@ container's pi file holds a refresh token the issuer still takes (at least 99%),
 refreshes against the half-life schedule's bound (two per token lifetime, plus one).
 
 Sizes come from the environment so that CI runs a short mode: ``FLEET_SIZES`` (default 3),
-``FLEET_SECONDS`` (45), ``FLEET_OVERLAPS`` (3 rolling restarts); the main test runs against
+``FLEET_SECONDS`` (30), ``FLEET_OVERLAPS`` (2 rolling restarts); the main test runs against
 both stores, and each of the others against one unless ``FLEET_ALL_STORES=1`` (the full runs).
 """
 
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.slow
 
 LIFETIME = 20  # seconds an access token lives
 SIZES = [int(n) for n in os.environ.get("FLEET_SIZES", "3").split(",")]
-SECONDS = float(os.environ.get("FLEET_SECONDS", "45"))
-OVERLAPS = int(os.environ.get("FLEET_OVERLAPS", "3"))
+SECONDS = float(os.environ.get("FLEET_SECONDS", "30"))
+OVERLAPS = int(os.environ.get("FLEET_OVERLAPS", "2"))
 ALL_STORES = os.environ.get("FLEET_ALL_STORES") == "1"
 
 
@@ -196,6 +196,7 @@ def test_a_partitioned_container_adopts_on_return(
     assert all(fleet.samples[-1].live.values()), fleet.samples[-1]
 
 
+@stores("cas")
 def test_logout_in_one_container_signs_out_every_one(
     fleet: Fleet, store: Store, issuer: FakeIssuer
 ) -> None:

@@ -36,17 +36,27 @@ def healthz() -> Response:
 def readyz() -> tuple[Response, int]:
     ctx = context()
     checks = {"tmux": "ok" if shutil.which("tmux") else "missing: install tmux"}
-    try:
-        ensure_private_dir(ctx.settings.state_dir)
-        with tempfile.NamedTemporaryFile(dir=ctx.settings.state_dir):
-            pass
-        checks["state_dir"] = "ok"
-    except OSError as exc:
-        checks["state_dir"] = f"not writable ({type(exc).__name__})"
+    checks["state_dir"] = _state_dir(ctx)
     checks["secrets_store"] = _store(ctx)
     ready = all(value.startswith("ok") for value in checks.values())
     health = Health(status="ok" if ready else "unavailable", checks=checks)
     return jsonify(health.model_dump()), 200 if ready else 503
+
+
+def _state_dir(ctx: Context) -> str:
+    """Whether a file can be made in the state directory, looked at once per CHECK_EVERY."""
+    last = ctx.state_dir_check
+    if last is not None and time.monotonic() - last[0] < CHECK_EVERY:
+        return last[1]
+    try:
+        ensure_private_dir(ctx.settings.state_dir)
+        with tempfile.NamedTemporaryFile(dir=ctx.settings.state_dir):
+            pass
+        result = "ok"
+    except OSError as exc:
+        result = f"not writable ({type(exc).__name__})"
+    ctx.state_dir_check = (time.monotonic(), result)
+    return result
 
 
 def _store(ctx: Context) -> str:
