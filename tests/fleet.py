@@ -33,6 +33,7 @@ from typing import Any
 from tests.canary import register
 from tests.conftest import PYTHON, REPO, free_port, wait_until
 from tests.fake_issuer import FakeIssuer
+from tests.loopback import status_of
 
 # Settings for a 20-second token lifetime: the store is read every second, holders beat every
 # 5 s, a lease lasts 8 s, and nothing is renewed within 5 s of its issue.
@@ -263,13 +264,7 @@ class Fleet:
 
 
 def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as answer:
-        return answer.code
-    except OSError:
-        return 0
+    return status_of(url, timeout=1)
 
 
 def seed_store(issuer: FakeIssuer, url: str, token: str, key: str = "codex_credentials") -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ssl
 import threading
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -23,3 +25,14 @@ def stop(server: ThreadingHTTPServer | None) -> None:
     if server is not None:
         server.shutdown()
         server.server_close()
+
+
+def status_of(request: str | urllib.request.Request, *, timeout: float = 5) -> int:
+    """The HTTP status a loopback URL answers with; 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as answer:
+        return answer.code
+    except OSError:
+        return 0

@@ -56,6 +56,38 @@ def report_progress(fd: int) -> None:
     os.fsync = syncing
 
 
+LATER = 10**6  # seconds: on a clock this far on, every credential is due for renewal
+
+
+def later() -> float:
+    return time.time() + LATER
+
+
+class Step:
+    """One keep-alive step in a forked child, which reports its progress on a pipe
+    (:func:`report_progress`) until :meth:`kill` SIGKILLs it."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.progress, report = os.pipe()
+        os.set_blocking(self.progress, False)
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                report_progress(report)
+                KeepAlive(settings, http_store(settings), clock=later).run_once()
+            finally:
+                os._exit(0)
+        os.close(report)
+
+    def kill(self) -> bool:
+        """SIGKILL it (it may be done already); whether its rotation was written by then."""
+        os.kill(self.pid, signal.SIGKILL)  # a zombie until waited for: never gone before this
+        os.waitpid(self.pid, 0)
+        written = written_before_the_kill(self.progress)
+        os.close(self.progress)
+        return written
+
+
 def written_before_the_kill(progress: int) -> bool:
     """Whether the killed child had the rotation's bytes in a file (``f`` after ``h``)."""
     try:
@@ -86,18 +118,7 @@ def test_sigkill_between_refresh_and_push(tmp_path: Path, issuer: FakeIssuer) ->
         for _ in range(KILLS):
             answered.clear()
             api.acks.clear()
-            progress, report = os.pipe()
-            os.set_blocking(progress, False)
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    report_progress(report)
-                    # A clock a long way on: the credential is due, so the step renews it.
-                    later = lambda: time.time() + 10**6  # noqa: E731
-                    KeepAlive(worker, http_store(worker), clock=later).run_once()
-                finally:
-                    os._exit(0)
-            os.close(report)
+            step = Step(worker)
             # Aim at the window: wait for the issuer's answer, then kill within the next 60 ms
             # (the push is acknowledged about 40 ms after the answer).
             deadline = time.monotonic() + 3.0
@@ -105,10 +126,7 @@ def test_sigkill_between_refresh_and_push(tmp_path: Path, issuer: FakeIssuer) ->
                 time.sleep(0.0005)
             time.sleep(rng.uniform(0.0, 0.06))
             killed_at = time.monotonic()
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            written = written_before_the_kill(progress)
-            os.close(progress)
+            written = step.kill()
             locks_left += pi_file.lock.path.exists()
             # The first write acknowledged after the answer is the push (the lease was taken
             # before it, the heartbeat comes after).
@@ -171,7 +189,6 @@ def test_sigkill_while_holding_the_lease(tmp_path: Path, issuer: FakeIssuer) -> 
 
     a, b = settings("a", lease_settle=0.05), settings("b")
     a_restarted, b_later = (s.model_copy(update={"refresh_window": 0.0}) for s in (a, b))
-    later = lambda: time.time() + 10**6  # noqa: E731 - a clock on which the token is due
     pi_a = PiAuthFile(a.pi_auth_file, stale=a.lock_stale, timeout=a.lock_timeout)
     pi_b = PiAuthFile(b.pi_auth_file)
 
@@ -187,26 +204,14 @@ def test_sigkill_while_holding_the_lease(tmp_path: Path, issuer: FakeIssuer) -> 
         for _ in range(LEASE_KILLS):
             api.acks.clear()
             reused_before = issuer.calls["refresh_token_reused"]
-            progress, report = os.pipe()
-            os.set_blocking(progress, False)
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    report_progress(report)
-                    KeepAlive(a, http_store(a), clock=later).run_once()
-                finally:
-                    os._exit(0)
-            os.close(report)
+            step = Step(a)
             deadline = time.monotonic() + 3.0
             while not api.acks and time.monotonic() < deadline:  # A's lease is stored
                 time.sleep(0.0005)
             # Its settle (50 ms), the read-back, the OAuth client's start, the issuer's answer,
             # the write and the push take 0.4-0.6 s here: the kill lands anywhere in that.
             time.sleep(rng.uniform(0.0, 0.6))
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            written = written_before_the_kill(progress)
-            os.close(progress)
+            written = step.kill()
             time.sleep(0.35)  # A's lease runs out
             b_step = KeepAlive(b, http_store(b), clock=later).run_once()  # B takes over
             taken_over += b_step.refreshed or b_step.error == "refresh_token_reused"

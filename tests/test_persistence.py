@@ -42,6 +42,17 @@ def signed_in(issuer: FakeIssuer, settings: ServiceSettings, **account: str) -> 
     return credential
 
 
+def pair(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> tuple[ServiceSettings, ServiceSettings, Persistence, Persistence, Credential]:
+    """Holders A and B on one store; A signed in and stored it (B has not looked yet)."""
+    a, b = holder(tmp_path, issuer, "a"), holder(tmp_path, issuer, "b")
+    pa, pb = Persistence(a, store), Persistence(b, store)
+    credential = signed_in(issuer, a)
+    pa.persist()
+    return a, b, pa, pb, credential
+
+
 def local(settings: ServiceSettings) -> Credential | None:
     return PiAuthFile(settings.pi_auth_file).load()
 
@@ -136,10 +147,7 @@ def test_half_life_schedule(issuer: FakeIssuer, tmp_path: Path) -> None:
 def test_followers_adopt_and_never_spend(
     tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
 ) -> None:
-    a, b = holder(tmp_path, issuer, "a"), holder(tmp_path, issuer, "b")
-    pa, pb = Persistence(a, store), Persistence(b, store)
-    signed_in(issuer, a)
-    pa.persist()
+    a, b, pa, pb, _ = pair(tmp_path, issuer, store)
     assert pb.sync().decision == "adopt"
     renewed = pa.renew(Refresher(a), force=True)
     assert renewed.outcome == "refreshed"
@@ -190,10 +198,7 @@ def test_a_lost_race_adopts_instead_of_dying(
     """The store showed nothing newer when this holder read it, but another had just spent the
     same token: refresh_token_reused comes back, the store is read again, the winner's copy is
     adopted, and nothing is marked for a new sign-in."""
-    a, b = holder(tmp_path, issuer, "a"), holder(tmp_path, issuer, "b")
-    pa, pb = Persistence(a, store), Persistence(b, store)
-    signed_in(issuer, a)
-    pa.persist()
+    a, b, pa, pb, _ = pair(tmp_path, issuer, store)
     pb.sync()
 
     def a_wins_first(token: str) -> None:
@@ -245,10 +250,7 @@ def test_a_logout_noted_while_the_service_was_down(
 ) -> None:
     """The note is carried out against the copy stored before it; a sign-in made after it (here
     in another container) is left alone."""
-    a, b = holder(tmp_path, issuer, "a"), holder(tmp_path, issuer, "b")
-    pa, pb = Persistence(a, store), Persistence(b, store)
-    old = signed_in(issuer, a)
-    pa.persist()
+    a, b, pa, pb, old = pair(tmp_path, issuer, store)
     note_pending(a, old.account_id)
     assert pa.carry_out_pending_logout()
     assert read_pending(a) is None and pb.sync().decision == "logged_out"
@@ -264,10 +266,7 @@ def test_a_logout_noted_while_the_service_was_down(
 def test_the_holders_and_the_lease_are_visible(
     tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
 ) -> None:
-    a, b = holder(tmp_path, issuer, "a"), holder(tmp_path, issuer, "b")
-    pa, pb = Persistence(a, store), Persistence(b, store)
-    signed_in(issuer, a)
-    pa.persist()
+    _, _, pa, pb, _ = pair(tmp_path, issuer, store)
     pa.heartbeat()
     pb.heartbeat()
     pb.sync()

@@ -19,6 +19,7 @@ from service.errors import ServiceError
 from service.secrets import HttpSecretsStore
 from service.secrets_server import merge_patch, parse_tokens
 from tests.conftest import PYTHON, free_port, wait_until
+from tests.loopback import status_of
 
 ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-0123456789abcdef01"
@@ -49,13 +50,7 @@ class Server:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers
         )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as answer:
-                return int(answer.status)
-        except urllib.error.HTTPError as answer:
-            return answer.code
-        except OSError:
-            return 0
+        return status_of(request)
 
     def store(self, token: str) -> HttpSecretsStore:
         return HttpSecretsStore(url=self.url, token=token, timeout=5, attempts=2, deadline=5)

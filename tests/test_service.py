@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from skill.tokens import TokenSet
 from tests.conftest import PYTHON, REPO, free_port, wait_until
 from tests.fake_issuer import Account, FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
+from tests.loopback import status_of
 
 OPERATOR = "operator-canary-51d0"
 
@@ -231,7 +231,11 @@ def test_end_to_end_under_gunicorn(
                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)  # fmt: skip
     try:
-        wait_until(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, 20, "gunicorn up")
+        wait_until(
+            lambda: status_of(f"http://127.0.0.1:{port}/healthz", timeout=1) == 200,
+            20,
+            "gunicorn up",
+        )
         cli = [PYTHON, "-m", "service.cli"]
         started = json.loads(subprocess.run([*cli, "start", "--json"], env=env, cwd=REPO,
                              capture_output=True, text=True, check=True).stdout)  # fmt: skip
@@ -248,14 +252,6 @@ def test_end_to_end_under_gunicorn(
     assert time.monotonic() - stopped < 10
     assert api.token not in out
     assert "code=" not in out and "state=" not in out  # the access log has no query strings
-
-
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return int(response.status)
-    except OSError:
-        return 0
 
 
 def test_service_settings_read_compose_secrets(tmp_path: Path) -> None:
