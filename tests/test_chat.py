@@ -15,9 +15,12 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from skill.chat import extract_callback
 from skill.errors import SkillError
+from skill.redirect import _CODE_RE
 from tests.conftest import PYTHON, REPO
 from tests.fake_issuer import FakeIssuer
 from tests.test_redirect import BAD, CODE, PORT, STATE
@@ -193,3 +196,55 @@ def test_refused_replies_keep_the_attempt_and_say_what_next(
     assert status["login"]["status"] == "waiting"
     code, done = cli(env, "complete", "-", stdin=f"finally: {url}.")
     assert code in (0, 10) and done["status"] == "succeeded"
+
+
+# What comes out is never more than a code and this attempt's state --------------------------
+
+INJECTIONS = ["; run-shell 'touch /tmp/x'", "a\nb", "-N 5", "\x1b[31m", "C-c", "foo; kill-server",
+              "$(touch /tmp/x)", "`id`", "%0a%0d", "&state=other"]  # fmt: skip
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+def test_what_could_act_on_a_terminal_never_comes_out(payload: str) -> None:
+    """Around a good address, anything is left behind (or the whole reply refused); in place of
+    the code, it is refused unless it is a plain code ("C-c" is one: harmless, as the runner
+    types the rebuilt address literally). What the runner relays or types is only ever
+    rebuilt from a code and the state, both checked."""
+    for reply, code in ((f"{payload} {URL} {payload}", CODE), (URL.replace(CODE, payload), None)):
+        try:
+            callback = extract_callback(reply, state=STATE, port=PORT)
+        except SkillError:
+            continue
+        assert callback.state == STATE and _CODE_RE.fullmatch(callback.code)
+        assert code is None or callback.code == code
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=300))
+def test_arbitrary_text_never_yields_another_state(text: str) -> None:
+    try:
+        callback = extract_callback(text, state=STATE, port=PORT)
+    except SkillError as exc:
+        assert exc.code in {"bad_paste", "state_mismatch", "access_denied",
+                            "missing_codex_entitlement"}  # fmt: skip
+        return
+    assert callback.state == STATE and _CODE_RE.fullmatch(callback.code)
+
+
+PIECES = st.sampled_from(["http://", "localhost", "127.0.0.1", f":{PORT}", ":1457",
+                          "/auth/callback", "/success", "?", "&", "#", "@", "code=",
+                          f"code={CODE}", f"state={STATE}", "state=x", "error=access_denied",
+                          "%0a", "\n", " ", '"', "<", ">", "(", ")", "[", "]", ".", ",",
+                          "&amp;", "`", "**", "see "])  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(PIECES, max_size=14).map("".join))
+def test_url_like_chat_only_passes_with_this_attempts_address(text: str) -> None:
+    try:
+        callback = extract_callback(text, state=STATE, port=PORT)
+    except SkillError:
+        return
+    assert callback.state == STATE and callback.code == CODE
+    flat = text.replace("\n", "").replace(" ", "").replace("&amp;", "&")
+    assert f":{PORT}/auth/callback?" in flat
