@@ -347,7 +347,8 @@ def main() -> int:  # noqa: PLR0915 - one straight list of sections reads best
             f"{cases} cases",
             failed,
             "a traceback or a 500, a wait past twice the deadline plus one attempt, more than "
-            "64 MiB held in process (200 MiB for restore), or the local credential changed",
+            "64 MiB held in process (64 MiB resident for the whole restore), or the local "
+            "credential changed",
             "pytest -s tests/test_hostile_answers.py",
         )
     )

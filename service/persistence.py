@@ -262,6 +262,7 @@ class Persistence:
                 state.synced = fingerprint(local)
                 state.signed_in_at = record.entry.signedInAt or state.signed_in_at
                 state.persist_pending = False
+                state.last_persisted_at = state.last_persisted_at or self.now()  # it is there
                 state.conflict = None
                 state.logged_out = None
             elif decision == "conflict" and record.live is not None:
