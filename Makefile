@@ -7,7 +7,7 @@ run:                ## install and sign in with the login program
 test:               ## everything CI runs (what .ci/run runs)
 	scripts/test
 
-bench:              ## all benchmarks, full runs -> BENCHMARKS.md (about 15 minutes)
+bench:              ## all benchmarks, full runs -> BENCHMARKS.md (about 25 minutes)
 	scripts/install --test
 	.venv/bin/python scripts/bench.py
 
@@ -15,7 +15,7 @@ bench-short:        ## the same, a few runs each: checks they still work
 	scripts/install --test
 	.venv/bin/python scripts/bench.py --short
 
-reliability:        ## the reliability suite, full -> RELIABILITY.md
+reliability:        ## the reliability suite, full -> RELIABILITY.md (about an hour)
 	scripts/install --test
 	.venv/bin/python scripts/reliability.py
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Every benchmark in one run, written to BENCHMARKS.md (``make bench``).
 
-    .venv/bin/python scripts/bench.py            # full runs (about 15 minutes) -> BENCHMARKS.md
+    .venv/bin/python scripts/bench.py            # full runs (about 25 minutes) -> BENCHMARKS.md
     .venv/bin/python scripts/bench.py --short    # a few runs each, to check they all still work
                                                  # (CI); written to --output, not BENCHMARKS.md
 

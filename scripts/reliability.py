@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The reliability suite in one run, written to RELIABILITY.md (``make reliability``).
 
-    .venv/bin/python scripts/reliability.py           # full (about 30 minutes) -> RELIABILITY.md
+    .venv/bin/python scripts/reliability.py           # full (about an hour) -> RELIABILITY.md
     .venv/bin/python scripts/reliability.py --short   # small counts, checks it all still works
                                                       # (CI); written to --output
 
