@@ -11,13 +11,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from skill import cli as skill_cli
 from skill.errors import ExitCode
-
-if TYPE_CHECKING:
-    from service.settings import ServiceSettings
 
 
 def _restore(args: argparse.Namespace) -> int:
@@ -39,48 +36,31 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def _refresh(args: argparse.Namespace) -> int:
-    """Renew now through the service (under the store's lease, so no other container spends
-    the same refresh token); with the service down, here under pi's lock, stored later."""
+    """Renew now through the service, under the store's lease, so that no other container
+    spends the same refresh token. Never here alone: without the service (which holds the
+    store's token) this machine cannot take the lease, and another container of this user may
+    be spending the token at this very moment."""
     from service.settings import ServiceSettings  # noqa: PLC0415
-    from skill.errors import SkillError  # noqa: PLC0415
+    from skill.errors import CODES, SkillError  # noqa: PLC0415
     from skill.service_client import REFRESH_PATH, call, json_body  # noqa: PLC0415
 
     settings = ServiceSettings.from_env()
     try:
         answer = call(settings, "POST", REFRESH_PATH, timeout=120.0, body=b"{}")
-    except SkillError:  # service_unavailable
-        return _refresh_here(settings)
+    except SkillError as exc:
+        raise SkillError(
+            "service_unavailable",
+            f"Not renewed: {exc.message}, and renewing without it could spend a refresh token "
+            "another container of this user is renewing. Start the service (it renews the "
+            "sign-in by itself), then retry.",
+        ) from None
     body = json_body(answer)
     if answer.status == 200:
         print(body.get("message") or "Renewed.")
         return ExitCode.OK
-    print(f"Error: {body.get('message') or f'the service answered HTTP {answer.status}'}",
-          file=sys.stderr)  # fmt: skip
-    return _exit_code(str(body.get("error") or ""))
-
-
-def _refresh_here(settings: ServiceSettings) -> int:
-    from service.refresher import Refresher  # noqa: PLC0415
-    from skill.errors import SkillError  # noqa: PLC0415
-    from skill.service_client import request_persist  # noqa: PLC0415
-
-    try:
-        renewed = Refresher(settings).ensure_fresh(force=True)
-    except SkillError as exc:
-        print(f"Error: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    what = "Renewed" if renewed.refreshed else "Another program had just renewed it; using that"
-    print(f"{what}: the access token is valid until {renewed.credential.expires_at:%H:%M} UTC.")
-    persisted = request_persist(settings)
-    print(persisted.message)
-    return ExitCode.OK if persisted.persisted else ExitCode.PERSIST_PENDING
-
-
-def _exit_code(code: str) -> int:
-    from skill.errors import CODES  # noqa: PLC0415
-
-    spec = CODES.get(code)
-    return spec.exit_code if spec else ExitCode.TRANSIENT
+    code = str(body.get("error") or "")
+    message = body.get("message") or f"the service answered HTTP {answer.status}"
+    raise SkillError(code if code in CODES else "internal", str(message))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -132,8 +112,8 @@ def add_service_commands(commands: skill_cli.Commands) -> None:
             "Renew the access token now. The service does it, under the secrets store's lease, "
             "so no other container (and, through pi's lock, no other program here) spends the "
             "same refresh token; if another one just renewed it, that result is used. With the "
-            "service down it is done here and stored when the service starts. The service also "
-            "renews by itself ahead of expiry."
+            "service down it refuses (exit 4): alone, it could spend a token another container "
+            "is renewing. The service also renews by itself ahead of expiry."
         ),
         "chatgpt-login refresh",
     )

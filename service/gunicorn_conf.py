@@ -5,7 +5,9 @@ from service.settings import ServiceSettings
 _settings = ServiceSettings.from_env()
 
 bind = _settings.bind
-worker_class = "gthread"  # threads: a relay waits on a login program; others keep answering
+# Threads (a relay waits on a login program; others keep answering), each client's reading
+# bounded so that slow clients cannot hold them (service/worker.py).
+worker_class = "service.worker.BoundedThreadWorker"
 workers = 2
 threads = 4
 # Above every outbound wait: a secrets API write with all its retries, or a complete.

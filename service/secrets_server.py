@@ -27,6 +27,7 @@ import hmac
 import json
 import os
 import sqlite3
+import traceback
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -232,6 +233,16 @@ def create_secrets_app(settings: ServiceSettings) -> Flask:
     def refused(exc: ServiceError) -> tuple[Response, int]:
         return jsonify(error=exc.code, message=exc.message), exc.status
 
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        if isinstance(exc, HTTPException):
+            return http_error(exc)
+        # The frames, not the exception's text (it could quote a request).
+        app.logger.error("unexpected %s:\n%s", type(exc).__name__,
+                         "".join(traceback.format_tb(exc.__traceback__)))  # fmt: skip
+        return jsonify(error="internal", message="Something unexpected went wrong. Report it; "
+                       "the server's log has where."), 500  # fmt: skip
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
@@ -254,7 +265,8 @@ def _versioned(response: Response, rev: int) -> Response:
 def _revision(tag: str) -> int | None:
     """The revision an entity tag of ours names (weak tags compare as strong: one writer)."""
     text = tag.strip().removeprefix("W/").strip('"')
-    return int(text) if text.isdigit() and len(text) < 19 else None
+    # isdigit() alone takes "²" and other digits int() refuses.
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 def _matches(header: str, rev: int) -> bool:

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from skill.attempt import PremadeAttempt
@@ -260,8 +260,13 @@ def _echo_off(stdin: IO[str]) -> Iterator[None]:
 
 
 class _Listener(http.server.ThreadingHTTPServer):
+    """The callback listener. Anyone on this machine can connect to it, so what a connection
+    may hold is bounded: at most ``MAX_OPEN`` at once (more are closed at once, not queued),
+    and each is dropped after ``_CallbackHandler.timeout`` seconds without a byte."""
+
     daemon_threads = True
     allow_reuse_address = True  # TIME_WAIT only; two live listeners still cannot share a port
+    MAX_OPEN = 8
 
     def __init__(
         self,
@@ -276,6 +281,19 @@ class _Listener(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), _CallbackHandler)
         self.events, self.state, self.console, self.wait = events, state, console, wait
         self.control = control  # /cancel's secret; None: nobody may cancel over HTTP
+        self._open = threading.BoundedSemaphore(self.MAX_OPEN)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._open.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._open.release()
 
 
 def _bind_listener(
@@ -299,6 +317,7 @@ def _bind_listener(
 
 class _CallbackHandler(http.server.BaseHTTPRequestHandler):
     server: _Listener
+    timeout = 10  # seconds a connection may stay silent (a socket timeout on every read)
     server_version = "chatgpt-login"
     sys_version = ""
 

@@ -82,7 +82,15 @@ def http_client(settings: Settings, transport: httpx.BaseTransport | None = None
     mounts: dict[str, httpx.BaseTransport | None] = {
         pattern: httpx.HTTPTransport(limits=limits) for pattern in _LOOPBACK_PATTERNS
     }
-    return httpx.Client(timeout=timeout, trust_env=True, mounts=mounts, limits=limits)
+    try:
+        return httpx.Client(timeout=timeout, trust_env=True, mounts=mounts, limits=limits)
+    except (httpx.InvalidURL, ValueError, ImportError):  # a proxy variable httpx cannot use
+        raise SkillError(
+            "invalid_setting",
+            "A proxy setting (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) is not a proxy this tool "
+            "can use: an http:// or https:// address with a valid port is needed (SOCKS is "
+            "not supported). Fix it, then retry.",
+        ) from None  # its value is not said: a proxy address can hold a password
 
 
 class OAuthClient:

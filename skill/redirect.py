@@ -103,7 +103,11 @@ def _parse_url(text: str, *, state: str, port: int, hint: str) -> Callback:
             f"{hint} If a sign-in already finished, check `chatgpt-login status`."
         )
     if parts.path != CALLBACK_PATH:
-        raise _bad(f"That address has the path {parts.path or '/'!r}, not {CALLBACK_PATH}. {hint}")
+        # Never quote the path: with its '?' mangled (%3F, /, &), it holds the code and state.
+        raise _bad(
+            f"That address's path is not {CALLBACK_PATH} (was its '?' changed, or the path cut "
+            f"or changed?). {hint}"
+        )
     if (url_port or 80) != port:
         raise _bad(
             f"That address is for port {url_port or 80}, but this sign-in waits on port {port}: "

@@ -159,16 +159,32 @@ def test_no_secret_reaches_output_logs_or_leftover_files(
     assert os.listdir(state_dir / "logs") == [] and os.listdir(state_dir / "work") == []
 
 
-def test_refresh_command_renews_and_reports_pending_persist(
+def test_refresh_without_the_service_refuses_and_spends_nothing(
     env: dict[str, str], issuer: FakeIssuer
+) -> None:
+    """Without the service there is no lease: renewing here could spend a token another
+    container of this user is spending, so it refuses, says why, and calls no issuer."""
+    _, started, _ = cli(env, "start")
+    cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
+    done = subprocess.run([PYTHON, "-m", "service.cli", "refresh"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "Not renewed" in done.stderr and "another container" in done.stderr
+    assert issuer.calls["grant:refresh_token"] == 0
+
+
+def test_refresh_through_the_service_renews_under_the_lease(
+    env: dict[str, str], issuer: FakeIssuer, state_dir: Path, running_service: str
 ) -> None:
     _, started, _ = cli(env, "start")
     cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
     done = subprocess.run([PYTHON, "-m", "service.cli", "refresh"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-    assert done.returncode == 10, done.stdout + done.stderr
-    assert done.stdout.startswith("Renewed:") and "Persistence pending" in done.stdout
+    assert done.returncode == 0 and "Renewed and stored" in done.stdout, done.stderr
     assert issuer.calls["grant:refresh_token"] == 1
+    stored = stored_document(state_dir)["codex_credentials"]
+    local = json.loads((Path(env["PI_CODING_AGENT_DIR"]) / "auth.json").read_text())
+    assert stored["refresh"] == local["openai-codex"]["refresh"] and stored["generation"] >= 2
 
 
 def test_status_shows_needs_relogin_from_the_service(

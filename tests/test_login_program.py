@@ -3,10 +3,12 @@ paths, every kind of bad paste, timeouts and signals, and nothing left listening
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
 import stat
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -316,3 +318,30 @@ def test_no_secret_reaches_output_or_logs(
     for secret in (code, state, str(entry["access"]), str(entry["refresh"])):
         assert secret not in after_url
         assert secret not in program.stderr
+
+
+def test_connections_that_never_finish_are_bounded(
+    login_env: dict[str, str], issuer: FakeIssuer, ports: tuple[int, int]
+) -> None:
+    """Any local user can connect to the listener: thirty connections that send 60 KB of one
+    header line and stop hold at most eight threads (the rest are closed at once), and the
+    real callback still gets through."""
+    program = start(login_env)
+    url = program.authorize_url()
+    program.wait_for(r"^Waiting \(listening")
+    tasks = Path(f"/proc/{program.proc.pid}/task")
+    before = len(list(tasks.iterdir()))
+    stalled = []
+    for _ in range(30):
+        sock = socket.create_connection(("127.0.0.1", ports[0]))
+        with contextlib.suppress(OSError):  # closed at once when too many are open
+            sock.sendall(b"GET /auth/callback HTTP/1.1\r\nX-Pad: " + b"a" * 60000)
+        stalled.append(sock)
+    time.sleep(0.5)
+    assert len(list(tasks.iterdir())) <= before + 8
+    for sock in stalled:
+        sock.close()
+    wait_until(lambda: len(list(tasks.iterdir())) <= before + 1, 15, "threads to end")
+    status, _ = callback_get(issuer.sign_in(url).replace("localhost", "127.0.0.1"))
+    assert status == 200
+    assert program.finish() == 0

@@ -378,3 +378,18 @@ def test_a_hostile_token_answer_is_cut_off(
         client.refresh("rt_any")
     assert caught.value.code == code, caught.value.message
     assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    ["http://user:proxy-pw-canary-3b8e@127.0.0.1:notaport", "socks5://127.0.0.1:1080",
+     "ftp://127.0.0.1:21"],
+)  # fmt: skip
+def test_a_proxy_it_cannot_use_is_a_setting_to_fix(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, proxy: str
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    with pytest.raises(SkillError) as caught:
+        OAuthClient(settings)
+    assert caught.value.code == "invalid_setting" and "proxy" in caught.value.message
+    assert "proxy-pw-canary" not in caught.value.message

@@ -80,10 +80,10 @@ BAD: list[tuple[str, str, str]] = [
     (GOOD + "#", "bad_paste", "'#' part"),
     (f"http://localhost:{PORT}/success?id_token=x", "bad_paste", "after a sign-in finished"),
     (f"http://localhost:{PORT}/success/", "bad_paste", "after a sign-in finished"),
-    (GOOD.replace("/auth/callback", "/auth/callbac"), "bad_paste", "the path"),
-    (GOOD.replace("/auth/callback", "/"), "bad_paste", "the path"),
-    (GOOD.replace("/auth/callback", "/auth/callback/"), "bad_paste", "the path"),
-    (GOOD.replace("/auth/callback", "/AUTH/callback"), "bad_paste", "the path"),
+    (GOOD.replace("/auth/callback", "/auth/callbac"), "bad_paste", "path is not"),
+    (GOOD.replace("/auth/callback", "/"), "bad_paste", "path is not"),
+    (GOOD.replace("/auth/callback", "/auth/callback/"), "bad_paste", "path is not"),
+    (GOOD.replace("/auth/callback", "/AUTH/callback"), "bad_paste", "path is not"),
     (GOOD.replace(f":{PORT}", ":1457"), "bad_paste", "older attempt"),
     (GOOD.replace(f":{PORT}", ""), "bad_paste", "older attempt"),
     (GOOD.replace(f":{PORT}", ":99999"), "bad_paste", "malformed"),
@@ -182,8 +182,20 @@ URL_PIECES = st.sampled_from(
 def test_url_like_text_only_passes_with_right_state_port_and_path(text: str) -> None:
     try:
         callback = parse(text)
-    except SkillError:
+    except SkillError as exc:
+        assert CODE not in exc.message and STATE not in exc.message
         return
     assert callback.state == STATE
     assert callback.code == CODE
     assert f":{PORT}/auth/callback?" in text.replace("\n", "").replace(" ", "")
+
+
+MANGLES = ["%3F", "/", "&", "", "#", "%3f", "\\"]
+
+
+@pytest.mark.parametrize("mangled", MANGLES)
+def test_a_mangled_question_mark_never_puts_the_code_in_the_message(mangled: str) -> None:
+    """With its '?' changed the path holds the code and state: no message may quote it."""
+    with pytest.raises(SkillError) as caught:
+        parse(GOOD.replace("?", mangled, 1))
+    assert CODE not in caught.value.message and STATE not in caught.value.message

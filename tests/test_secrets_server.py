@@ -102,6 +102,11 @@ def test_versions_make_polls_cheap_and_writes_exact(server: Server) -> None:
     again = alice.read(if_none_match=first.etag)
     assert again is not None and again.etag == '"1"' and again.document == {"k": 1}
     assert alice.write({"k": 3}, if_match='W/"1"') == '"2"'  # a weak tag of ours compares
+    for odd in ('"\u00b2"', '"-1"', '"1e3"', '"99"'):  # digits int() refuses, and the like
+        with pytest.raises(ServiceError) as caught:
+            alice.write({"k": 4}, if_match=odd)
+        assert caught.value.code == "store_conflict"  # a 412, never a 500
+        assert alice.read(if_none_match=odd) is not None
     assert alice.compare_and_set() is True
     assert document(alice) == {"k": 3}, "the compare-and-set probe changes nothing"
     plain = HttpSecretsStore(url=server.url, token=ALICE, cas="off")

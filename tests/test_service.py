@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +324,40 @@ def test_status_follows_every_change_of_the_files_at_once(
     with pi.lock:
         pi.path.unlink()
     assert client.get("/v1/credentials", headers=auth()).json["status"] == "not_logged_in"
+
+
+def test_clients_that_never_finish_a_request_do_not_hold_the_service(
+    login_env: dict[str, str], state_dir: Path
+) -> None:
+    """Thirty-two connections that send half a request and stop (four times the service's
+    threads): before, every request after them waited for as long as they stayed (here: past
+    30 s); now each is dropped after 2 s of silence and the operator's request is answered."""
+    import socket  # noqa: PLC0415
+
+    port = free_port()
+    env = {**login_env, "CHATGPT_LOGIN_STATE_DIR": str(state_dir),
+           "CHATGPT_LOGIN_OPERATOR_TOKEN": OPERATOR,
+           "CHATGPT_LOGIN_SECRETS_DIR": str(state_dir / "no-secrets")}  # fmt: skip
+    server = subprocess.Popen([PYTHON, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}"],
+                              env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    stalled = []
+    try:
+        wait_until(lambda: status_of(f"http://127.0.0.1:{port}/healthz", timeout=1) == 200, 20,
+                   "gunicorn up")  # fmt: skip
+        for _ in range(32):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+            stalled.append(sock)
+        time.sleep(0.5)
+        started = time.monotonic()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/credentials",
+                                         headers=auth())  # fmt: skip
+        assert status_of(request, timeout=30) == 200
+        took = time.monotonic() - started
+        assert took < 20, f"{took:.1f} s"
+    finally:
+        for sock in stalled:
+            sock.close()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)

@@ -1,0 +1,77 @@
+"""gunicorn's threaded worker, with every client's reading bounded.
+
+gunicorn's ``gthread`` worker gives a connection a thread as soon as its first bytes arrive,
+and the thread then reads the request head with no time limit: any local user who opens a few
+connections and sends half a request line holds every thread of the service (or of the
+reference secrets server) for as long as they like. Here each accepted socket is a
+:class:`BoundedSocket`: a read that waits :data:`SILENCE` seconds for a byte, or that comes
+:data:`LIFETIME` seconds after the connection opened, ends the connection as if the client had
+hung up (gunicorn then drops it quietly). Handlers themselves may take as long as they need
+(a ``complete`` waits for the login program); only waiting on the client is bounded.
+
+This bounds what a slow client costs (a thread for seconds, not for ever); it does not make the
+service a public web server. Exposed beyond this machine it belongs behind a reverse proxy.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from typing import Any
+
+# gunicorn ships no type information.
+from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-untyped]
+
+SILENCE = 2.0  # seconds a client may send nothing while we wait for its request
+LIFETIME = 60.0  # seconds a connection may be read from, in all
+
+
+class BoundedSocket(socket.socket):
+    """A client socket whose reads give up on a silent or endless client."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._until = time.monotonic() + LIFETIME
+
+    def setblocking(self, flag: bool) -> None:
+        # gunicorn switches its sockets to blocking before reading: here that means a timeout.
+        if flag:
+            self.settimeout(SILENCE)
+        else:
+            super().setblocking(False)
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if self._over():
+            return b""
+        try:
+            return super().recv(size, flags)
+        except TimeoutError:
+            return b""  # read as the client having hung up: gunicorn closes it quietly
+
+    def recv_into(self, buffer: Any, size: int = 0, flags: int = 0) -> int:
+        if self._over():
+            return 0
+        try:
+            return super().recv_into(buffer, size, flags)
+        except TimeoutError:
+            return 0
+
+    def _over(self) -> bool:
+        return time.monotonic() > self._until
+
+
+class BoundedThreadWorker(ThreadWorker):  # type: ignore[misc]  # an untyped base
+    """``gthread``, its accepted sockets bounded (``worker_class`` in gunicorn_conf.py)."""
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client, address = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        bounded = BoundedSocket(client.family, client.type, client.proto, client.detach())
+        bounded.setblocking(True)
+        self.enqueue_req(TConn(self.cfg, bounded, address, listener.getsockname()))
