@@ -7,26 +7,35 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from skill import cli as skill_cli
 from skill.errors import ExitCode
 
+if TYPE_CHECKING:
+    from service.settings import ServiceSettings
+
 
 def _restore(args: argparse.Namespace) -> int:
-    from service.restore import restore_and_refresh  # noqa: PLC0415
+    from service.restore import restore_and_refresh, within_limit  # noqa: PLC0415
     from service.secrets import secrets_store  # noqa: PLC0415
     from service.settings import ServiceSettings  # noqa: PLC0415
 
-    settings = ServiceSettings.from_env()
+    settings = within_limit(ServiceSettings.from_env())
     result = restore_and_refresh(settings, secrets_store(settings))
-    print(result.message + (" The access token was renewed." if result.refreshed else ""))
-    for note in result.notes:
-        print(f"Note: {note}")
+    if args.json:
+        print(json.dumps({"ok": not result.failed, "action": result.action,
+                          "message": result.message, "notes": result.notes,
+                          "refreshed": result.refreshed}))  # fmt: skip
+    else:
+        print(result.message + (" The access token was renewed." if result.refreshed else ""))
+        for note in result.notes:
+            print(f"Note: {note}")
     if args.strict and result.failed:
         return ExitCode.TRANSIENT if result.action == "unreachable" else ExitCode.LOCAL
     return ExitCode.OK
@@ -56,7 +65,11 @@ def _refresh(args: argparse.Namespace) -> int:
         ) from None
     body = json_body(answer)
     if answer.status == 200:
-        print(body.get("message") or "Renewed.")
+        if args.json:
+            print(json.dumps({"ok": True, "action": body.get("action"),
+                              "message": body.get("message")}))  # fmt: skip
+        else:
+            print(body.get("message") or "Renewed.")
         return ExitCode.OK
     code = str(body.get("error") or "")
     message = body.get("message") or f"the service answered HTTP {answer.status}"
@@ -76,7 +89,18 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return ExitCode.USAGE
     local_token(settings)  # made once, before the workers start
+    _leave_address(settings)
     _exec_gunicorn(settings.bind, "service.wsgi:app")
+
+
+def _leave_address(settings: ServiceSettings) -> None:
+    """Where the agent's commands on this machine find the service (unless told otherwise)."""
+    from skill.files import write_private  # noqa: PLC0415
+    from skill.service_client import URL_FILE  # noqa: PLC0415
+
+    host, port = settings.bind.rsplit(":", 1)
+    local = "127.0.0.1" if host.strip("[]") in ("", "0.0.0.0", "::") else host  # noqa: S104
+    write_private(settings.state_dir / URL_FILE, f"http://{local}:{port}".encode())
 
 
 def _secrets_server(args: argparse.Namespace) -> int:
@@ -117,6 +141,7 @@ def add_service_commands(commands: skill_cli.Commands) -> None:
         ),
         "chatgpt-login refresh",
     )
+    refresh.add_argument("--json", action="store_true", help="print one JSON object")
     refresh.set_defaults(handler=_refresh)
     serve = skill_cli.add_command(
         commands,
@@ -148,6 +173,7 @@ def add_service_commands(commands: skill_cli.Commands) -> None:
         "chatgpt-login restore --strict",
     )
     restore.add_argument("--strict", action="store_true", help="exit non-zero on failure")
+    restore.add_argument("--json", action="store_true", help="print one JSON object")
     restore.set_defaults(handler=_restore)
 
     server = skill_cli.add_command(

@@ -23,3 +23,6 @@ accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss'
 errorlog = "-"
 loglevel = "info"
+# No control socket (gunicorn 25+ makes one in ~/.gunicorn by default, one path for every
+# gunicorn of the user): nothing here manages workers at runtime.
+control_socket_disable = True

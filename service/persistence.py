@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _WRITE_ATTEMPTS = 4  # compare-and-set retries (a heartbeat landing in between is the usual cause)
-_VIEW_REFRESH = 60.0  # status says how old the last read is; refreshed at least this often
+_VIEW_REFRESH = 10.0  # status says how old the last read is; refreshed at least this often
 
 
 # The local state file -----------------------------------------------------------------------

@@ -10,11 +10,14 @@ keeps the keep-alive and ``restore`` from bringing the credential back until it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from service.errors import ServiceError
 from service.persistence import Persistence
+from skill.authfiles import auth_files
+from skill.errors import SkillError
 from skill.signout import LocalSignOut, note_pending, sign_out_locally
 
 Stored = Literal["tombstoned", "pending", "other_account"]
@@ -53,6 +56,7 @@ def sign_out(persistence: Persistence) -> SignOut:
     settings = persistence.settings
     local = persistence.local()
     account = local.account_id if local else None
+    held = _files_holding_ours(persistence)
     stored: Stored
     try:
         tombstone = persistence.log_out(account)
@@ -60,5 +64,18 @@ def sign_out(persistence: Persistence) -> SignOut:
     except ServiceError:
         note_pending(settings, account)
         stored = "pending"
-    # The credential read before the tombstone: the keep-alive may drop the file meanwhile.
-    return SignOut(sign_out_locally(settings, credential=local), stored)
+    # The credential read before the tombstone: the keep-alive may drop it meanwhile (it saw
+    # the tombstone), so what was removed is what held it before, whoever removed it.
+    done = sign_out_locally(settings, credential=local)
+    gone = [path for path in held if path not in _files_holding_ours(persistence)]
+    removed = sorted(set(done.removed) | set(gone))
+    return SignOut(replace(done, removed=removed), stored)
+
+
+def _files_holding_ours(persistence: Persistence) -> list[str]:
+    held = []
+    for auth_file in auth_files(persistence.settings):
+        with contextlib.suppress(SkillError):
+            if auth_file.load() is not None:
+                held.append(str(auth_file.path))
+    return held

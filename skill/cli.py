@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from skill.errors import ExitCode
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from skill.errors import SkillError
     from skill.settings import Settings
 
@@ -241,8 +243,7 @@ def _guarded(handler: Handler, args: argparse.Namespace) -> int:
     except SkillError as exc:
         return fail(args, exc)
     except ValidationError as exc:
-        return fail(args, SkillError("invalid_setting", f"Invalid setting: {_first_line(exc)}. "
-                                     "Fix it and retry."))  # fmt: skip
+        return fail(args, SkillError("invalid_setting", _setting_problem(exc)))
     except OSError as exc:
         return fail(args, from_os_error(exc))
     except Exception as exc:
@@ -263,6 +264,22 @@ def fail(args: argparse.Namespace, exc: SkillError) -> int:
         print(f"Error: {exc.message}", file=sys.stderr)
     code: int = exc.exit_code
     return code
+
+
+def _setting_problem(exc: ValidationError) -> str:
+    """The variable to fix and what is wrong with it, never the value (it may be a token)."""
+    from skill.settings import ENV_ALIASES, ENV_PREFIX  # noqa: PLC0415
+
+    problems = exc.errors(include_input=False, include_url=False)
+    if not problems or not problems[0]["loc"]:
+        return f"Invalid setting: {_first_line(exc)}. Fix it and retry."
+    first = problems[0]
+    field = str(first["loc"][0])
+    variable = ENV_PREFIX + field.upper()
+    if field in ENV_ALIASES:
+        variable += f" (or {ENV_ALIASES[field]})"
+    why = str(first["msg"]).removeprefix("Value error, ")
+    return f"Invalid setting {variable}: {why}. Fix it and retry."
 
 
 def _first_line(exc: Exception) -> str:

@@ -27,7 +27,7 @@ class Output:
 
     def emit(self, lines: list[str], data: dict[str, Any]) -> None:
         if self.as_json:
-            print(json.dumps({"ok": True, **data}, default=str))
+            print(json.dumps({"ok": True, **data}, default=_json_value))
         else:
             for line in lines:
                 print(line)
@@ -41,6 +41,13 @@ class Output:
     def end_tick(self) -> None:
         if not self.as_json and sys.stderr.isatty():
             sys.stderr.write("\r" + " " * 50 + "\r")
+
+
+def _json_value(value: object) -> str:
+    """Times as the API writes them (ISO 8601, UTC, ``Z``); anything else as text."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return str(value)
 
 
 def _public(state: LoginState) -> dict[str, Any]:
@@ -63,7 +70,7 @@ def start(
     if state.method == "device":
         lines = [
             f"{lead}. Ask the user to open {state.verification_url} and enter the code "
-            f"{state.user_code} (valid 15 minutes), then run `chatgpt-login wait`."
+            f"{state.user_code} (valid until {until}), then run `chatgpt-login wait`."
         ]
     else:
         lines = [
@@ -91,9 +98,9 @@ def wait(settings: Settings, out: Output, *, timeout: float | None) -> int:
     finally:
         out.end_tick()
     if state.status != "succeeded":
-        raise SkillError(
-            "login_ended", f"The sign-in {state.status}: {state.message or ''}".strip()
-        )
+        from skill.runner import ended_message  # noqa: PLC0415
+
+        raise SkillError("login_ended", ended_message(state))
     return _signed_in(settings, out, state)
 
 
@@ -174,7 +181,7 @@ def _service_lines(service: dict[str, Any] | None, logout_pending: bool) -> list
             "switch accounts."
         )
     others = [h for h in service.get("holders") or [] if isinstance(h, dict) and not h.get("me")]
-    if others:
+    if others and service.get("status") != "logged_out":
         names = ", ".join(f"{h.get('host') or h.get('id')} ({h.get('id')})" for h in others)
         lines.append(f"Shared with {len(others)} other container(s): {names}.")
     lease = service.get("lease")

@@ -166,6 +166,13 @@ CODES: dict[str, _Spec] = {
         "The device code expired before it was approved. Start a new sign-in.",
         next="start_again",
     ),
+    "approval_pending": _Spec(
+        "user",
+        ExitCode.TIMEOUT,
+        "The user has not approved the device code yet. Remind them, then run "
+        "`chatgpt-login wait` again.",
+        next="retry",
+    ),
     "login_timeout": _Spec(
         "user",
         ExitCode.TIMEOUT,
@@ -186,6 +193,14 @@ CODES: dict[str, _Spec] = {
         next="ask_user",
     ),
     # The skill runner.
+    "already_signed_in": _Spec(
+        "user",
+        ExitCode.USAGE,
+        "The user is already signed in: the last sign-in finished, and this reply is not the "
+        "address it used. Check `chatgpt-login status`; start a new sign-in only to sign in "
+        "again or to switch accounts.",
+        next="tell_user",
+    ),
     "unsupported_method": _Spec(
         "user",
         ExitCode.USAGE,
@@ -245,7 +260,7 @@ CODES: dict[str, _Spec] = {
     ),
     "credentials_missing": _Spec(
         "local",
-        ExitCode.LOCAL,
+        ExitCode.RELOGIN,  # nothing to renew: what is needed is a sign-in
         f"No ChatGPT credential is stored on this machine. {_RELOGIN}",
         next="start_again",
     ),

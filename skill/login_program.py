@@ -72,6 +72,13 @@ class _Event:
         self.outcome = (status, message, code)
         self.done.set()
 
+    def last_reply(self, status: int, message: str, code: str | None = None) -> None:
+        """Reply, and before the program ends wait for the answer to go out: the listener's
+        threads die with the program, and the runner reads its verdict from this answer."""
+        self.reply(status, message, code)
+        if self.kind in ("callback", "cancel"):
+            self.sent.wait(1.0)
+
 
 class _Console:
     """Serialised line output (the listener thread prints too)."""
@@ -194,8 +201,7 @@ def _await_code(
         except queue.Empty:
             raise SkillError("login_timeout") from None
         if event.kind == "cancel":
-            event.reply(200, "The sign-in was canceled.")
-            event.sent.wait(1.0)  # answer the canceller before the program (and listener) ends
+            event.last_reply(200, "The sign-in was canceled.")
             raise SkillError("canceled", "The sign-in was canceled by another login program.")
         if event.kind == "eof":
             if attempt.listening:
@@ -210,13 +216,14 @@ def _await_code(
             )
             saved = _finish(settings, tokens)
         except SkillError as exc:
-            event.reply(400 if exc.code in RECOVERABLE else 500, exc.message, exc.code)
             if exc.code not in RECOVERABLE:
+                event.last_reply(500, exc.message, exc.code)
                 raise
+            event.reply(400, exc.message, exc.code)
             console.say(f"Rejected: {exc.message} ({exc.code})")  # the runner reads the code
             console.say("Waiting for another try...")
             continue
-        event.reply(200, "\n".join(["Signed in. You can close this page.", *saved]))
+        event.last_reply(200, "\n".join(["Signed in. You can close this page.", *saved]))
         return saved
 
 
@@ -392,9 +399,7 @@ def _device_login(settings: Settings, console: _Console) -> list[str]:
             "in ChatGPT under Settings > Security (or ask your workspace admin)."
         )
         console.say("Waiting for approval...")
-        grant = client.wait_for_device_approval(
-            device, timeout=min(settings.device_timeout, settings.login_timeout)
-        )
+        grant = client.wait_for_device_approval(device, timeout=settings.device_timeout)
         return _finish(settings, client.exchange_device_grant(grant))
 
 

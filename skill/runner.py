@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL = 0.02
+# `wait` looks at a device sign-in this often: the user takes minutes to approve, and each look
+# reads the pane (a tmux command).
+WAIT_POLL = 0.5
 Tick = Callable[[float], None]
 
 
@@ -96,7 +99,7 @@ class Runner:
             if state.status == "succeeded":
                 return self._repeated(state, pasted)
             if not state.live:
-                raise SkillError("login_ended", _ended_message(state))
+                raise SkillError("login_ended", ended_message(state))
             if state.method != "browser" or state.state is None or state.redirect_port is None:
                 raise SkillError(
                     "unsupported_method",
@@ -120,27 +123,22 @@ class Runner:
     def _repeated(self, state: LoginState, pasted: str) -> LoginState:
         """A paste after the attempt succeeded: the address that finished it, again, gets the
         first result, while the credential it made is still here; anything else is refused."""
-        if state.code_sha256 is None or state.code_sha256 not in map(_sha, codes_in(pasted)):
-            raise SkillError(
-                "login_ended",
-                "That sign-in already finished, and this is not the address it used. Check "
-                "`chatgpt-login status`; to sign in again, start a new sign-in with "
-                "`chatgpt-login start`.",
-            )
         from skill.authfiles import auth_files  # noqa: PLC0415 - not on the start path
 
-        files = auth_files(self.settings)
         try:
-            here = any(f.load() is not None for f in files)
+            here = any(f.load() is not None for f in auth_files(self.settings))
         except SkillError:
             here = False
-        if not here:
-            raise SkillError(
-                "login_ended",
-                "That sign-in finished earlier, but its credential is no longer on this machine "
-                "(signed out since?). Start a new sign-in with `chatgpt-login start`.",
-            )
-        return state
+        same = state.code_sha256 is not None and state.code_sha256 in map(_sha, codes_in(pasted))
+        if same and here:
+            return state
+        if here:
+            raise SkillError("already_signed_in")
+        raise SkillError(
+            "login_ended",
+            "That sign-in finished earlier, but its credential is no longer on this machine "
+            "(signed out since?). Start a new sign-in with `chatgpt-login start`.",
+        )
 
     def wait(self, *, timeout: float | None = None, on_tick: Tick = _no_tick) -> LoginState:
         """Wait for a live sign-in (device code, or a browser one completed elsewhere) to end."""
@@ -154,7 +152,17 @@ class Runner:
         deadline = time.monotonic() + max(0.0, min(limit, timeout or limit))
         driver = DRIVERS[state.driver]
         mark = self.tmux.screen(state.session).count("\n")
-        verdict = self._await_verdict(state, driver, mark, deadline, on_tick)
+        verdict = self._await_verdict(state, driver, mark, deadline, on_tick, poll=WAIT_POLL)
+        if isinstance(verdict, SkillError) and verdict.code == "program_timeout":
+            with self.store.locked():
+                current = self._settle(self.store.load())
+            if current is None or not current.live:  # the attempt itself ran out
+                raise SkillError("login_timeout")
+            raise SkillError(
+                "approval_pending",
+                f"Not approved yet. The code stays valid until {state.expires_at:%H:%M} UTC: "
+                "remind the user, then run `chatgpt-login wait` again.",
+            )
         with self.store.locked():
             return self._conclude(state, driver, verdict, code_sha=None)
 
@@ -192,6 +200,9 @@ class Runner:
             argv += ["--attempt", str(workdir / "attempt.json")]
         session = f"login-{login_id}"
         self.tmux.start(session, argv, env=env, cwd=workdir, log_file=self._log(login_id))
+        # A device code lives its own 15 minutes; a browser attempt, login_timeout.
+        device = method == "device"
+        lifetime = self.settings.device_timeout if device else self.settings.login_timeout
         now = datetime.now(UTC)
         link = {}
         if premade is not None:
@@ -207,7 +218,7 @@ class Runner:
             status="waiting",
             session=session,
             started_at=now,
-            expires_at=now + timedelta(seconds=self.settings.login_timeout),
+            expires_at=now + timedelta(seconds=lifetime),
             pane_pid=self.tmux.status(session).pid,
             **link,
         )
@@ -327,10 +338,17 @@ class Runner:
             time.sleep(POLL)
 
     def _await_verdict(
-        self, state: LoginState, driver: Driver, mark: int, deadline: float, on_tick: Tick
+        self,
+        state: LoginState,
+        driver: Driver,
+        mark: int,
+        deadline: float,
+        on_tick: Tick,
+        *,
+        poll: float = POLL,
     ) -> bool | SkillError:
         """True on the program's success line; a SkillError for its failure, a recoverable
-        rejection (``bad_paste``), its death, or the deadline."""
+        rejection (``bad_paste``), its death, or the deadline. Looks every ``poll`` seconds."""
         started = time.monotonic()
         while True:
             screen = self.tmux.screen(state.session)
@@ -349,7 +367,7 @@ class Runner:
             if time.monotonic() >= deadline:
                 return SkillError("program_timeout")
             on_tick(time.monotonic() - started)
-            time.sleep(POLL)
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
     def _conclude(
         self, state: LoginState, driver: Driver, verdict: bool | SkillError, *, code_sha: str | None
@@ -519,7 +537,7 @@ def _all_pids() -> set[int]:
     return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
 
 
-def _ended_message(state: LoginState) -> str:
+def ended_message(state: LoginState) -> str:
     what = {"failed": "failed", "canceled": "was canceled", "expired": "expired"}.get(
         state.status, state.status
     )

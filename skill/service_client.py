@@ -16,6 +16,8 @@ from skill.errors import SkillError
 from skill.relay import Answer, loopback_request
 from skill.settings import Settings
 
+DEFAULT_URL = "http://127.0.0.1:8080"
+URL_FILE = "service.url"  # written by `chatgpt-login serve`: where it listens
 PERSIST_PATH = "/v1/credentials/persist"
 CREDENTIALS_PATH = "/v1/credentials"
 REFRESH_PATH = "/v1/credentials/refresh"
@@ -43,11 +45,23 @@ def call(
         headers["Content-Type"] = "application/json"
     try:
         return loopback_request(
-            method, settings.service_url.rstrip("/") + path, timeout=timeout, headers=headers,
+            method, service_url(settings).rstrip("/") + path, timeout=timeout, headers=headers,
             body=body,
         )  # fmt: skip
     except (OSError, SkillError) as exc:
         raise SkillError("service_unavailable", "the chatgpt-login service did not answer") from exc
+
+
+def service_url(settings: Settings) -> str:
+    """Where the service listens: the setting, else what `serve` left in the state directory,
+    else the default."""
+    if settings.service_url:
+        return settings.service_url
+    try:
+        found = (settings.state_dir / URL_FILE).read_text().strip()
+    except OSError:
+        found = ""
+    return found or DEFAULT_URL
 
 
 def json_body(answer: Answer) -> dict[str, Any]:

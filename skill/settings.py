@@ -122,8 +122,9 @@ class Settings(BaseModel):
     codex_command: str = "codex"
     child_env: dict[str, str] = Field(default_factory=_passthrough_env)
 
-    # The service the agent's commands ask to persist credentials.
-    service_url: str = "http://127.0.0.1:8080"
+    # The service the agent's commands ask to persist credentials. Unset: the address `serve`
+    # last listened on (it leaves it in the state directory), else http://127.0.0.1:8080.
+    service_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Self:

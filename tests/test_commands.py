@@ -294,7 +294,8 @@ def test_a_finished_sign_in_takes_only_its_own_address_again(
     env: dict[str, str], issuer: FakeIssuer
 ) -> None:
     """After success, the same address again gets the first result while the credential is
-    here; any other paste is refused, and nothing is called signed in once it is gone."""
+    here; any other paste is told "already signed in", and nothing is called signed in once
+    the credential is gone."""
     _, started, _ = cli(env, "start")
     url = issuer.sign_in(started["auth_url"])
     code, done, _ = cli(env, "complete", "-", stdin=url)
@@ -303,7 +304,7 @@ def test_a_finished_sign_in_takes_only_its_own_address_again(
     assert code == 10 and again["id"] == done["id"]
     for other in ("anything at all", issuer.sign_in(started["auth_url"])):
         code, refused, _ = cli(env, "complete", "-", stdin=other)
-        assert (code, refused["error"], refused["next"]) == (1, "login_ended", "start_again")
+        assert (code, refused["error"], refused["next"]) == (2, "already_signed_in", "tell_user")
         assert "not the address it used" in refused["message"]
     cli(env, "logout")
     code, refused, _ = cli(env, "complete", "-", stdin=url)

@@ -163,6 +163,11 @@ def test_cli_unreachable_store_touches_nothing_and_exits_0(
     after = service_settings.pi_auth_file.stat()
     assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
     assert restore_cli(env, "--strict").returncode == 4
+    told = restore_cli(env, "--strict", "--json")
+    assert told.returncode == 4
+    assert json.loads(told.stdout) | {"message": None, "notes": None} == {
+        "ok": False, "action": "unreachable", "refreshed": False, "message": None, "notes": None,
+    }  # fmt: skip
 
 
 def test_cli_new_home_gets_its_credential_back(
@@ -201,3 +206,31 @@ def test_a_rotation_a_killed_writer_left_in_its_temp_file_is_kept_and_pushed(
     assert same(local_credential(service_settings), rotated)
     assert api.record["codex_credentials"]["refresh"] == rotated.refresh_token
     assert not temp.exists()
+
+
+def test_cli_strict_says_so_when_the_lock_keeps_it_from_writing(
+    service_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI,
+    login_env: dict[str, str],
+) -> None:  # fmt: skip
+    """pi holds its lock on auth.json past the time restore has (its waits are cut to fit
+    CHATGPT_LOGIN_RESTORE_LIMIT, the entrypoint's bound): nothing is written, --strict exits 7
+    and says why, within the limit; it never says restored."""
+    import time  # noqa: PLC0415
+
+    from skill.lock import DirLock  # noqa: PLC0415
+
+    stored(api, credential(issuer))
+    service_settings.pi_agent_dir.mkdir(parents=True)
+    env = {**login_env, "PI_CODING_AGENT_DIR": str(service_settings.pi_agent_dir),
+           "CHATGPT_LOGIN_STATE_DIR": str(service_settings.state_dir),
+           "CHATGPT_LOGIN_SECRETS_API_URL": api.url, "FAT_TOOLS_TOKEN": api.token,
+           "CHATGPT_LOGIN_SECRETS_CAS": "off", "CHATGPT_LOGIN_RESTORE_LIMIT": "4",
+           "CHATGPT_LOGIN_SECRETS_DIR": str(service_settings.state_dir / "none")}  # fmt: skip
+    with DirLock(service_settings.pi_auth_file, timeout=5):  # as pi holds it
+        started = time.monotonic()
+        done = restore_cli(env, "--strict")
+        took = time.monotonic() - started
+    assert done.returncode == 7, done.stdout + done.stderr
+    assert "not written" in done.stdout and "Restored the credential" not in done.stdout
+    assert took < 4, f"{took:.1f} s"
+    assert local_credential(service_settings) is None

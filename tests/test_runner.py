@@ -304,6 +304,25 @@ def test_device_method(runner_settings: Settings, issuer: FakeIssuer) -> None:
     assert leftovers(runner, runner_settings) == CLEAN
 
 
+def test_device_wait_that_runs_out_says_not_approved_yet(
+    runner_settings: Settings, issuer: FakeIssuer
+) -> None:
+    """`wait` outlasting the user is not a failure: the code stays valid for the device
+    timeout (not the browser attempt's), the attempt stays live, and a later wait finishes."""
+    runner = Runner(runner_settings)
+    state, _ = runner.start(method="device")
+    lifetime = (state.expires_at - state.started_at).total_seconds()
+    assert lifetime == pytest.approx(runner_settings.device_timeout, abs=1)
+    with pytest.raises(SkillError) as caught:
+        runner.wait(timeout=0.6)
+    assert caught.value.code == "approval_pending"
+    assert f"{state.expires_at:%H:%M}" in caught.value.message
+    assert runner.status().live
+    assert state.user_code
+    issuer.approve_device(state.user_code)
+    assert runner.wait(timeout=20).status == "succeeded"
+
+
 @pytest.mark.parametrize(
     "payload",
     [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 import urllib.request
@@ -222,12 +223,14 @@ def test_readyz_reports_an_unreachable_store(client: FlaskClient, api: FakeSecre
 def test_end_to_end_under_gunicorn(
     login_env: dict[str, str], issuer: FakeIssuer, api: FakeSecretsAPI, state_dir: Path
 ) -> None:
-    """serve + start + complete over the real CLI: signed in and persisted; SIGTERM stops it."""
+    """serve + start + complete over the real CLI: signed in and persisted; SIGTERM stops it.
+    The commands are not told where the service is: `serve` left its address in the state
+    directory, and a port other than the default proves they read it."""
     port = free_port()
     env = {**login_env, "CHATGPT_LOGIN_STATE_DIR": str(state_dir),
            "CHATGPT_LOGIN_SECRETS_API_URL": api.url, "FAT_TOOLS_TOKEN": api.token,
-           "CHATGPT_LOGIN_SERVICE_URL": f"http://127.0.0.1:{port}",
            "CHATGPT_LOGIN_SECRETS_DIR": str(state_dir / "no-secrets")}  # fmt: skip
+    env.pop("CHATGPT_LOGIN_SERVICE_URL", None)
     server = subprocess.Popen([PYTHON, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}"],
                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)  # fmt: skip
@@ -246,6 +249,9 @@ def test_end_to_end_under_gunicorn(
         assert done.returncode == 0, done.stdout + done.stderr
         assert json.loads(done.stdout)["persisted"] is True
         assert api.record["codex_credentials"]["accountId"] == "acct-1111"
+        url_file = state_dir / "service.url"
+        assert url_file.read_text() == f"http://127.0.0.1:{port}"
+        assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
     finally:
         server.send_signal(signal.SIGTERM)
         stopped = time.monotonic()

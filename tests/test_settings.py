@@ -67,7 +67,7 @@ def test_cli_reports_a_bad_setting_without_echoing_it(login_env: dict[str, str])
     env = {**login_env, "CHATGPT_LOGIN_ISSUER": "not-a-url-secretvalue"}
     program = Program(["oauth-login"], env)
     assert program.finish() == 2
-    assert "Error: Invalid setting: issuer" in program.stderr
+    assert "Error: Invalid setting CHATGPT_LOGIN_ISSUER: issuer must be" in program.stderr
     assert "secretvalue" not in program.stderr
 
 

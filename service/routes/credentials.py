@@ -96,7 +96,7 @@ def _status_view() -> dict[str, object]:
         email=claims.email,
         plan=claims.plan_type,
         expires_at=credential.expires_at,
-        last_refresh=credential.last_refresh,
+        last_refresh=credential.claims().issued_at,  # when this token was issued
         last_persisted_at=state.last_persisted_at,
         persist_pending=state.persist_pending,
         **shared,
