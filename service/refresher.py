@@ -50,7 +50,9 @@ def refresh_due_at(credential: Credential, settings: ServiceSettings) -> float:
     )
     due = expires - threshold
     issued = credential.issued_at()
-    if issued is not None:
+    # With no minimum interval there is no floor: the issuer's ``iat`` may be a little ahead of
+    # our clock, and a token already inside its window must not wait for it.
+    if issued is not None and settings.refresh_min_interval > 0:
         due = max(due, min(issued + settings.refresh_min_interval, expires))
     return due
 

@@ -141,6 +141,20 @@ def test_half_life_schedule(issuer: FakeIssuer, tmp_path: Path) -> None:
     assert refresh_due_at(short, slow) == pytest.approx(short.expires_ms / 1000, abs=1)
 
 
+def test_no_minimum_interval_means_no_floor_at_issue() -> None:
+    """An issuer clock a few seconds ahead of ours puts ``iat`` in our future; with no minimum
+    interval a token already inside its window is due now, not at its ``iat``."""
+    ahead = int(time.time()) + 5
+    inside = Credential(  # an hour-long token with 5 minutes left: inside the 10-minute window
+        access_token=make_jwt({"iat": ahead, "exp": ahead + 3600}), refresh_token="rt",
+        account_id="acct-1111", expires_ms=int((time.time() + 300) * 1000),
+        last_refresh=datetime.now(UTC),
+    )  # fmt: skip
+    assert refresh_due_at(inside, ServiceSettings(refresh_min_interval=0)) < time.time()
+    # With a minimum interval the floor stays: not before iat + interval (or expiry).
+    assert refresh_due_at(inside, ServiceSettings(refresh_min_interval=60)) == ahead + 60
+
+
 # Holders sharing one store ----------------------------------------------------------------------
 
 
