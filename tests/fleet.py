@@ -28,10 +28,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tests.canary import register
-from tests.conftest import PYTHON, REPO, free_port, wait_until
+from tests.conftest import PYTHON, REPO, SWEEP, free_port, wait_until
 from tests.fake_issuer import FakeIssuer
 from tests.loopback import status_of
 
@@ -67,10 +67,12 @@ class ReferenceStore:
             "CHATGPT_LOGIN_SECRETS_SERVER_DB": str(root / "store" / "secrets.db"),
             "CHATGPT_LOGIN_SECRETS_SERVER_TOKENS": f"agent:{self.token}",
         }
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "service.cli", "secrets-server", "--bind", f"127.0.0.1:{self.port}"],
-            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+        self.log = root / "logs" / "secrets-server.log"
+        with _log_file(self.log) as out:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "service.cli", "secrets-server", "--bind", f"127.0.0.1:{self.port}"],
+                env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         wait_until(lambda: _status(f"http://127.0.0.1:{self.port}/healthz") == 200, 20,
                    "the reference secrets server")  # fmt: skip
 
@@ -88,8 +90,8 @@ class ReferenceStore:
 
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGTERM)
-        output, _ = self.proc.communicate(timeout=20)
-        return output
+        self.proc.wait(timeout=20)
+        return self.log.read_text(errors="replace")
 
 
 @dataclass
@@ -98,8 +100,7 @@ class Container:
     root: Path
     env: dict[str, str]
     port: int
-    proc: subprocess.Popen[str] | None = None
-    output: str = ""
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def pi_file(self) -> Path:
@@ -118,11 +119,12 @@ class Container:
         """As the entrypoint does: restore, then the service."""
         if restore:
             self.cli("restore")
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
-            env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
-        )  # fmt: skip
+        with _log_file(self.log) as out:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
+                env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
 
     def wait_up(self, timeout: float = 30) -> None:
         wait_until(lambda: _status(f"http://127.0.0.1:{self.port}/healthz") == 200, timeout,
@@ -134,13 +136,24 @@ class Container:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
         try:
-            out, _ = self.proc.communicate(timeout=20)
+            self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            out, _ = self.proc.communicate(timeout=10)
-        self.output += out or ""
+            self.proc.wait(timeout=10)
         self.proc = None
+
+    @property
+    def log(self) -> Path:
+        """What its service printed, every start of it (the canary sweep reads logs/)."""
+        return self.root / "logs" / "serve.log"
+
+    @property
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def refresh_token(self) -> str | None:
         try:
@@ -258,9 +271,18 @@ class Fleet:
         for container in self.containers:
             container.stop()
         for root in self._roots:
+            if SWEEP.running:
+                SWEEP.read_dir(root)
             subprocess.run(["tmux", "-S", str(root / "state" / "tmux.sock"), "kill-server"],
                            capture_output=True, check=False)  # fmt: skip
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _log_file(path: Path) -> IO[bytes]:
+    """A process's output goes to a file: a pipe nobody reads until the end fills up (64 KiB
+    of access log) and then stops the process at its next write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("ab")
 
 
 def _status(url: str) -> int:
