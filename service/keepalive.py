@@ -87,6 +87,7 @@ class KeepAlive:
         self._retry_at = 0.0
         self._failures = 0
         self._due: float | None = None  # wall time the credential is next due for renewal
+        self._past_due_since: float | None = None  # monotonic; see next_wait
         self._leader: FlockLock | None = None
 
     # One step (the tests drive this directly) ------------------------------------------------
@@ -207,8 +208,16 @@ class KeepAlive:
             close = mono < self._watch[0] + WATCH_CLOSE
             poll = WATCH_POLL if close else WATCH_POLL_LATER
             wait = min(wait, max(poll, self._watch[0] - mono))
-        if self._due is not None and self._due > self.clock():  # past due: renew ran this step
+        if self._due is not None and self._due > self.clock():
             wait = min(wait, self._due - self.clock())
+            self._past_due_since = None
+        elif self._due is not None:
+            # Past due and not renewed here: another holder has the lease (or is about to take
+            # it) and this machine will hold a spent token from its spend until it adopts. Look
+            # as often as while watching a lease, for as long.
+            self._past_due_since = self._past_due_since or mono
+            if mono - self._past_due_since < WATCH_LIMIT:
+                wait = min(wait, WATCH_POLL_LATER)
         return max(wait, self._retry_at - mono, 0.005)
 
     # Leadership and the loop ------------------------------------------------------------------

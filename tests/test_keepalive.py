@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from service import keepalive
 from service.app import create_app
 from service.keepalive import KeepAlive
 from service.settings import ServiceSettings
@@ -207,3 +208,20 @@ def test_exactly_one_leader_and_a_successor_when_it_dies(keep_settings: ServiceS
     finally:
         for proc in (first, second):
             proc.kill()
+
+
+def test_a_holder_past_due_looks_often_while_another_renews(
+    keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
+) -> None:
+    """Past due while another holder renews: it looks every WATCH_POLL_LATER (it holds a spent
+    token from that holder's spend until it adopts), for WATCH_LIMIT at most, then every tick."""
+    now = [0.0]
+    keep = KeepAlive(keep_settings, http_store(keep_settings), clock=lambda: now[0])
+    expires = write(issuer, keep_settings).expires_ms / 1000
+    now[0] = expires - keep_settings.refresh_window - 60  # not yet due: sleeps a whole tick
+    keep.run_once()
+    assert keep.next_wait() == pytest.approx(keepalive.TICK)
+    keep._due = now[0] - 1  # due, and renewed elsewhere (what run_once leaves when busy)
+    assert keep.next_wait() == pytest.approx(keepalive.WATCH_POLL_LATER)
+    keep._past_due_since = time.monotonic() - keepalive.WATCH_LIMIT - 1
+    assert keep.next_wait() == pytest.approx(keepalive.TICK)
