@@ -21,6 +21,7 @@ are in the GET column.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -63,10 +64,15 @@ class Counted(list[str]):
 def reference_store(root: Path) -> tuple[ReferenceStore, Counted]:
     store, counted = ReferenceStore(root), Counted()
 
-    def read() -> None:  # gunicorn's access log: one line per request
-        for line in store.proc.stdout or ():
-            if found := ACCESS.search(line):
-                counted.seen.append((time.monotonic(), found.group(1), int(found.group(2))))
+    def read() -> None:  # gunicorn's access log, followed as it is written: one line a request
+        with store.log.open("rb") as log:
+            while store.proc.poll() is None:
+                line = log.readline()
+                if not line.endswith(b"\n"):
+                    log.seek(-len(line), os.SEEK_CUR)  # a line not yet whole: read it again
+                    time.sleep(0.02)
+                elif found := ACCESS.search(line.decode(errors="replace")):
+                    counted.seen.append((time.monotonic(), found.group(1), int(found.group(2))))
 
     threading.Thread(target=read, daemon=True).start()
     return store, counted
