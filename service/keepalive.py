@@ -208,14 +208,16 @@ class KeepAlive:
             close = mono < self._watch[0] + WATCH_CLOSE
             poll = WATCH_POLL if close else WATCH_POLL_LATER
             wait = min(wait, max(poll, self._watch[0] - mono))
-        if self._due is not None and self._due > self.clock():
-            wait = min(wait, self._due - self.clock())
+        if self._due is None or self._due > self.clock():
             self._past_due_since = None
-        elif self._due is not None:
+            if self._due is not None:
+                wait = min(wait, self._due - self.clock())
+        else:
             # Past due and not renewed here: another holder has the lease (or is about to take
             # it) and this machine will hold a spent token from its spend until it adopts. Look
             # as often as while watching a lease, for as long.
-            self._past_due_since = self._past_due_since or mono
+            if self._past_due_since is None:
+                self._past_due_since = mono
             if mono - self._past_due_since < WATCH_LIMIT:
                 wait = min(wait, WATCH_POLL_LATER)
         return max(wait, self._retry_at - mono, 0.005)
