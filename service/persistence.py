@@ -584,18 +584,19 @@ class Persistence:
 
     def _note_read(self, record: StoredRecord | None, error: str | None) -> None:
         """Keep the status view of the store current (written only when it changes, or to say
-        how old it is at most every minute)."""
+        how old it is at most every _VIEW_REFRESH seconds). A read that failed counts as a look
+        too: /readyz reports it rather than asking a failing store itself."""
         state = self.state.read()
         view = self._view(record) if record is not None else state.store
         now = self.now()
         stale = (
-            state.store_read_at is None
-            or (now - state.store_read_at).total_seconds() > _VIEW_REFRESH
+            state.store_tried_at is None
+            or (now - state.store_tried_at).total_seconds() > _VIEW_REFRESH
         )
         if view == state.store and error == state.store_error and not stale:
             return
         with self.state.updating() as fresh:
-            fresh.store, fresh.store_error = view, error
+            fresh.store, fresh.store_error, fresh.store_tried_at = view, error, now
             if error is None:
                 fresh.store_read_at = now
 

@@ -256,7 +256,8 @@ class LocalState(BaseModel):
     logged_out: Tombstone | None = None  # the logout this machine carried out or honoured
     conflict: str | None = None  # the store holds another account (its id) than this machine
     store: StoreView | None = None
-    store_read_at: datetime | None = None
+    store_read_at: datetime | None = None  # the last read the store answered
+    store_tried_at: datetime | None = None  # the last read, answered or not
     store_error: str | None = None  # the last read's error code, None when it answered
 
 

@@ -220,6 +220,27 @@ def test_readyz_reports_an_unreachable_store(client: FlaskClient, api: FakeSecre
     assert ready.json["checks"]["secrets_store"].startswith("secrets_unreachable, checked")
 
 
+def test_readyz_reports_the_keepalives_failed_read_without_asking_the_store(
+    app: Flask, client: FlaskClient, api: FakeSecretsAPI
+) -> None:
+    """A failing store is exactly when a flood of /readyz must not add reads of its own: the
+    keep-alive's last look, answered or not, is the answer."""
+    api.faults.extend(["status:503"] * 10)
+    with app.app_context():
+        from service.context import context  # noqa: PLC0415 - needs the app context
+        from service.errors import ServiceError  # noqa: PLC0415
+
+        with pytest.raises(ServiceError):
+            context().persistence().pull()
+    reads = api.requests.count("GET")
+    for _ in range(5):
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json is not None
+        check = ready.json["checks"]["secrets_store"]
+        assert check.startswith("secrets_unreachable, read") and "by the keep-alive" in check
+    assert api.requests.count("GET") == reads
+
+
 def test_end_to_end_under_gunicorn(
     login_env: dict[str, str], issuer: FakeIssuer, api: FakeSecretsAPI, state_dir: Path
 ) -> None:

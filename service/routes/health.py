@@ -2,10 +2,10 @@
 and the OpenAPI document.
 
 ``/readyz`` answers anyone, so it must not be a way to make the service call out: it reports
-the store as the keep-alive last read it (how long ago is in the answer). Only when no such
-read is recent (the keep-alive is not running, say) does it ask the store itself, one request at
-a time and at most every :data:`CHECK_EVERY` seconds per worker; meanwhile it answers with the
-last result.
+the store as the keep-alive last read it, answered or not (how long ago is in the answer).
+Only when no such read is recent (the keep-alive is not running, say) does it ask the store
+itself, one request at a time and at most every :data:`CHECK_EVERY` seconds per worker;
+meanwhile it answers with the last result.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def _state_dir(ctx: Context) -> str:
 def _store(ctx: Context) -> str:
     state = ctx.state.read()
     fresh = max(3 * ctx.settings.store_poll, 90.0)
-    if state.store_read_at is not None:
-        age = (datetime.now(UTC) - state.store_read_at).total_seconds()
+    if state.store_tried_at is not None:
+        age = (datetime.now(UTC) - state.store_tried_at).total_seconds()
         if age <= fresh:
             result = state.store_error or f"ok ({ctx.store.name})"
             return f"{result}, read {age:.0f} s ago by the keep-alive"
