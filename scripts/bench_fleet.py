@@ -32,9 +32,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from service.secrets import HttpSecretsStore  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
 from tests.fake_secrets import FakeSecretsAPI  # noqa: E402
-from tests.fleet import Fleet, ReferenceStore, seed_store  # noqa: E402
+from tests.fleet import Fleet, ReferenceStore, http_store_env, seed_store  # noqa: E402
 
 SETTINGS = {
     "CHATGPT_LOGIN_REFRESH_MIN_INTERVAL": "5",
@@ -90,8 +91,8 @@ def run(kind: str, containers: int, seconds: float) -> str:
     else:
         server, counted = reference_store(root)
         url, token = server.url, server.token
-    seed_store(issuer, url, token)
-    fleet = Fleet(issuer, url, token, extra_env=SETTINGS)
+    seed_store(issuer, HttpSecretsStore(url=url, token=token, cas="off"))
+    fleet = Fleet(issuer, http_store_env(url, token), extra_env=SETTINGS)
     try:
         for _ in range(containers):
             fleet.add().start()

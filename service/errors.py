@@ -45,11 +45,11 @@ class ServiceError(Exception):
         return f"ServiceError({self.code!r}, status={self.status})"
 
 
-def unreachable(why: str) -> ServiceError:
+def unreachable(why: str, label: str = "The secrets API") -> ServiceError:
     return ServiceError(
         "secrets_unreachable",
-        f"The secrets API could not be reached ({why}). The credential stays on this machine; "
-        "it is stored as soon as the API answers.",
+        f"{label} could not be reached ({why}). The credential stays on this machine; "
+        "it is stored as soon as the store answers.",
         status=503,
         transient=True,
     )

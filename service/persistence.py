@@ -544,7 +544,17 @@ class Persistence:
                                transient=True)  # fmt: skip
         with self.state.updating() as state:
             _forget(state, tombstone)
+        self._forget_history()
         return tombstone
+
+    def _forget_history(self) -> None:
+        """Older versions of the stored copy hold the signed-out credential: where the store
+        keeps versions, destroy them. The logout stands either way."""
+        try:
+            self.store.forget_history()
+        except ServiceError as exc:
+            log.warning("the stored copy's older versions were not destroyed (%s); destroy "
+                        "them in the store, or they stay readable there", exc.code)  # fmt: skip
 
     def carry_out_pending_logout(self) -> bool:
         """A logout made while the service was down: sign out the stored copy now. True if

@@ -1,4 +1,4 @@
-"""Where the credential is kept between container lives: one interface, two backends.
+"""Where the credential is kept between container lives: one interface, three backends.
 
 A store holds one JSON *document* (the agent's secrets) and knows two operations: read it
 (optionally only if it changed since a version tag, an ``ETag``) and merge a patch into it
@@ -12,20 +12,12 @@ is :mod:`service.persistence`'s business, not the store's.
   ``GET`` with a matching ``If-None-Match`` (a cheap poll), and ``412`` to a ``PATCH`` whose
   ``If-Match`` is no longer current. Whether a server honours ``If-Match`` is found out once, by
   patching nothing (``{}``) with a version no server has: a ``412`` says it does.
-  Each attempt has a deadline that covers connecting, sending and reading the whole answer
-  (:class:`skill.outbound.Watchdog`: a server sending a byte at a time is cut off), its answer is
-  read up to ``answer_max_bytes`` and parsed as JSON only within that and a nesting limit.
-  Network errors, 5xx, 429 and unreadable answers are retried with exponential backoff and
-  jitter (``Retry-After`` honoured), bounded by attempts and a total deadline; 401/403, and
-  answers too big or too deep, are not. A PATCH without
-  ``If-Match`` sets the same keys again, so retrying it is safe; one with ``If-Match`` that
-  landed before its answer was lost comes back as a conflict, and the caller reads the document
-  to see whose write it holds. TLS verification is always on (``SSL_CERT_FILE`` for a CA).
-
-  It is built on the standard library's ``urllib`` rather than httpx: ``chatgpt-login restore``
-  runs before the agent on every container start, and importing httpx and loading certifi's CA
-  bundle cost more than 0.1 s of its budget. urllib reads the same environment (proxies,
-  ``NO_PROXY``, ``SSL_CERT_FILE`` through OpenSSL) and the store needs nothing more.
+  Requests go through :class:`service.store_client.StoreClient` (deadlines, retries, size and
+  depth limits); 401/403 are not retried. A PATCH without ``If-Match`` sets the same keys
+  again, so retrying it is safe; one with ``If-Match`` that landed before its answer was lost
+  comes back as a conflict, and the caller reads the document to see whose write it holds.
+- :class:`service.vault.VaultSecretsStore`: the document as a Vault/OpenBao KV version 2
+  secret; its KV version is the version tag, ``cas`` the compare-and-set.
 - :class:`FileSecretsStore`: the same document in a 0600 JSON file, for when no secrets API is
   configured. Writes happen under an ``flock``, so compare-and-set is exact even when several
   services share the file.
@@ -34,42 +26,30 @@ is :mod:`service.persistence`'s business, not the store's.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
-import random
 import secrets
-import socket
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import Message
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from service.errors import ServiceError, unreachable
 from service.settings import ServiceSettings
+from service.store_client import Response, StoreClient
 from skill.files import ensure_private_dir, read_settled, write_private
 from skill.lock import FlockLock
 from skill.outbound import (
     MAX_ANSWER_BYTES,
     MAX_JSON_DEPTH,
     AnswerError,
-    Watchdog,
-    chunks_of,
-    parse_json,
-    read_capped,
 )
 
 log = logging.getLogger(__name__)
 
 Document = dict[str, Any]
 CasMode = Literal["auto", "on", "off"]
-_BACKOFF_BASE, _BACKOFF_CAP = 0.25, 5.0
 
 
 @dataclass(frozen=True)
@@ -97,11 +77,24 @@ class SecretsStore(Protocol):
         """Whether :meth:`write` honours ``if_match``."""
         ...
 
+    def forget_history(self) -> None:
+        """Destroy older versions of the document where the store keeps them (after a logout:
+        they hold the signed-out credential)."""
+        ...
+
 
 def secrets_store(settings: ServiceSettings, **kwargs: Any) -> SecretsStore:
-    """The configured backend."""
+    """The configured backend: ``secrets_backend``, or by default the secrets API when it has a
+    token and the file otherwise."""
+    backend = settings.secrets_backend
+    if backend == "vault":
+        from service.vault import VaultSecretsStore  # noqa: PLC0415 - only its users pay for it
+
+        return VaultSecretsStore.from_settings(settings, **kwargs)
     url, token = settings.secrets_api_url, settings.secrets_api_token
-    if url and token:
+    if backend == "http" or (backend == "auto" and url and token):
+        if not (url and token):
+            raise ValueError("the http secrets backend needs FAT_TOOLS_TOKEN (secrets_api_token)")
         return HttpSecretsStore(
             url=url,
             token=token,
@@ -125,20 +118,6 @@ def conflict() -> ServiceError:
     )
 
 
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    headers: Message
-    body: bytes
-
-
-@dataclass(frozen=True)
-class _Answer:
-    status: int
-    etag: str | None
-    body: Document
-
-
 class HttpSecretsStore:
     name = "http"
 
@@ -158,17 +137,13 @@ class HttpSecretsStore:
         if not url.startswith(("https://", "http://")):  # ServiceSettings checks this too
             raise ValueError("the secrets API URL must be an http(s) URL")
         self.url = url
-        self.timeout, self.attempts, self.deadline = timeout, attempts, deadline
-        self.max_bytes, self.max_depth = max_bytes, max_depth
+        self.client = StoreClient(
+            label="The secrets API", address_hint="CHATGPT_LOGIN_SECRETS_API_URL",
+            timeout=timeout, attempts=attempts, deadline=deadline, max_bytes=max_bytes,
+            max_depth=max_depth, sleep=sleep,
+        )  # fmt: skip
         self._cas: bool | None = {"on": True, "off": False}.get(cas)
-        self._sleep = sleep
         self._token = token
-        # Proxies from the environment as urllib reads them; certificates are always verified
-        # (the default HTTPS context). Redirects are refused: the bearer token must not follow
-        # an answer to another address. Every socket is watched by the attempt's watchdog.
-        self._opener = urllib.request.build_opener(
-            _RefuseRedirects(), _WatchedHTTP(), _WatchedHTTPS()
-        )
 
     def read(self, *, if_none_match: str | None = None) -> Snapshot | None:
         headers = {"If-None-Match": if_none_match} if if_none_match else {}
@@ -201,36 +176,25 @@ class HttpSecretsStore:
             log.info("secrets API compare-and-set: %s", "yes" if self._cas else "no")
         return self._cas
 
+    def forget_history(self) -> None:
+        """The secrets API keeps no older versions."""
+
     def _request(
         self, method: str, body: Document | None = None, *, headers: dict[str, str]
     ) -> _Answer:
         """The final answer (2xx with a JSON object, 304, 412, or 404 to a GET as an empty
-        document), after bounded retries on network errors, 5xx, 429 and unreadable bodies."""
-        deadline = time.monotonic() + self.deadline
-        error: ServiceError = unreachable("no attempt made")
-        for attempt in range(1, self.attempts + 1):
-            seconds = max(0.1, min(self.timeout, deadline - time.monotonic()))
-            try:
-                response = self._send(method, body, headers, seconds)
-            except AnswerError as exc:  # too big: a broken or hostile server; not retried
-                raise _bad_answer(exc, transient=False) from None
-            except (OSError, HTTPException, ValueError) as exc:  # timeouts, resets, TLS, truncation
-                error, retry_after = unreachable(_reason(exc)), None
-            else:
-                judged = self._judge(method, response)
-                if isinstance(judged, _Answer):
-                    return judged
-                error, retry_after = judged, _retry_after(response)
-            delay = retry_after if retry_after is not None else _backoff(attempt)
-            if attempt == self.attempts or time.monotonic() + delay > deadline:
-                break
-            log.info(
-                "secrets API %s failed (attempt %d), retrying in %.2fs", method, attempt, delay
-            )
-            self._sleep(delay)
-        raise error
+        document)."""
+        headers = {**headers, "Authorization": f"Bearer {self._token}",
+                   "Accept": "application/json"}  # fmt: skip
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        return self.client.request(
+            method, self.url, lambda response: self._judge(method, response), body=data,
+            headers=headers,
+        )  # fmt: skip
 
-    def _judge(self, method: str, response: _Response) -> _Answer | ServiceError:
+    def _judge(self, method: str, response: Response) -> _Answer | ServiceError:
         """The answer to return, or the error to retry on; raises what is not retried."""
         status, etag = response.status, response.headers.get("ETag")
         if status in (401, 403):
@@ -244,116 +208,19 @@ class HttpSecretsStore:
             return _Answer(status, etag, {})
         if status == 429 or status >= 500:
             return unreachable(f"HTTP {status}")
-        try:
-            document = parse_json(response.body, max_depth=self.max_depth)
-        except AnswerError as exc:
-            if "deeper" in exc.reason:  # a hostile answer: asking again brings the same
-                raise _bad_answer(exc, transient=False) from None
-            return _bad_answer(exc, transient=True)  # e.g. cut short by the network
+        document = self.client.json(response)
+        if isinstance(document, ServiceError):
+            return document
         if not isinstance(document, dict):
-            return _bad_answer(AnswerError("not a JSON object"), transient=True)
+            return self.client.bad_answer(AnswerError("not a JSON object"), transient=True)
         return _Answer(status, etag, document)
 
-    def _send(
-        self, method: str, body: Document | None, headers: dict[str, str], seconds: float
-    ) -> _Response:
-        """One request, over within ``seconds`` whatever the server does."""
-        with Watchdog(seconds) as watchdog:
-            _WATCHING.dog = watchdog
-            try:
-                response = self._exchange(method, body, headers, seconds)
-            except (OSError, HTTPException, ValueError) as exc:
-                if watchdog.fired and not isinstance(exc, AnswerError):
-                    raise TimeoutError from exc
-                raise
-            finally:
-                _WATCHING.dog = None
-            if watchdog.fired:  # the body ended where the watchdog cut it
-                raise TimeoutError
-            return response
 
-    def _exchange(
-        self, method: str, body: Document | None, headers: dict[str, str], seconds: float
-    ) -> _Response:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url, data=data, method=method)  # noqa: S310 - http(s) only, checked in __init__
-        request.add_header("Authorization", f"Bearer {self._token}")
-        request.add_header("Accept", "application/json")
-        for name, value in headers.items():
-            request.add_header(name, value)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with self._opener.open(request, timeout=seconds) as answer:
-                return _Response(answer.status, answer.headers, self._read(answer))
-        except urllib.error.HTTPError as answer:  # a non-2xx answer is still an answer
-            with answer:
-                return _Response(answer.code, answer.headers, self._read(answer))
-
-    def _read(self, answer: Any) -> bytes:
-        return read_capped(chunks_of(answer.read), max_bytes=self.max_bytes)
-
-
-# The watchdog of the request this thread is making; the connections below hand it their
-# socket the moment it exists, so even a slow TLS handshake or header is cut off.
-_WATCHING = threading.local()
-
-
-def _watched_socket(*args: Any, **kwargs: Any) -> socket.socket:
-    sock = socket.create_connection(*args, **kwargs)
-    if (dog := getattr(_WATCHING, "dog", None)) is not None:
-        dog.watch(sock)
-    return sock
-
-
-class _WatchedConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = _watched_socket
-
-
-class _WatchedTLSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = _watched_socket
-
-
-class _WatchedHTTP(urllib.request.HTTPHandler):
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_WatchedConnection, req)
-
-
-class _WatchedHTTPS(urllib.request.HTTPSHandler):
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_WatchedTLSConnection, req)
-
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the 3xx is then handled as an ordinary (non-2xx) answer
-
-
-def _bad_answer(exc: AnswerError, *, transient: bool) -> ServiceError:
-    return ServiceError(
-        "secrets_bad_response",
-        f"The secrets API sent an answer this tool does not take ({exc.reason}). "
-        + ("It will be retried; if it persists, check the secrets API." if transient
-           else "Check the secrets API's address (CHATGPT_LOGIN_SECRETS_API_URL)."),
-        status=502,
-        transient=transient,
-    )  # fmt: skip
-
-
-def _reason(exc: BaseException) -> str:
-    """A short cause for the error message: the innermost reason urllib wraps."""
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "it did not answer in time"
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, BaseException):
-        return _reason(reason)
-    if isinstance(reason, str) and reason:
-        return reason
-    return type(exc).__name__
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    etag: str | None
+    body: Document
 
 
 class FileSecretsStore:
@@ -387,6 +254,9 @@ class FileSecretsStore:
     def compare_and_set(self) -> bool:
         return True
 
+    def forget_history(self) -> None:
+        """The file keeps no older versions."""
+
     def _load(self) -> tuple[bytes, Document]:
         found = read_settled(self.path, json.loads)
         if found is None or not isinstance(found[1], dict):
@@ -396,16 +266,3 @@ class FileSecretsStore:
 
 def _etag(raw: bytes) -> str:
     return '"' + hashlib.sha256(raw).hexdigest()[:20] + '"'
-
-
-def _retry_after(response: _Response) -> float | None:
-    value = response.headers.get("Retry-After") or ""
-    try:
-        return min(max(float(value), 0.0), 60.0)
-    except ValueError:
-        return None
-
-
-def _backoff(attempt: int) -> float:
-    jitter = 0.5 + random.random()  # noqa: S311 - spreading retries, not cryptography
-    return float(min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0 ** (attempt - 1)) * jitter)

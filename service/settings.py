@@ -27,12 +27,30 @@ class ServiceSettings(Settings):
     secrets_timeout: float = Field(default=10.0, gt=0)  # per request
     secrets_attempts: int = Field(default=5, ge=1)
     secrets_deadline: float = Field(default=30.0, gt=0)  # all attempts together
+    # Which store: "auto" is the secrets API when it has a token, else the file below.
+    secrets_backend: Literal["auto", "http", "file", "vault"] = "auto"
     # Without a secrets API: a 0600 JSON file in the state directory.
     secrets_file: Path | None = None
 
     # Whether the secrets API honours If-Match (compare-and-set): found out once ("auto"), or
     # told. With it, the refresh lease is exact; without it, a narrow race remains.
     secrets_cas: Literal["auto", "on", "off"] = "auto"
+
+    # Vault/OpenBao KV version 2 (secrets_backend "vault"), named as Vault's own tools name them.
+    # A token (VAULT_TOKEN or the vault_token secret), or AppRole's role and secret id (file
+    # secrets); the service renews its token before it runs out. The document is the secret
+    # at <vault_mount>/data/<vault_path>, by default chatgpt-login/<secrets_key>. After a
+    # logout the older versions (they hold the signed-out credential) are destroyed.
+    vault_addr: str | None = None
+    vault_token: str | None = Field(default=None, repr=False)
+    vault_namespace: str | None = None
+    vault_cacert: Path | None = None
+    vault_mount: str = Field(default="secret", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    vault_path: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    vault_role_id: str | None = Field(default=None, repr=False)
+    vault_secret_id: str | None = Field(default=None, repr=False)
+    vault_approle_mount: str = Field(default="approle", pattern=r"^[A-Za-z0-9_.-]+$")
+    vault_destroy_on_logout: bool = True
 
     # Keep-alive: renew when the access token has less than min(refresh_window, half its
     # lifetime) left (codex renews at 5 minutes, so running CLIs rarely renew it themselves),
@@ -65,7 +83,8 @@ class ServiceSettings(Settings):
     secrets_server_tokens: str | None = Field(default=None, repr=False)
     secrets_server_db: Path | None = None
 
-    @field_validator("operator_token", "secrets_api_token", "secrets_server_tokens")
+    @field_validator("operator_token", "secrets_api_token", "secrets_server_tokens",
+                     "vault_token")  # fmt: skip
     @classmethod
     def _long_enough(cls, value: str | None) -> str | None:
         # A bearer token anyone could guess is none: the reference server wants 16 characters
@@ -78,13 +97,13 @@ class ServiceSettings(Settings):
             )
         return value
 
-    @field_validator("secrets_api_url")
+    @field_validator("secrets_api_url", "vault_addr")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        # urllib would also open file:// and ftp:// addresses; only HTTP(S) is a secrets API.
+        # urllib would also open file:// and ftp:// addresses; only HTTP(S) is a store.
         if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("secrets_api_url must be an https:// (or local http://) URL")
-        return value
+            raise ValueError("must be an https:// (or local http://) URL")
+        return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
     def _defaults(self) -> ServiceSettings:
@@ -92,6 +111,18 @@ class ServiceSettings(Settings):
             object.__setattr__(self, "secrets_api_url", TINYFAT_SECRETS_URL)
         if self.secrets_file is None:
             object.__setattr__(self, "secrets_file", self.state_dir / "secrets.json")
+        if self.vault_path is None:
+            object.__setattr__(self, "vault_path", f"chatgpt-login/{self.secrets_key}")
+        if self.secrets_backend == "http" and not self.uses_secrets_api:
+            raise ValueError("secrets_backend http needs the secrets API's token (FAT_TOOLS_TOKEN "
+                             "or the secrets_api_token secret)")  # fmt: skip
+        if self.secrets_backend == "vault":
+            if not self.vault_addr:
+                raise ValueError("secrets_backend vault needs VAULT_ADDR (Vault's address)")
+            if not self.vault_token and not (self.vault_role_id and self.vault_secret_id):
+                raise ValueError("secrets_backend vault needs VAULT_TOKEN (or the vault_token "
+                                 "secret), or AppRole's vault_role_id and vault_secret_id "
+                                 "secrets")  # fmt: skip
         return self
 
     @property

@@ -67,6 +67,11 @@ ENV_ALIASES = {
     "codex_home": "CODEX_HOME",
     "xdg_state_home": "XDG_STATE_HOME",
     "secrets_api_token": "FAT_TOOLS_TOKEN",
+    # Vault's own variables, as its CLI and agent read them.
+    "vault_addr": "VAULT_ADDR",
+    "vault_token": "VAULT_TOKEN",
+    "vault_namespace": "VAULT_NAMESPACE",
+    "vault_cacert": "VAULT_CACERT",
 }
 # Where file secrets live (compose mounts them there); one file per field, named after the
 # field (``operator_token``) or its variable in lower case (``fat_tools_token``).

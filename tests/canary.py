@@ -54,7 +54,7 @@ CALLER_ARGV = re.compile(r"\scomplete\s+https?://")
 # Variables that hand a process a bearer token (``<agent>:<token>`` lines for the server's).
 SECRET_ENV = (
     "CHATGPT_LOGIN_OPERATOR_TOKEN", "FAT_TOOLS_TOKEN", "CHATGPT_LOGIN_SECRETS_API_TOKEN",
-    "CHATGPT_LOGIN_SECRETS_SERVER_TOKENS",
+    "CHATGPT_LOGIN_SECRETS_SERVER_TOKENS", "VAULT_TOKEN", "CHATGPT_LOGIN_VAULT_TOKEN",
 )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,6 +16,9 @@ from skill.settings import Settings
 from tests.canary import Sweep, register
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
+
+if TYPE_CHECKING:
+    from tests.openbao import OpenBao
 
 REPO = Path(__file__).resolve().parent.parent
 NPM_BIN = REPO / ".cache" / "npm" / "node_modules" / ".bin"
@@ -189,3 +193,13 @@ def http_store(settings: Settings) -> HttpSecretsStore:
     )
     assert url and token, "these settings name no secrets API"
     return HttpSecretsStore(url=url, token=token, timeout=2, attempts=2, deadline=3, cas="off")
+
+
+@pytest.fixture(scope="session")
+def openbao() -> Iterator[OpenBao]:
+    """One real OpenBao dev server for the session (tests use paths of their own)."""
+    from tests.openbao import OpenBao  # noqa: PLC0415 - only where Vault is tested
+
+    server = OpenBao().start()
+    yield server
+    server.stop()

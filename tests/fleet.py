@@ -28,12 +28,15 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from tests.canary import register
 from tests.conftest import PYTHON, REPO, SWEEP, free_port, wait_until
 from tests.fake_issuer import FakeIssuer
 from tests.loopback import status_of
+
+if TYPE_CHECKING:
+    from service.secrets import SecretsStore
 
 # Settings for a 20-second token lifetime: the store is read every second, holders beat every
 # 5 s, a lease lasts 8 s, and nothing is renewed within 5 s of its issue.
@@ -200,14 +203,13 @@ class Sample:
 @dataclass
 class Fleet:
     issuer: FakeIssuer
-    store_url: str
-    store_token: str
+    store_env: dict[str, str]  # how a container reaches the store (see http_store_env)
     extra_env: dict[str, str] = field(default_factory=dict)
     containers: list[Container] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     _roots: list[Path] = field(default_factory=list)
 
-    def add(self, name: str | None = None, *, store_url: str | None = None) -> Container:
+    def add(self, name: str | None = None, *, store_env: dict[str, str] | None = None) -> Container:
         # A short root: a tmux socket path in the state directory must stay under 108 bytes.
         root = Path(tempfile.mkdtemp(prefix="cgl-fleet-", dir="/tmp"))
         self._roots.append(root)
@@ -222,8 +224,8 @@ class Fleet:
             "CODEX_HOME": str(root / "home" / ".codex"),
             "CHATGPT_LOGIN_STATE_DIR": str(root / "state"),
             "CHATGPT_LOGIN_ISSUER": self.issuer.url,
-            "CHATGPT_LOGIN_SECRETS_API_URL": store_url or self.store_url,
-            "FAT_TOOLS_TOKEN": self.store_token,
+            **self.store_env,
+            **(store_env or {}),
             "CHATGPT_LOGIN_SECRETS_DIR": str(root / "no-secrets"),
             "CHATGPT_LOGIN_SERVICE_URL": f"http://127.0.0.1:{port}",
             "CHATGPT_LOGIN_HOLDER_ID": name,
@@ -289,15 +291,25 @@ def _status(url: str) -> int:
     return status_of(url, timeout=1)
 
 
-def seed_store(issuer: FakeIssuer, url: str, token: str, key: str = "codex_credentials") -> str:
+def http_store_env(url: str, token: str) -> dict[str, str]:
+    """A container's settings for a secrets API (the seed's or the reference server)."""
+    return {"CHATGPT_LOGIN_SECRETS_API_URL": url, "FAT_TOOLS_TOKEN": token}
+
+
+def vault_store_env(addr: str, token: str, path: str) -> dict[str, str]:
+    """A container's settings for a Vault/OpenBao KV v2 secret."""
+    return {"CHATGPT_LOGIN_SECRETS_BACKEND": "vault", "VAULT_ADDR": addr, "VAULT_TOKEN": token,
+            "CHATGPT_LOGIN_VAULT_PATH": path}  # fmt: skip
+
+
+def seed_store(issuer: FakeIssuer, store: SecretsStore, key: str = "codex_credentials") -> str:
     """Store a signed-in credential as a sign-in would (generation 1); returns its refresh token."""
     from service.record import render_entry  # noqa: PLC0415
-    from service.secrets import HttpSecretsStore  # noqa: PLC0415
     from skill.credentials import Credential  # noqa: PLC0415
     from skill.tokens import TokenSet  # noqa: PLC0415
 
     credential = Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
     entry = render_entry(credential, generation=1, signed_in_at=credential.last_refresh,
                          holder="seed")  # fmt: skip
-    HttpSecretsStore(url=url, token=token, cas="off").write({key: entry})
+    store.write({key: entry})
     return credential.refresh_token

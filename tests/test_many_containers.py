@@ -1,8 +1,9 @@
 """One credential, many containers: real services sharing one stored copy, 20-second tokens.
 
 Each container is a real ``chatgpt-login serve`` (tests/fleet.py) with its own home, state
-directory, port and holder id. Both kinds of store: the seed's API, which has no
-compare-and-set (``seed``), and our reference server, which has (``cas``).
+directory, port and holder id. Three kinds of store: the seed's API, which has no
+compare-and-set (``seed``), our reference server, which has (``cas``), and a real OpenBao
+server's KV version 2 (``vault``), whose check-and-set makes the lease exact.
 
 What is counted (``scripts/reliability.py`` runs these at full size and reports the lines they
 print): refresh tokens presented twice (``refresh_token_reused``, must be 0), samples in which a
@@ -12,13 +13,14 @@ refreshes against the half-life schedule's bound (two per token lifetime, plus o
 
 Sizes come from the environment so that CI runs a short mode: ``FLEET_SIZES`` (default 3),
 ``FLEET_SECONDS`` (30), ``FLEET_OVERLAPS`` (2 rolling restarts); the main test runs against
-both stores, and each of the others against one unless ``FLEET_ALL_STORES=1`` (the full runs).
+every store, and each of the others against one unless ``FLEET_ALL_STORES=1`` (the full runs).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +28,14 @@ from pathlib import Path
 
 import pytest
 
+from service.secrets import HttpSecretsStore, SecretsStore, secrets_store
+from service.settings import ServiceSettings
 from tests.conftest import wait_until
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
 from tests.fault_proxy import FaultProxy
-from tests.fleet import Fleet, ReferenceStore, seed_store
+from tests.fleet import Fleet, ReferenceStore, http_store_env, seed_store, vault_store_env
+from tests.openbao import OpenBao
 
 pytestmark = pytest.mark.slow
 
@@ -41,45 +46,76 @@ OVERLAPS = int(os.environ.get("FLEET_OVERLAPS", "2"))
 ALL_STORES = os.environ.get("FLEET_ALL_STORES") == "1"
 
 
+STORES = ["seed", "cas", "vault"]
+
+
 def stores(default: str) -> pytest.MarkDecorator:
-    return pytest.mark.parametrize("store", ["seed", "cas"] if ALL_STORES else [default],
-                                   indirect=True)  # fmt: skip
+    return pytest.mark.parametrize("store", STORES if ALL_STORES else [default], indirect=True)
 
 
 @dataclass
 class Store:
+    """A store the fleet shares: how a container reaches it (``env``, or ``env_via`` a proxy
+    in front of ``port``) and a client of our own to seed and read it."""
+
     mode: str
-    url: str
-    token: str
+    env: dict[str, str]
     port: int
+    client: SecretsStore
+
+    def env_via(self, proxy_url: str) -> dict[str, str]:
+        raise NotImplementedError
 
     def document(self) -> dict[str, object]:
-        raise NotImplementedError
+        found = self.client.read()
+        assert found is not None
+        return found.document
 
 
 class SeedStore(Store):
     def __init__(self, api: FakeSecretsAPI) -> None:
-        super().__init__("seed", api.url, api.token, int(api.url.split(":")[2].split("/")[0]))
+        client = HttpSecretsStore(url=api.url, token=api.token, cas="off")
+        port = int(api.url.split(":")[2].split("/")[0])
+        super().__init__("seed", http_store_env(api.url, api.token), port, client)
         self.api = api
 
-    def document(self) -> dict[str, object]:
-        with self.api.lock:
-            return dict(self.api.record)
+    def env_via(self, proxy_url: str) -> dict[str, str]:
+        return http_store_env(f"{proxy_url}/api/agent/secrets", self.api.token)
 
 
 class CasStore(Store):
     def __init__(self, server: ReferenceStore) -> None:
-        super().__init__("cas", server.url, server.token, server.port)
+        client = HttpSecretsStore(url=server.url, token=server.token)
+        super().__init__("cas", http_store_env(server.url, server.token), server.port, client)
         self.server = server
 
-    def document(self) -> dict[str, object]:
-        return self.server.document()
+    def env_via(self, proxy_url: str) -> dict[str, str]:
+        return http_store_env(f"{proxy_url}/api/agent/secrets", self.server.token)
 
 
-@pytest.fixture(params=["seed", "cas"])
+class VaultStore(Store):
+    """A path of its own in the session's real OpenBao server (KV v2, check-and-set)."""
+
+    def __init__(self, bao: OpenBao, tmp_path: Path) -> None:
+        self.bao, self.path = bao, f"chatgpt-login/fleet-{secrets.token_hex(4)}"
+        client = secrets_store(ServiceSettings(
+            state_dir=tmp_path / "vault-client", secrets_backend="vault", vault_addr=bao.addr,
+            vault_token=bao.root, vault_path=self.path,
+        ))  # fmt: skip
+        super().__init__("vault", vault_store_env(bao.addr, bao.root, self.path), bao.port,
+                         client)  # fmt: skip
+
+    def env_via(self, proxy_url: str) -> dict[str, str]:
+        return vault_store_env(proxy_url, self.bao.root, self.path)
+
+
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path, api: FakeSecretsAPI) -> Iterator[Store]:
     if request.param == "seed":
         yield SeedStore(api)
+        return
+    if request.param == "vault":
+        yield VaultStore(request.getfixturevalue("openbao"), tmp_path)
         return
     server = ReferenceStore(tmp_path)
     try:
@@ -91,8 +127,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, api: FakeSecretsAPI) -
 @pytest.fixture
 def fleet(issuer: FakeIssuer, store: Store) -> Iterator[Fleet]:
     issuer.expires_in = LIFETIME
-    seed_store(issuer, store.url, store.token)
-    running = Fleet(issuer, store.url, store.token)
+    seed_store(issuer, store.client)
+    running = Fleet(issuer, store.env)
     try:
         yield running
     finally:
@@ -174,7 +210,7 @@ def test_a_partitioned_container_adopts_on_return(
     proxy = FaultProxy(upstream_port=store.port).start()
     try:
         start(fleet, 2)
-        cut = fleet.add(store_url=f"{proxy.url}/api/agent/secrets")
+        cut = fleet.add(store_env=store.env_via(proxy.url))
         cut.start()
         cut.wait_up()
         fleet.run_for(2)

@@ -4,6 +4,7 @@ directory) sharing one real store, the seed's API (no compare-and-set) or a file
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,9 @@ import pytest
 from service.persistence import Persistence
 from service.record import LocalState, StoredRecord, Tombstone, decide, fingerprint, render_entry
 from service.refresher import Refresher, refresh_due_at
-from service.secrets import FileSecretsStore, HttpSecretsStore, SecretsStore
+from service.secrets import FileSecretsStore, HttpSecretsStore, SecretsStore, secrets_store
 from service.settings import ServiceSettings
+from service.vault import VaultSecretsStore
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
 from skill.errors import SkillError
@@ -57,10 +59,17 @@ def local(settings: ServiceSettings) -> Credential | None:
     return PiAuthFile(settings.pi_auth_file).load()
 
 
-@pytest.fixture(params=["file", "seed"])
+@pytest.fixture(params=["file", "seed", "vault"])
 def store(request: pytest.FixtureRequest, tmp_path: Path, api: FakeSecretsAPI) -> SecretsStore:
     if request.param == "file":
         return FileSecretsStore(tmp_path / "store.json")
+    if request.param == "vault":  # a real OpenBao server, a path of this test's own
+        bao = request.getfixturevalue("openbao")
+        return secrets_store(ServiceSettings(
+            state_dir=tmp_path / "vault-state", secrets_backend="vault", vault_addr=bao.addr,
+            vault_token=bao.root, vault_path=f"chatgpt-login/{secrets.token_hex(6)}",
+            secrets_timeout=2, secrets_attempts=2, secrets_deadline=3,
+        ))  # fmt: skip
     return HttpSecretsStore(url=api.url, token=api.token, timeout=2, attempts=2, deadline=3)
 
 
@@ -248,6 +257,11 @@ def test_logout_is_a_tombstone_everyone_honours(
     pb.sync()
     tombstone = pa.log_out(mine.account_id)
     assert tombstone is not None and tombstone.accountId == "acct-1111"
+    if isinstance(store, VaultSecretsStore):  # the versions before the tombstone are destroyed
+        meta = store._request("GET", store._metadata)["data"]
+        kept = [v for v, info in meta["versions"].items() if not info["destroyed"]]
+        assert kept == [str(meta["current_version"])]
+        assert "refresh" not in json.dumps(store.read().document)  # type: ignore[union-attr]
     assert pb.sync().decision == "drop" and local(b) is None
     assert pb.state.read().logged_out is not None
     newcomer = Persistence(c, store)  # a container started later: nothing comes back

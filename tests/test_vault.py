@@ -1,0 +1,348 @@
+"""The Vault/OpenBao backend against a real OpenBao server (``bao server -dev`` on 127.0.0.1):
+the contract the other stores pass, and what only Vault has (tokens that run out, policies,
+sealing, versions)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.errors import ServiceError
+from service.secrets import secrets_store
+from service.settings import ServiceSettings
+from service.vault import VaultSecretsStore
+from tests.fault_proxy import FaultProxy
+from tests.openbao import OpenBao
+
+REPO = Path(__file__).resolve().parent.parent
+ENTRY = {"type": "oauth", "access": "a", "refresh": "r", "expires": 1, "accountId": "acct"}
+
+
+def settings(tmp_path: Path, bao: OpenBao | str, path: str, **values: Any) -> ServiceSettings:
+    addr = bao if isinstance(bao, str) else bao.addr
+    token = {} if "vault_role_id" in values else {"vault_token": getattr(bao, "root", None)}
+    defaults = {"secrets_timeout": 2, "secrets_attempts": 3, "secrets_deadline": 4, **token}
+    return ServiceSettings(state_dir=tmp_path / "state", secrets_backend="vault",
+                           vault_addr=addr, vault_path=path, **{**defaults, **values})  # fmt: skip
+
+
+def store(tmp_path: Path, bao: OpenBao | str, path: str, **values: Any) -> VaultSecretsStore:
+    made = secrets_store(settings(tmp_path, bao, path, **values))
+    assert isinstance(made, VaultSecretsStore)
+    return made
+
+
+@pytest.fixture
+def path() -> str:
+    return "chatgpt-login/test-" + secrets.token_hex(4)
+
+
+def document(vault: VaultSecretsStore) -> dict[str, Any]:
+    found = vault.read()
+    assert found is not None
+    return found.document
+
+
+# The contract --------------------------------------------------------------------------------
+
+
+def test_round_trip_replaces_whole_entries_and_deletes(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    vault = store(tmp_path, openbao, path)
+    first = vault.read()
+    assert first is not None and first.document == {} and first.etag == "0"
+    assert vault.write({"codex_credentials": ENTRY}) == "1"
+    assert vault.write({"other_secret": {"keep": True}}) == "2"
+    # A top-level key is replaced whole, never merged (KV v2's own PATCH would merge).
+    vault.write({"codex_credentials": {"type": "oauth", "access": "b"}})
+    assert document(vault) == {"codex_credentials": {"type": "oauth", "access": "b"},
+                               "other_secret": {"keep": True}}  # fmt: skip
+    vault.write({"codex_credentials": None})
+    assert document(vault) == {"other_secret": {"keep": True}}
+    stored = openbao.api("GET", f"secret/data/{path}")["data"]
+    assert stored["data"] == {"other_secret": {"keep": True}} and stored["metadata"]["version"] == 4
+
+
+def test_a_conditional_read_is_none_while_unchanged(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    vault, other = store(tmp_path, openbao, path), store(tmp_path, openbao, path)
+    tag = vault.write({"k": 1})
+    assert vault.read(if_none_match=tag) is None
+    other.write({"k": 2})
+    changed = vault.read(if_none_match=tag)
+    assert changed is not None and changed.document == {"k": 2} and changed.etag != tag
+
+
+def test_of_two_writers_at_one_version_exactly_one_lands(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    """The refresh lease's guarantee: many containers read version N and write their lease
+    with if_match N at once; one write lands, every other is a conflict."""
+    stores = [store(tmp_path, openbao, path) for _ in range(8)]
+    stores[0].write({"seed": True})
+    tags = [s.read() for s in stores]
+    outcomes: list[str] = []
+    barrier = threading.Barrier(len(stores))
+
+    def take(i: int) -> None:
+        barrier.wait()
+        tag = tags[i]
+        assert tag is not None
+        try:
+            stores[i].write({"lease": f"holder-{i}"}, if_match=tag.etag)
+            outcomes.append(f"won-{i}")
+        except ServiceError as exc:
+            outcomes.append(exc.code)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [o for o in outcomes if o.startswith("won-")]
+    assert len(winners) == 1 and outcomes.count("store_conflict") == len(stores) - 1
+    assert document(stores[0])["lease"] == "holder-" + winners[0].removeprefix("won-")
+
+
+def test_a_write_without_a_version_merges_over_another_writers(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    mine, theirs = store(tmp_path, openbao, path), store(tmp_path, openbao, path)
+    mine.write({"a": 1})
+    theirs.write({"b": 2})  # mine's idea of the latest version is now stale
+    mine.write({"c": 3})
+    assert document(theirs) == {"a": 1, "b": 2, "c": 3}
+
+
+def test_a_stale_version_is_a_conflict_and_changes_nothing(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    vault = store(tmp_path, openbao, path)
+    old = vault.write({"a": 1})
+    vault.write({"a": 2})
+    with pytest.raises(ServiceError) as caught:
+        vault.write({"a": 3}, if_match=old)
+    assert caught.value.code == "store_conflict" and caught.value.transient
+    assert document(vault) == {"a": 2}
+    assert vault.compare_and_set()
+
+
+def test_a_token_for_another_path_is_refused_and_not_retried(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    openbao.policy("elsewhere", 'path "secret/data/elsewhere/*" { capabilities = ["read"] }')
+    token = openbao.token(["elsewhere"])
+    vault = store(tmp_path, openbao, path, vault_token=token)
+    started = time.monotonic()
+    with pytest.raises(ServiceError) as caught:
+        vault.read()
+    assert caught.value.code == "secrets_forbidden" and "VAULT_TOKEN" in caught.value.message
+    assert token not in caught.value.message and time.monotonic() - started < 1
+
+
+def test_the_shipped_policy_keeps_each_agent_to_its_own_path(
+    tmp_path: Path, openbao: OpenBao
+) -> None:
+    """service/vault-policy.hcl, written for alice: her token reads, writes and destroys her
+    stored copy; bob's path answers her 403, and her token cannot touch Vault's setup."""
+    hcl = (REPO / "service" / "vault-policy.hcl").read_text()
+    openbao.policy("chatgpt-login-alice", hcl.replace("AGENT", "alice"))
+    alice = openbao.token(["chatgpt-login-alice"])
+    mine = store(tmp_path, openbao, "chatgpt-login/alice", vault_token=alice)
+    mine.write({"codex_credentials": ENTRY})
+    mine.write({"codex_credentials": None})
+    mine.forget_history()
+    assert document(mine) == {}
+    store(tmp_path, openbao, "chatgpt-login/bob").write({"codex_credentials": ENTRY})
+    bobs = store(tmp_path, openbao, "chatgpt-login/bob", vault_token=alice)
+    for attempt in (bobs.read, lambda: bobs.write({"x": 1})):
+        with pytest.raises(ServiceError) as caught:
+            attempt()
+        assert caught.value.code == "secrets_forbidden"
+    with pytest.raises(AssertionError, match="HTTP 403"):
+        openbao.api("GET", "sys/policies/acl", token=alice)
+
+
+def test_a_missing_mount_says_what_to_set(tmp_path: Path, openbao: OpenBao, path: str) -> None:
+    vault = store(tmp_path, openbao, path, vault_mount="nothing-here")
+    with pytest.raises(ServiceError) as caught:
+        vault.read()
+    assert "KV version 2" in caught.value.message
+    assert "CHATGPT_LOGIN_VAULT_MOUNT" in caught.value.message
+
+
+def test_a_kv_version_1_mount_is_refused_before_it_is_written_wrongly(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    mount = "kv1-" + secrets.token_hex(3)
+    openbao.api("POST", f"sys/mounts/{mount}", {"type": "kv", "options": {"version": "1"}})
+    vault = store(tmp_path, openbao, path, vault_mount=mount)
+    with pytest.raises(ServiceError) as caught:
+        vault.write({"codex_credentials": ENTRY})
+    assert "KV version 2" in caught.value.message
+
+
+def test_network_faults_are_retried_and_a_write_lands_once(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    proxy = FaultProxy(upstream_port=openbao.port).start()
+    try:
+        vault = store(tmp_path, proxy.url, path, vault_token=openbao.root)
+        proxy.faults.extend(["reset", "down"])
+        assert document(vault) == {}
+        # The write lands but its answer is cut: the retry finds the version moved on, and a
+        # write without a version then sees its own change there.
+        proxy.faults.extend(["truncate"])
+        vault.write({"codex_credentials": ENTRY})
+        assert document(vault) == {"codex_credentials": ENTRY}
+        assert "truncate" in proxy.seen and "reset" in proxy.seen
+    finally:
+        proxy.stop()
+
+
+def test_down_within_the_deadline(tmp_path: Path, path: str) -> None:
+    from tests.conftest import free_port  # noqa: PLC0415
+
+    vault = store(tmp_path, f"http://127.0.0.1:{free_port()}", path,
+                  vault_token="s." + "x" * 24, secrets_deadline=1.5)  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(ServiceError) as caught:
+        vault.read()
+    assert caught.value.code == "secrets_unreachable" and "Vault" in caught.value.message
+    assert time.monotonic() - started < 3
+
+
+@pytest.fixture
+def own_bao() -> Iterator[OpenBao]:
+    """A server of this test's own (it gets sealed)."""
+    server = OpenBao().start()
+    yield server
+    server.stop()
+
+
+def test_a_sealed_vault_is_unreachable_and_comes_back(
+    tmp_path: Path, own_bao: OpenBao, path: str
+) -> None:
+    vault = store(tmp_path, own_bao, path)
+    vault.write({"k": 1})
+    own_bao.seal()
+    started = time.monotonic()
+    with pytest.raises(ServiceError) as caught:
+        vault.read()
+    assert caught.value.code == "secrets_unreachable" and "sealed" in caught.value.message
+    assert time.monotonic() - started < 6  # its deadline (4 s) and one attempt's worth
+    own_bao.unseal()
+    assert document(vault) == {"k": 1}
+
+
+# Tokens that run out -------------------------------------------------------------------------
+
+
+def test_a_renewable_token_is_renewed_before_it_runs_out(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    token = openbao.token(["root"], ttl="3s", renewable=True, explicit_max_ttl="1h")
+    vault = store(tmp_path, openbao, path, vault_token=token)
+    end = time.monotonic() + 5  # well past its first 3 s
+    while time.monotonic() < end:
+        vault.write({"beat": time.time()})
+        time.sleep(0.25)
+    left = openbao.api("POST", "auth/token/lookup", {"token": token})["data"]["ttl"]
+    assert left > 0
+
+
+def test_a_token_that_cannot_be_renewed_says_so_when_it_runs_out(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    token = openbao.token(["root"], ttl="2s", renewable=False)
+    vault = store(tmp_path, openbao, path, vault_token=token)
+    vault.write({"k": 1})
+    time.sleep(2.5)
+    with pytest.raises(ServiceError) as caught:
+        vault.read()
+    assert caught.value.code == "vault_token_expired"
+    assert "VAULT_TOKEN" in caught.value.message and token not in caught.value.message
+
+
+def test_approle_logs_in_and_in_again_when_its_token_ends(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    openbao.policy("cgl-approle", f'path "secret/data/{path}" '
+                   '{ capabilities = ["create", "read", "update"] }')  # fmt: skip
+    role_id, secret_id = openbao.approle("cgl-test", ["cgl-approle"], token_ttl="2s",
+                                         token_max_ttl="3s")  # fmt: skip
+    vault = store(tmp_path, openbao, path, vault_role_id=role_id, vault_secret_id=secret_id)
+    end = time.monotonic() + 5  # past the token's maximum life
+    writes = 0
+    while time.monotonic() < end:
+        vault.write({"n": writes})
+        writes += 1
+        time.sleep(0.25)
+    assert document(vault) == {"n": writes - 1}
+
+
+def test_a_wrong_approle_secret_is_a_clear_refusal(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    role_id, _ = openbao.approle("cgl-wrong", ["default"])
+    vault = store(tmp_path, openbao, path, vault_role_id=role_id,
+                  vault_secret_id="not-the-" + "secret-id-" * 3)  # fmt: skip
+    with pytest.raises(ServiceError) as caught:
+        vault.read()
+    assert caught.value.code == "secrets_forbidden" and "vault_secret_id" in caught.value.message
+
+
+# Versions ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("destroy", [True, False])
+def test_forgetting_history_destroys_every_older_version(
+    tmp_path: Path, openbao: OpenBao, path: str, destroy: bool
+) -> None:
+    vault = store(tmp_path, openbao, path, vault_destroy_on_logout=destroy)
+    for n in range(4):
+        vault.write({"codex_credentials": {**ENTRY, "refresh": f"r{n}"}})
+    vault.write({"codex_credentials": None, "tombstone": {"generation": 5}})
+    vault.forget_history()
+    versions = openbao.versions(path)
+    assert [v for v, info in versions.items() if info["destroyed"]] == (
+        ["1", "2", "3", "4"] if destroy else []
+    )
+    assert not versions["5"]["destroyed"] and document(vault) == {"tombstone": {"generation": 5}}
+
+
+# Settings ------------------------------------------------------------------------------------
+
+
+def test_vaults_own_variables_and_file_secrets_configure_it(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "run-secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "vault_token").write_text("hvs.file-secret-token-0123\n")
+    env = {"CHATGPT_LOGIN_SECRETS_BACKEND": "vault", "VAULT_ADDR": "https://vault.internal:8200/",
+           "VAULT_NAMESPACE": "team-a", "CHATGPT_LOGIN_SECRETS_DIR": str(secrets_dir),
+           "CHATGPT_LOGIN_STATE_DIR": str(tmp_path / "state")}  # fmt: skip
+    read = ServiceSettings.from_env(env)
+    assert read.vault_addr == "https://vault.internal:8200" and read.vault_namespace == "team-a"
+    assert read.vault_token == "hvs.file-secret-token-0123"
+    assert read.vault_path == "chatgpt-login/codex_credentials" and read.vault_mount == "secret"
+    assert "file-secret" not in repr(read)
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [({}, "VAULT_ADDR"), ({"vault_addr": "http://127.0.0.1:1"}, "VAULT_TOKEN"),
+     ({"vault_addr": "file:///etc/passwd", "vault_token": "t" * 20}, "https://")],
+)  # fmt: skip
+def test_an_incomplete_vault_setup_is_refused_at_start(
+    tmp_path: Path, values: dict[str, str], says: str
+) -> None:
+    with pytest.raises(ValueError, match=says):
+        ServiceSettings(state_dir=tmp_path, secrets_backend="vault", **values)
