@@ -4,7 +4,9 @@
 N real services (``chatgpt-login serve``, each with its own home, state directory and holder
 id; tests/fleet.py) share one stored credential with 20-second access tokens, against each kind
 of store: the seed's API without compare-and-set (``seed``, tests/fake_secrets.py) and our
-reference server with it (``cas``, ``chatgpt-login secrets-server``). Settings are the defaults
+reference server with it (``cas``, ``chatgpt-login secrets-server``), and a real OpenBao's KV
+version 2 (``vault``: its writes are POSTs of a whole version; no ``304``, every read has the
+record). Settings are the defaults
 (a store read every 5 s, a heartbeat every 60 s) except the minimum interval between refreshes
 (5 s), so that the half-life schedule applies to such short tokens.
 
@@ -32,10 +34,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from service.secrets import HttpSecretsStore  # noqa: E402
+from service.secrets import SecretsStore, secrets_store  # noqa: E402
+from service.settings import ServiceSettings  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
 from tests.fake_secrets import FakeSecretsAPI  # noqa: E402
-from tests.fleet import Fleet, ReferenceStore, http_store_env, seed_store  # noqa: E402
+from tests.fault_proxy import FaultProxy  # noqa: E402
+from tests.fleet import Fleet, ReferenceStore, http_store_env, seed_store, vault_store_env  # noqa: E402
+from tests.openbao import OpenBao  # noqa: E402
 
 SETTINGS = {
     "CHATGPT_LOGIN_REFRESH_MIN_INTERVAL": "5",
@@ -79,20 +84,32 @@ def reference_store(root: Path) -> tuple[ReferenceStore, Counted]:
     return store, counted
 
 
+def vault_store() -> tuple[OpenBao, FaultProxy, dict[str, str]]:
+    """A real OpenBao dev server behind a forwarding proxy that notes each request's method
+    (OpenBao's own audit log can only be set up in its configuration)."""
+    bao = OpenBao().start()
+    proxy = FaultProxy(upstream_port=bao.port).start()
+    return bao, proxy, vault_store_env(proxy.url, bao.root, "chatgpt-login/bench")
+
+
 def run(kind: str, containers: int, seconds: float) -> str:
     issuer = FakeIssuer(expires_in=20).start()
     root = Path(tempfile.mkdtemp(prefix="cgl-bench-fleet-"))
     api: FakeSecretsAPI | None = None
     server: ReferenceStore | None = None
+    bao: tuple[OpenBao, FaultProxy] | None = None
+    counted = Counted()
     if kind == "seed":
-        counted = Counted()
         api = FakeSecretsAPI(requests=counted).start()
-        url, token = api.url, api.token
+        env = http_store_env(api.url, api.token)
+    elif kind == "vault":
+        server_bao, proxy, env = vault_store()
+        bao = (server_bao, proxy)
     else:
         server, counted = reference_store(root)
-        url, token = server.url, server.token
-    seed_store(issuer, HttpSecretsStore(url=url, token=token, cas="off"))
-    fleet = Fleet(issuer, http_store_env(url, token), extra_env=SETTINGS)
+        env = http_store_env(server.url, server.token)
+    seed_store(issuer, _client(env, root))
+    fleet = Fleet(issuer, env, extra_env=SETTINGS)
     try:
         for _ in range(containers):
             fleet.add().start()
@@ -110,6 +127,12 @@ def run(kind: str, containers: int, seconds: float) -> str:
             api.stop()
         if server is not None:
             server.stop()
+        if bao is not None:
+            bao[1].stop()
+            bao[0].stop()
+            # Vault's writes are POSTs (a whole version each); each request is one connection.
+            counted.seen = [(t, "PATCH" if m in ("POST", "PUT") else m, 200)
+                            for t, m in bao[1].methods]  # fmt: skip
     calls = counted.between(start, end)
     per_hour = 3600 / (end - start)
     gets = sum(m == "GET" for m, _ in calls)
@@ -124,17 +147,29 @@ def run(kind: str, containers: int, seconds: float) -> str:
     )
 
 
+def _client(env: dict[str, str], root: Path) -> SecretsStore:
+    """Our own client of the store the fleet uses, to seed it."""
+    settings = ServiceSettings.from_env(
+        {
+            **env,
+            "CHATGPT_LOGIN_STATE_DIR": str(root / "seed"),
+            "CHATGPT_LOGIN_SECRETS_DIR": str(root / "none"),
+        }
+    )
+    return secrets_store(settings)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=90)
     parser.add_argument("--containers", default="1,4,8")
-    parser.add_argument("--stores", default="seed,cas")
+    parser.add_argument("--stores", default="seed,cas,vault")
     args = parser.parse_args()
     print(__doc__.splitlines()[0])
     print()
     print(
         "| containers | store | seconds counted | issuer refreshes / h | refresh tokens "
-        "reused | store GET / h (304) | store PATCH / h | store calls / h per container |"
+        "reused | store GET / h (304) | store writes / h | store calls / h per container |"
     )
     print("|---|---|---|---|---|---|---|---|")  # fmt: skip
     for count in (int(n) for n in args.containers.split(",")):

@@ -32,6 +32,8 @@ class FaultProxy:
     latency: float = 0.3
     linger: float = 1.0
     seen: list[str] = field(default_factory=list)  # the fault each connection got
+    # (monotonic time, HTTP method) of each request forwarded: one per connection with urllib
+    methods: list[tuple[float, str]] = field(default_factory=list)
     _listener: socket.socket | None = None
     _port: int = 0
     _refuse_until: float = 0.0
@@ -96,6 +98,13 @@ class FaultProxy:
                 return
             if fault == "latency":
                 time.sleep(self.latency)
+            client.settimeout(10)
+            with contextlib.suppress(OSError):
+                first = client.recv(16, socket.MSG_PEEK)  # stays in the socket for the server
+                self.methods.append(
+                    (time.monotonic(), first.split(b" ", 1)[0].decode("ascii", "replace"))
+                )
+            client.settimeout(None)
             with contextlib.closing(socket.create_connection(("127.0.0.1", self.upstream_port),
                                                              timeout=10)) as server:  # fmt: skip
                 if fault == "truncate":
