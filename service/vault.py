@@ -344,6 +344,13 @@ def _judge(
         return None
     if status == 400 and "check-and-set" in errors:
         raise conflict()
+    if 300 <= status < 400:  # a standby that redirects instead of forwarding
+        raise ServiceError(
+            "secrets_rejected",
+            f"Vault answered with a redirect (HTTP {status}), which is not followed (the token "
+            "would go along). Point VAULT_ADDR at the active node or at a load balancer.",
+            status=502,
+        )
     if status in (400, 401, 403) and login:
         raise ServiceError("secrets_forbidden", "Vault refused the AppRole login (HTTP "
                            f"{status}). Check the vault_role_id and vault_secret_id secrets.",

@@ -271,14 +271,16 @@ def _setting_problem(exc: ValidationError) -> str:
     from skill.settings import ENV_ALIASES, ENV_PREFIX  # noqa: PLC0415
 
     problems = exc.errors(include_input=False, include_url=False)
-    if not problems or not problems[0]["loc"]:
+    if not problems:
         return f"Invalid setting: {_first_line(exc)}. Fix it and retry."
     first = problems[0]
+    why = str(first["msg"]).removeprefix("Value error, ")
+    if not first["loc"]:  # a rule across settings: its message names them
+        return f"Invalid settings: {why}. Fix them and retry."
     field = str(first["loc"][0])
     variable = ENV_PREFIX + field.upper()
     if field in ENV_ALIASES:
         variable += f" (or {ENV_ALIASES[field]})"
-    why = str(first["msg"]).removeprefix("Value error, ")
     return f"Invalid setting {variable}: {why}. Fix it and retry."
 
 

@@ -4,7 +4,10 @@ sealing, versions)."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +20,10 @@ from service.errors import ServiceError
 from service.secrets import secrets_store
 from service.settings import ServiceSettings
 from service.vault import VaultSecretsStore
+from skill.credentials import Credential
+from skill.tokens import TokenSet
+from tests.conftest import PYTHON
+from tests.fake_issuer import FakeIssuer
 from tests.fault_proxy import FaultProxy
 from tests.openbao import OpenBao
 
@@ -346,3 +353,33 @@ def test_an_incomplete_vault_setup_is_refused_at_start(
 ) -> None:
     with pytest.raises(ValueError, match=says):
         ServiceSettings(state_dir=tmp_path, secrets_backend="vault", **values)
+
+
+def test_restore_names_the_missing_vault_setting_in_one_line(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(REPO),
+           "CHATGPT_LOGIN_SECRETS_DIR": str(tmp_path / "none"),
+           "CHATGPT_LOGIN_SECRETS_BACKEND": "vault"}  # fmt: skip
+    done = subprocess.run([PYTHON, "-m", "service.cli", "restore"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert done.returncode == 2, done
+    assert done.stderr.strip().splitlines() == [
+        "Error: Invalid settings: secrets_backend vault needs VAULT_ADDR (Vault's address). "
+        "Fix them and retry."
+    ]
+
+
+def test_restore_brings_the_credential_back_from_vault(
+    tmp_path: Path, openbao: OpenBao, path: str, issuer: FakeIssuer
+) -> None:
+    signed_in = Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    store(tmp_path, openbao, path).write({"codex_credentials": signed_in.to_pi_entry()})
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO),
+           "CHATGPT_LOGIN_SECRETS_DIR": str(tmp_path / "none"),
+           "CHATGPT_LOGIN_SECRETS_BACKEND": "vault", "VAULT_ADDR": openbao.addr,
+           "VAULT_TOKEN": openbao.root, "CHATGPT_LOGIN_VAULT_PATH": path}  # fmt: skip
+    done = subprocess.run([PYTHON, "-m", "service.cli", "restore", "--strict"], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done
+    written = json.loads((tmp_path / "home" / ".pi" / "agent" / "auth.json").read_text())
+    assert written["openai-codex"]["refresh"] == signed_in.refresh_token
