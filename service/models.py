@@ -70,7 +70,8 @@ class CredentialStatus(BaseModel):
     )
     lease: LeaseView | None = Field(default=None, description="who is renewing it right now")
     store_read_at: datetime | None = Field(default=None, description="the last read of the store")
-    store_error: str | None = None
+    store_error: str | None = Field(default=None, description="the last read's error code")
+    store_problem: str | None = Field(default=None, description="and what to do about it")
 
 
 class Outcome(BaseModel):

@@ -185,7 +185,7 @@ class Persistence:
         try:
             snapshot = self._call("GET", lambda: self.store.read(if_none_match=etag))
         except ServiceError as exc:
-            self._note_read(None, exc.code)
+            self._note_read(None, exc)
             raise
         if snapshot is None and self._snapshot is not None:
             snapshot = self._snapshot  # not modified
@@ -592,12 +592,13 @@ class Persistence:
         self.metrics.add("secrets_api_requests", method=method)
         return self.metrics.timed("secrets_api", call)
 
-    def _note_read(self, record: StoredRecord | None, error: str | None) -> None:
+    def _note_read(self, record: StoredRecord | None, failed: ServiceError | None) -> None:
         """Keep the status view of the store current (written only when it changes, or to say
         how old it is at most every _VIEW_REFRESH seconds). A read that failed counts as a look
         too: /readyz reports it rather than asking a failing store itself."""
         state = self.state.read()
         view = self._view(record) if record is not None else state.store
+        error = failed.code if failed else None
         now = self.now()
         stale = (
             state.store_tried_at is None
@@ -607,6 +608,7 @@ class Persistence:
             return
         with self.state.updating() as fresh:
             fresh.store, fresh.store_error, fresh.store_tried_at = view, error, now
+            fresh.store_problem = failed.message if failed else None
             if error is None:
                 fresh.store_read_at = now
 

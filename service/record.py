@@ -259,6 +259,7 @@ class LocalState(BaseModel):
     store_read_at: datetime | None = None  # the last read the store answered
     store_tried_at: datetime | None = None  # the last read, answered or not
     store_error: str | None = None  # the last read's error code, None when it answered
+    store_problem: str | None = None  # and its message (what to do), for status
 
 
 # Bringing the two together --------------------------------------------------------------------

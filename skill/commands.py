@@ -175,6 +175,11 @@ def _service_lines(service: dict[str, Any] | None, logout_pending: bool) -> list
         lines.append(f"Needs a new sign-in ({service.get('reason')}): run `chatgpt-login start`.")
     elif service.get("persist_pending"):
         lines.append("Storing the credential in the secrets store is pending.")
+    if service.get("store_error"):
+        lines.append(
+            f"The store of the copy kept for restarts did not answer as it should "
+            f"({service['store_error']}): {service.get('store_problem') or ''}".rstrip()
+        )
     if service.get("conflict"):
         lines.append(
             f"The stored copy belongs to another account ({service['conflict']}): log out to "

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 
 from service.errors import ServiceError
+from service.persistence import Persistence
 from service.secrets import secrets_store
 from service.settings import ServiceSettings
 from service.vault import VaultSecretsStore
+from skill.commands import _service_lines
 from skill.credentials import Credential
 from skill.tokens import TokenSet
 from tests.conftest import PYTHON
@@ -270,13 +272,23 @@ def test_a_token_that_cannot_be_renewed_says_so_when_it_runs_out(
     tmp_path: Path, openbao: OpenBao, path: str
 ) -> None:
     token = openbao.token(["root"], ttl="2s", renewable=False)
-    vault = store(tmp_path, openbao, path, vault_token=token)
+    configured = settings(tmp_path, openbao, path, vault_token=token)
+    vault = secrets_store(configured)
     vault.write({"k": 1})
     time.sleep(2.5)
     with pytest.raises(ServiceError) as caught:
         vault.read()
     assert caught.value.code == "vault_token_expired"
     assert "VAULT_TOKEN" in caught.value.message and token not in caught.value.message
+    # The keep-alive's reads fail the same way; status says what to do, in one line.
+    with pytest.raises(ServiceError):
+        Persistence(configured, vault).sync()
+    state = Persistence(configured, vault).state.read()
+    assert state.store_error == "vault_token_expired"
+    lines = _service_lines({"store_error": state.store_error,
+                            "store_problem": state.store_problem}, False)  # fmt: skip
+    assert lines == [f"The store of the copy kept for restarts did not answer as it should "
+                     f"(vault_token_expired): {caught.value.message}"]  # fmt: skip
 
 
 def test_approle_logs_in_and_in_again_when_its_token_ends(

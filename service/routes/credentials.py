@@ -80,6 +80,7 @@ def _status_view() -> dict[str, object]:
         "lease": store.lease if store else None,
         "store_read_at": state.store_read_at,
         "store_error": state.store_error,
+        "store_problem": state.store_problem,
         "logout_pending": pending_path(ctx.settings).exists(),
         "conflict": state.conflict,
     }
