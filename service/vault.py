@@ -49,7 +49,7 @@ class _Version:
 
 
 class VaultToken:
-    """The token to send, renewed before it runs out (thread-safe: workers share one)."""
+    """The token to send, renewed before it runs out (one per process; its threads share it)."""
 
     def __init__(
         self,
@@ -102,7 +102,9 @@ class VaultToken:
             return
         self._token = self._static
         try:
-            data = self._call("GET", "auth/token/lookup-self")["data"]
+            data = self._call("GET", "auth/token/lookup-self").get("data")
+            if not isinstance(data, dict) or not isinstance(data.get("ttl", 0), int):
+                raise _unexpected("a token lookup answer without data.ttl")
             self._schedule(int(data.get("ttl") or 0), bool(data.get("renewable")))
         except ServiceError as exc:
             if exc.code != "secrets_forbidden":
@@ -117,11 +119,14 @@ class VaultToken:
         role_id, secret_id = self._role
         answer = self._call("POST", f"auth/{self._approle_mount}/login",
                             {"role_id": role_id, "secret_id": secret_id}, login=True)  # fmt: skip
-        auth = answer.get("auth") or {}
+        auth = _object(answer.get("auth"))
         if not isinstance(auth.get("client_token"), str):
             raise _unexpected("an AppRole login answer without a token")
+        ttl = auth.get("lease_duration") or 0
+        if not isinstance(ttl, int):
+            raise _unexpected("an AppRole login answer without auth.lease_duration")
         self._token = auth["client_token"]
-        self._schedule(int(auth.get("lease_duration") or 0), bool(auth.get("renewable")))
+        self._schedule(ttl, bool(auth.get("renewable")))
         log.info("Vault: logged in with AppRole (token lives %s s)", auth.get("lease_duration"))
 
     def _renew(self) -> None:
@@ -129,8 +134,10 @@ class VaultToken:
         try:
             if not self._renewable:
                 raise _expired("it is not renewable")
-            auth = self._call("POST", "auth/token/renew-self", {}).get("auth") or {}
-            ttl = int(auth.get("lease_duration") or 0)
+            auth = _object(self._call("POST", "auth/token/renew-self", {}).get("auth"))
+            ttl = auth.get("lease_duration") or 0
+            if not isinstance(ttl, int):
+                raise _unexpected("a renewal answer without auth.lease_duration")
             if self._expires_at is not None and now + ttl <= self._expires_at:
                 raise _expired("it reached its maximum time to live")
             self._schedule(ttl, bool(auth.get("renewable")))
@@ -148,7 +155,7 @@ class VaultToken:
     def _schedule(self, ttl: int, renewable: bool) -> None:
         now = self._clock()
         self._renewable = renewable
-        if ttl <= 0:  # a root or periodic-less token that never expires
+        if ttl <= 0:  # a token that never expires (a root token)
             self._expires_at = self._renew_at = None
             return
         self._expires_at = now + ttl
@@ -164,11 +171,13 @@ class VaultToken:
             assert self._token is not None  # noqa: S101 - set before any other call
             headers["X-Vault-Token"] = self._token
         data = None if body is None else json.dumps(body).encode()
-        found: dict[str, Any] = self.client.request(
+        found = self.client.request(
             method, f"{self.addr}/v1/{path}",
             lambda r: _judge(self.client, r, where=path, login=login),
             body=data, headers=headers,
         )  # fmt: skip
+        if not isinstance(found, dict):
+            raise _unexpected(f"no answer to {path}")
         return found
 
 
@@ -245,13 +254,13 @@ class VaultSecretsStore:
         data = self._request("GET", self._metadata)
         if data is None:
             return
-        meta = data.get("data") or {}
-        current, versions = meta.get("current_version"), meta.get("versions") or {}
+        meta = _object(data.get("data"))
+        current, versions = meta.get("current_version"), _object(meta.get("versions"))
         if not isinstance(current, int) or not isinstance(versions, dict):
             raise _unexpected("a metadata answer without current_version")
         older = sorted(
             int(v) for v, info in versions.items()
-            if v.isdigit() and int(v) < current and not (info or {}).get("destroyed")
+            if v.isdigit() and int(v) < current and not _object(info).get("destroyed")
         )  # fmt: skip
         if older:
             self._request("POST", self._destroy, {"versions": older})
@@ -279,7 +288,7 @@ class VaultSecretsStore:
 
     def _put(self, document: Document, *, cas: int) -> int:
         data = self._request("POST", self._data, {"options": {"cas": cas}, "data": document})
-        version = ((data or {}).get("data") or {}).get("version")
+        version = _object(_object(data).get("data")).get("version")
         if not isinstance(version, int):
             raise _not_kv2(self.where)
         with self._lock:
@@ -305,6 +314,10 @@ class VaultSecretsStore:
                     continue
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _parse_read(answer: Any) -> _Version:
@@ -338,7 +351,7 @@ def _judge(
         if "no handler for route" in errors:
             raise _not_kv2(where)
         parsed = client.json(response)
-        if isinstance(parsed, dict) and isinstance((parsed.get("data") or {}).get("metadata"),
+        if isinstance(parsed, dict) and isinstance(_object(parsed.get("data")).get("metadata"),
                                                      dict):  # fmt: skip
             return parsed  # the latest version was deleted: its metadata, no data
         return None

@@ -26,6 +26,7 @@ from skill.credentials import Credential
 from skill.tokens import TokenSet
 from tests.conftest import PYTHON
 from tests.fake_issuer import FakeIssuer
+from tests.fake_secrets import FakeSecretsAPI
 from tests.fault_proxy import FaultProxy
 from tests.openbao import OpenBao
 
@@ -395,3 +396,19 @@ def test_restore_brings_the_credential_back_from_vault(
     assert done.returncode == 0, done
     written = json.loads((tmp_path / "home" / ".pi" / "agent" / "auth.json").read_text())
     assert written["openai-codex"]["refresh"] == signed_in.refresh_token
+
+
+@pytest.mark.parametrize("answer", ["unauthorized", "wrong_types", "status:404", "malformed"])
+def test_an_address_that_is_not_vault_is_a_clear_error(
+    tmp_path: Path, api: FakeSecretsAPI, path: str, answer: str
+) -> None:
+    """VAULT_ADDR pointing at another HTTP server (the fake secrets API, answering its own
+    way): one clear error, never a traceback."""
+    if answer != "unauthorized":
+        api.faults.extend([answer] * 20)
+    vault = store(tmp_path, api.url.split("/api")[0], path, vault_token="s." + "x" * 24)
+    for attempt in (vault.read, lambda: vault.write({"k": 1})):
+        with pytest.raises(ServiceError) as caught:
+            attempt()
+        assert caught.value.code.startswith("secrets_"), caught.value
+        assert "VAULT_ADDR" in caught.value.message or "Vault" in caught.value.message
