@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import ssl
 import subprocess
 import tempfile
 import urllib.error
@@ -55,10 +56,12 @@ class OpenBao:
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     unseal_key: str | None = None
+    tls: bool = False  # -dev-tls: HTTPS with a CA of its own, written to ca_file
+    ca_file: Path | None = None
 
     @property
     def addr(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> OpenBao:
         register(self.root, "OpenBao root token")
@@ -66,12 +69,17 @@ class OpenBao:
         self.log = home / "server.log"
         env = {"PATH": os.environ["PATH"], "HOME": str(home), "BAO_DEV_ROOT_TOKEN_ID": self.root,
                "VAULT_DEV_ROOT_TOKEN_ID": self.root}  # fmt: skip
+        if self.tls:
+            (home / "tls").mkdir()
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [bao_binary(), "server", "-dev", f"-dev-listen-address=127.0.0.1:{self.port}",
-                 "-dev-no-store-token"],
+                 "-dev-no-store-token",
+                 *(["-dev-tls", f"-dev-tls-cert-dir={home / 'tls'}"] if self.tls else [])],
                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=home,
             )  # fmt: skip
+        if self.tls:
+            self.ca_file = home / "tls" / "vault-ca.pem"
         # Up, and its banner (with the unseal key, for the seal tests) written.
         wait_until(lambda: self.healthy() and b"Unseal Key:" in self.log.read_bytes(), 30,
                    "OpenBao dev server up")  # fmt: skip
@@ -91,8 +99,14 @@ class OpenBao:
                 self.process.wait(10)
 
     def healthy(self) -> bool:
+        context = None
+        if self.ca_file is not None:
+            if not self.ca_file.exists():
+                return False
+            context = ssl.create_default_context(cafile=str(self.ca_file))
         try:
-            with urllib.request.urlopen(f"{self.addr}/v1/sys/health", timeout=1) as answer:
+            with urllib.request.urlopen(f"{self.addr}/v1/sys/health", timeout=1,
+                                        context=context) as answer:  # fmt: skip
                 return bool(answer.status == 200)
         except (OSError, urllib.error.URLError):
             return False

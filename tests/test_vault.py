@@ -253,6 +253,22 @@ def test_a_sealed_vault_is_unreachable_and_comes_back(
     assert document(vault) == {"k": 1}
 
 
+def test_tls_is_verified_against_vault_cacert(tmp_path: Path, path: str) -> None:
+    """OpenBao over HTTPS with a CA of its own: trusted through VAULT_CACERT, refused without."""
+    bao = OpenBao(tls=True).start()
+    try:
+        assert bao.ca_file is not None and bao.addr.startswith("https://")
+        trusted = store(tmp_path, bao, path, vault_cacert=bao.ca_file)
+        trusted.write({"k": 1})
+        assert document(trusted) == {"k": 1}
+        with pytest.raises(ServiceError) as caught:
+            store(tmp_path, bao, path, secrets_attempts=1).read()
+        assert caught.value.code == "secrets_unreachable"
+        assert "CERTIFICATE_VERIFY_FAILED" in caught.value.message
+    finally:
+        bao.stop()
+
+
 # Tokens that run out -------------------------------------------------------------------------
 
 
