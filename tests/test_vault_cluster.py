@@ -108,8 +108,8 @@ def test_leader_killed_then_cluster_sealed(
         assert fleet.relogin_samples() == 0
         assert all(fleet.sample().live.values())
 
-        # Sealed: nothing is lost or declared dead, /readyz says the store is unavailable.
-        before = {c.name: c.refresh_token() for c in fleet.containers}
+        # Sealed: /readyz says the store is unavailable; cut off from it, nobody spends a
+        # token (the others may be rotating) and nobody loses or drops one.
         cluster.seal_all()
         sealed = time.monotonic()
         wait_until(lambda: all(readyz(c)[0] == 503 for c in fleet.containers), 20,
@@ -117,8 +117,12 @@ def test_leader_killed_then_cluster_sealed(
         reported = time.monotonic() - sealed
         checks = [readyz(c)[1] for c in fleet.containers]
         assert all(check.startswith("secrets_unreachable") for check in checks), checks
+        held = {c.name: c.refresh_token() for c in fleet.containers}
+        refreshes = issuer.calls["grant:refresh_token"]
         fleet.run_for(3)
-        assert {c.name: c.refresh_token() for c in fleet.containers} == before
+        assert all(held.values()), held
+        assert {c.name: c.refresh_token() for c in fleet.containers} == held
+        assert issuer.calls["grant:refresh_token"] == refreshes, "a refresh while sealed"
         cluster.unseal_all()
         unsealed = time.monotonic()
         wait_until(lambda: all(readyz(c)[0] == 200 for c in fleet.containers), 30,
