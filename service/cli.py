@@ -73,6 +73,8 @@ def _refresh(args: argparse.Namespace) -> int:
         return ExitCode.OK
     code = str(body.get("error") or "")
     message = body.get("message") or f"the service answered HTTP {answer.status}"
+    if code.startswith(("secrets_", "store_", "vault_")):  # the store's, named by the service
+        code = "store_unavailable" if body.get("next") == "retry" else "store_misconfigured"
     raise SkillError(code if code in CODES else "internal", str(message))
 
 

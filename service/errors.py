@@ -48,8 +48,8 @@ class ServiceError(Exception):
 def unreachable(why: str, label: str = "The secrets API") -> ServiceError:
     return ServiceError(
         "secrets_unreachable",
-        f"{label} could not be reached ({why}). The credential stays on this machine; "
-        "it is stored as soon as the store answers.",
+        f"{label} could not be reached ({why}). Nothing on this machine was changed; the "
+        "service keeps trying, and stores what is here as soon as the store answers.",
         status=503,
         transient=True,
     )

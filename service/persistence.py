@@ -238,7 +238,8 @@ class Persistence:
     def _carry_out(
         self, decision: Decision, local: Credential | None, record: StoredRecord
     ) -> Synced:
-        notes = ["The stored copy was malformed; it was replaced."] if record.invalid else []
+        replaced = record.invalid and decision == "push"
+        notes = ["The stored copy was malformed; it was replaced."] if replaced else []
         written = True
         if decision == "adopt" and record.live is not None and record.entry is not None:
             moved = self._adopt(record.live, record.entry, seen=local)

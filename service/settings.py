@@ -93,16 +93,23 @@ class ServiceSettings(Settings):
             raise ValueError(
                 f"a token must be at least {MIN_TOKEN_LENGTH} characters (this one has "
                 f"{len(value.strip())}); make one with `python -c 'import secrets; "
-                "print(secrets.token_urlsafe(32))'`"
+                "print(secrets.token_urlsafe(32))'` (a Vault token: `bao token create`)"
             )
         return value
+
+    @field_validator("vault_addr", "vault_token", "vault_namespace", "vault_cacert", "vault_path",
+                     "vault_role_id", "vault_secret_id", mode="before")  # fmt: skip
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # VAULT_NAMESPACE= (set but empty) means "none", as Vault's own tools read it.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("secrets_api_url", "vault_addr")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         # urllib would also open file:// and ftp:// addresses; only HTTP(S) is a store.
         if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("must be an https:// (or local http://) URL")
+            raise ValueError("must be an https:// URL (http:// only on a private network)")
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
@@ -114,15 +121,16 @@ class ServiceSettings(Settings):
         if self.vault_path is None:
             object.__setattr__(self, "vault_path", f"chatgpt-login/{self.secrets_key}")
         if self.secrets_backend == "http" and not self.uses_secrets_api:
-            raise ValueError("secrets_backend http needs the secrets API's token (FAT_TOOLS_TOKEN "
-                             "or the secrets_api_token secret)")  # fmt: skip
+            raise ValueError("CHATGPT_LOGIN_SECRETS_BACKEND=http needs the secrets API's token "
+                             "(FAT_TOOLS_TOKEN or the secrets_api_token secret)")  # fmt: skip
         if self.secrets_backend == "vault":
             if not self.vault_addr:
-                raise ValueError("secrets_backend vault needs VAULT_ADDR (Vault's address)")
+                raise ValueError("CHATGPT_LOGIN_SECRETS_BACKEND=vault needs VAULT_ADDR (Vault's "
+                                 "address)")  # fmt: skip
             if not self.vault_token and not (self.vault_role_id and self.vault_secret_id):
-                raise ValueError("secrets_backend vault needs VAULT_TOKEN (or the vault_token "
-                                 "secret), or AppRole's vault_role_id and vault_secret_id "
-                                 "secrets")  # fmt: skip
+                raise ValueError("CHATGPT_LOGIN_SECRETS_BACKEND=vault needs VAULT_TOKEN (or the "
+                                 "vault_token secret), or AppRole's vault_role_id and "
+                                 "vault_secret_id secrets")  # fmt: skip
         return self
 
     @property

@@ -213,6 +213,10 @@ def _reason(exc: BaseException) -> str:
     """A short cause for the error message: the innermost reason urllib wraps."""
     if isinstance(exc, TimeoutError | socket.timeout):
         return "it did not answer in time"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: nothing listens at that address"
+    if isinstance(exc, socket.gaierror):
+        return "its host name does not resolve"
     reason = getattr(exc, "reason", None)
     if isinstance(reason, BaseException):
         return _reason(reason)

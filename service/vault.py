@@ -147,7 +147,9 @@ class VaultToken:
                 self._log_in()
                 return
             if self._expires_at is not None and now >= self._expires_at:
-                raise _expired(exc.message) from None
+                why = ("Vault refused to renew it" if exc.code == "secrets_forbidden"
+                       else exc.message)  # fmt: skip
+                raise _expired(why) from None
             log.warning("Vault token not renewed (%s); trying again in %.0f s", exc.code,
                         _RETRY_RENEW)  # fmt: skip
             self._renew_at = now + _RETRY_RENEW
@@ -200,7 +202,9 @@ class VaultSecretsStore:
         self._data = f"{addr}/v1/{mount}/data/{path}"
         self._metadata = f"{addr}/v1/{mount}/metadata/{path}"
         self._destroy = f"{addr}/v1/{mount}/destroy/{path}"
-        self.where = f"{mount}/data/{path}"
+        self.where, self.mount = f"{mount}/data/{path}", mount
+        self._mount_checked = False  # whether the mount was looked at: is it KV version 2?
+        self._mount_url = f"{addr}/v1/sys/internal/ui/mounts/{mount}"
         self.destroy_on_logout = destroy_on_logout
         self._lock = threading.Lock()
         self._last: _Version | None = None  # the version last read or written, and its data
@@ -290,7 +294,7 @@ class VaultSecretsStore:
         data = self._request("POST", self._data, {"options": {"cas": cas}, "data": document})
         version = _object(_object(data).get("data")).get("version")
         if not isinstance(version, int):
-            raise _not_kv2(self.where)
+            raise _not_kv2(self.mount)
         with self._lock:
             self._last = _Version(version, document)
         return version
@@ -301,11 +305,14 @@ class VaultSecretsStore:
         data = None if body is None else json.dumps(body).encode()
         for attempt in (1, 2):
             headers = {**self.token.headers(), "Accept": "application/json"}
+            if not self._mount_checked:
+                self._check_mount(headers)
             if data is not None:
                 headers["Content-Type"] = "application/json"
             try:
                 return self.client.request(
-                    method, url, lambda r: _judge(self.client, r, where=self.where),
+                    method, url,
+                    lambda r: _judge(self.client, r, where=self.where, mount=self.mount),
                     body=data, headers=headers,
                 )  # fmt: skip
             except ServiceError as exc:
@@ -314,6 +321,32 @@ class VaultSecretsStore:
                     continue
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_mount(self, headers: dict[str, str]) -> None:
+        """Refuse a mount that is not KV version 2 before anything is written to it: a KV v1
+        engine would take our writes as plain data, without check-and-set. Vault answers this
+        for any token with a capability under the mount; a refusal leaves it to the writes."""
+        try:
+            found = self.client.request(
+                "GET", self._mount_url, lambda r: _lenient(self.client, r), headers=headers
+            )
+        except ServiceError as exc:
+            if exc.code != "secrets_unreachable":
+                raise
+            return  # asked again with the next request
+        mount = _object(_object(found).get("data"))
+        version = str(_object(mount.get("options")).get("version") or "1")
+        if mount.get("type") in ("kv", "generic") and version != "2":
+            raise _not_kv2(self.mount)  # and again at every request: nothing goes there
+        self._mount_checked = True
+
+
+def _lenient(client: StoreClient, response: Response) -> Any | ServiceError:
+    """The mount lookup's JSON, or {} for an answer that says nothing (403, 404, not JSON)."""
+    if response.status == 429 or response.status >= 500:
+        return unreachable(f"HTTP {response.status}", LABEL)
+    parsed = client.json(response) if response.status == 200 else {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -331,7 +364,12 @@ def _parse_read(answer: Any) -> _Version:
 
 
 def _judge(
-    client: StoreClient, response: Response, *, where: str, login: bool = False
+    client: StoreClient,
+    response: Response,
+    *,
+    where: str,
+    mount: str | None = None,
+    login: bool = False,
 ) -> Any | ServiceError:
     """What an answer means: its JSON (None for "no such secret"), or the error to retry on;
     raises what is not retried."""
@@ -349,7 +387,7 @@ def _judge(
     errors = _errors(client, response)
     if status == 404:
         if "no handler for route" in errors:
-            raise _not_kv2(where)
+            raise _not_kv2(mount or where.split("/", 1)[0])
         parsed = client.json(response)
         if isinstance(parsed, dict) and isinstance(_object(parsed.get("data")).get("metadata"),
                                                      dict):  # fmt: skip
@@ -365,14 +403,16 @@ def _judge(
             status=502,
         )
     if status in (400, 401, 403) and login:
-        raise ServiceError("secrets_forbidden", "Vault refused the AppRole login (HTTP "
-                           f"{status}). Check the vault_role_id and vault_secret_id secrets.",
+        raise ServiceError("secrets_forbidden", f"Vault refused the AppRole login at {where} "
+                           f"(HTTP {status}). Check the vault_role_id and vault_secret_id "
+                           "secrets, and CHATGPT_LOGIN_VAULT_APPROLE_MOUNT.",
                            status=502)  # fmt: skip
     if status in (401, 403):
         raise ServiceError(
             "secrets_forbidden",
-            f"Vault refused the token (HTTP {status}). Check VAULT_TOKEN (or the vault_token "
-            "secret) and that its policy allows this path (service/vault-policy.hcl does).",
+            f"Vault refused the token for {where} (HTTP {status}). Check VAULT_TOKEN (or the "
+            "vault_token secret) and that its policy allows that path (as "
+            "service/vault-policy.hcl does).",
             status=502,
         )
     raise ServiceError(
@@ -393,11 +433,11 @@ def _errors(client: StoreClient, response: Response) -> str:
     return "".join(c if c.isprintable() else " " for c in text)
 
 
-def _not_kv2(where: str) -> ServiceError:
+def _not_kv2(mount: str) -> ServiceError:
     return ServiceError(
         "secrets_rejected",
-        f"Vault has no KV version 2 secrets engine where {where} points. Enable one (`bao "
-        "secrets enable -version=2 -path=secret kv`) or set CHATGPT_LOGIN_VAULT_MOUNT to its path.",
+        f"Vault has no KV version 2 secrets engine at {mount}/. Enable one (`bao secrets enable "
+        f"-version=2 -path={mount} kv`) or set CHATGPT_LOGIN_VAULT_MOUNT to the path of one.",
         status=502,
     )
 

@@ -279,8 +279,8 @@ def _setting_problem(exc: ValidationError) -> str:
         return f"Invalid settings: {why}. Fix them and retry."
     field = str(first["loc"][0])
     variable = ENV_PREFIX + field.upper()
-    if field in ENV_ALIASES:
-        variable += f" (or {ENV_ALIASES[field]})"
+    if field in ENV_ALIASES:  # the other tool's name is the one documented (VAULT_ADDR)
+        variable = f"{ENV_ALIASES[field]} (or {variable})"
     return f"Invalid setting {variable}: {why}. Fix it and retry."
 
 

@@ -245,6 +245,28 @@ CODES: dict[str, _Spec] = {
         "check `chatgpt-login status`, or start it.",
         next="retry",
     ),
+    "refresh_busy": _Spec(
+        "transient",
+        ExitCode.TRANSIENT,
+        "Another container is renewing this sign-in and has not stored the result yet. Retry "
+        "in a minute.",
+        next="retry",
+    ),
+    # The store of the copy kept for restarts, as the service reports it (``refresh``).
+    "store_unavailable": _Spec(
+        "transient",
+        ExitCode.TRANSIENT,
+        "The secrets store (the secrets API or Vault) did not answer; the service keeps trying "
+        "and nothing was lost. Retry in a minute.",
+        next="retry",
+    ),
+    "store_misconfigured": _Spec(
+        "user",
+        ExitCode.USAGE,
+        "The secrets store refused the service (a token that ran out or lacks a permission, a "
+        "wrong address or path). Tell the user what the message says; an operator must fix it.",
+        next="tell_user",
+    ),
     "invalid_setting": _Spec(
         "user",
         ExitCode.USAGE,

@@ -195,9 +195,12 @@ def test_a_kv_version_1_mount_is_refused_before_it_is_written_wrongly(
     mount = "kv1-" + secrets.token_hex(3)
     openbao.api("POST", f"sys/mounts/{mount}", {"type": "kv", "options": {"version": "1"}})
     vault = store(tmp_path, openbao, path, vault_mount=mount)
-    with pytest.raises(ServiceError) as caught:
-        vault.write({"codex_credentials": ENTRY})
-    assert "KV version 2" in caught.value.message
+    for attempt in (vault.read, lambda: vault.write({"codex_credentials": ENTRY})):
+        with pytest.raises(ServiceError) as caught:
+            attempt()
+        assert f"KV version 2 secrets engine at {mount}/" in caught.value.message
+    with pytest.raises(AssertionError, match="HTTP 404"):  # nothing was written there
+        openbao.api("GET", f"{mount}/data/{path}")
 
 
 def test_network_faults_are_retried_and_a_write_lands_once(
@@ -392,8 +395,8 @@ def test_restore_names_the_missing_vault_setting_in_one_line(tmp_path: Path) -> 
                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
     assert done.returncode == 2, done
     assert done.stderr.strip().splitlines() == [
-        "Error: Invalid settings: secrets_backend vault needs VAULT_ADDR (Vault's address). "
-        "Fix them and retry."
+        "Error: Invalid settings: CHATGPT_LOGIN_SECRETS_BACKEND=vault needs VAULT_ADDR (Vault's "
+        "address). Fix them and retry."
     ]
 
 
@@ -428,3 +431,44 @@ def test_an_address_that_is_not_vault_is_a_clear_error(
             attempt()
         assert caught.value.code.startswith("secrets_"), caught.value
         assert "VAULT_ADDR" in caught.value.message or "Vault" in caught.value.message
+
+
+@pytest.mark.parametrize(("vault", "code"), [("down", "store_unavailable"),
+                                             ("wrong token", "store_misconfigured")])  # fmt: skip
+def test_refresh_names_a_store_problem_for_the_agent(
+    tmp_path: Path, openbao: OpenBao, issuer: FakeIssuer, path: str, vault: str, code: str
+) -> None:
+    """`chatgpt-login refresh` through a real service whose Vault is down, or refuses its token:
+    a code SKILL.md tells the agent what to do with, never `internal`."""
+    from werkzeug.serving import make_server  # noqa: PLC0415
+
+    from service.app import create_app  # noqa: PLC0415
+    from service.context import local_token  # noqa: PLC0415
+    from skill.authfiles import PiAuthFile  # noqa: PLC0415
+    from tests.conftest import free_port  # noqa: PLC0415
+
+    addr = f"http://127.0.0.1:{free_port()}" if vault == "down" else openbao.addr
+    token = openbao.root if vault == "down" else "s.not-a-real-token-0123456789"
+    configured = settings(tmp_path, addr, path, vault_token=token, issuer=issuer.url,
+                          pi_agent_dir=tmp_path / "pi", secrets_deadline=1,
+                          secrets_attempts=1)  # fmt: skip
+    PiAuthFile(configured.pi_auth_file).save(
+        Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    )
+    local_token(configured)
+    server = make_server("127.0.0.1", free_port(), create_app(configured), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(REPO),
+               "CHATGPT_LOGIN_STATE_DIR": str(configured.state_dir),
+               "CHATGPT_LOGIN_SECRETS_DIR": str(tmp_path / "none"),
+               "CHATGPT_LOGIN_SERVICE_URL": f"http://127.0.0.1:{server.server_port}"}  # fmt: skip
+        done = subprocess.run([PYTHON, "-m", "service.cli", "refresh", "--json"], env=env,
+                              cwd=REPO, capture_output=True, text=True, timeout=60,
+                              check=False)  # fmt: skip
+    finally:
+        server.shutdown()
+    answer = json.loads(done.stdout)
+    assert answer["error"] == code, answer
+    assert answer["next"] == ("retry" if code == "store_unavailable" else "tell_user")
+    assert token not in done.stdout + done.stderr
