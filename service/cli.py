@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -27,7 +28,10 @@ def _restore(args: argparse.Namespace) -> int:
     from service.settings import ServiceSettings  # noqa: PLC0415
 
     settings = within_limit(ServiceSettings.from_env())
-    result = restore_and_refresh(settings, secrets_store(settings))
+    # Every store request together (token lookup, reads, a pending logout's writes) within 60%
+    # of the limit: the rest is for the issuer.
+    until = time.monotonic() + 0.6 * settings.restore_limit
+    result = restore_and_refresh(settings, secrets_store(settings, until=until))
     if args.json:
         print(json.dumps({"ok": not result.failed, "action": result.action,
                           "message": result.message, "notes": result.notes,

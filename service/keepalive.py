@@ -107,6 +107,7 @@ class KeepAlive:
         local: Credential | None = None
         try:
             p.carry_out_pending_logout()
+            p.finish_forgetting()
             local = p.local()
             due = self._renewal_due(local)
             if due or mono >= self._next_sync or self._watching(mono) or self._changed(local):

@@ -550,12 +550,24 @@ class Persistence:
 
     def _forget_history(self) -> None:
         """Older versions of the stored copy hold the signed-out credential: where the store
-        keeps versions, destroy them. The logout stands either way."""
+        keeps versions, destroy them. The logout stands either way; if this fails, the
+        keep-alive tries again (:meth:`finish_forgetting`) until it is done."""
         try:
             self.store.forget_history()
         except ServiceError as exc:
-            log.warning("the stored copy's older versions were not destroyed (%s); destroy "
-                        "them in the store, or they stay readable there", exc.code)  # fmt: skip
+            log.warning("the stored copy's older versions were not destroyed yet (%s); "
+                        "trying again", exc.code)  # fmt: skip
+            with self.state.updating() as state:
+                state.history_pending = True
+            return
+        if self.state.read().history_pending:
+            with self.state.updating() as state:
+                state.history_pending = False
+
+    def finish_forgetting(self) -> None:
+        """Destroy the older versions a logout could not (the store was away)."""
+        if self.state.read().history_pending:
+            self._forget_history()
 
     def carry_out_pending_logout(self) -> bool:
         """A logout made while the service was down: sign out the stored copy now. True if

@@ -254,6 +254,7 @@ class LocalState(BaseModel):
     needs_relogin: str | None = None  # the error code of a refresh that failed for good
     dead_refresh: str | None = None  # sha256 of that refresh token
     logged_out: Tombstone | None = None  # the logout this machine carried out or honoured
+    history_pending: bool = False  # a logout's older versions are still to be destroyed
     conflict: str | None = None  # the store holds another account (its id) than this machine
     store: StoreView | None = None
     store_read_at: datetime | None = None  # the last read the store answered

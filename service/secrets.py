@@ -132,6 +132,7 @@ class HttpSecretsStore:
         cas: CasMode = "auto",
         max_bytes: int = MAX_ANSWER_BYTES,
         max_depth: int = MAX_JSON_DEPTH,
+        until: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not url.startswith(("https://", "http://")):  # ServiceSettings checks this too
@@ -140,7 +141,7 @@ class HttpSecretsStore:
         self.client = StoreClient(
             label="The secrets API", address_hint="CHATGPT_LOGIN_SECRETS_API_URL",
             timeout=timeout, attempts=attempts, deadline=deadline, max_bytes=max_bytes,
-            max_depth=max_depth, sleep=sleep,
+            max_depth=max_depth, until=until, sleep=sleep,
         )  # fmt: skip
         self._cas: bool | None = {"on": True, "off": False}.get(cas)
         self._token = token

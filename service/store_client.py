@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,16 +72,19 @@ class StoreClient:
         max_bytes: int = MAX_ANSWER_BYTES,
         max_depth: int = MAX_JSON_DEPTH,
         cafile: Path | None = None,
+        until: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.label, self.address_hint = label, address_hint
+        self.until = until  # a monotonic time no request goes past (restore's whole budget)
         self.timeout, self.attempts, self.deadline = timeout, attempts, deadline
         self.max_bytes, self.max_depth = max_bytes, max_depth
         self._sleep = sleep
         context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
         self._opener = urllib.request.build_opener(
-            _RefuseRedirects(), _WatchedHTTP(), _WatchedHTTPS(context=context)
-        )
+            _ProxyUnlessLoopback(), _RefuseRedirects(), _WatchedHTTP(),
+            _WatchedHTTPS(context=context),
+        )  # fmt: skip
 
     def request(
         self,
@@ -94,8 +98,12 @@ class StoreClient:
         """What ``judge`` makes of the answer, after bounded retries on network errors and on
         the errors ``judge`` returns (it raises what is not worth retrying)."""
         deadline = time.monotonic() + self.deadline
-        error: ServiceError = unreachable("no attempt made", self.label)
+        if self.until is not None:
+            deadline = min(deadline, self.until)
+        error: ServiceError = unreachable("no time left for it", self.label)
         for attempt in range(1, self.attempts + 1):
+            if time.monotonic() >= deadline:
+                break
             seconds = max(0.1, min(self.timeout, deadline - time.monotonic()))
             retry_after = None
             try:
@@ -202,6 +210,18 @@ class _WatchedHTTP(urllib.request.HTTPHandler):
 class _WatchedHTTPS(urllib.request.HTTPSHandler):
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(_WatchedTLSConnection, req, context=self._context)  # type: ignore[attr-defined]
+
+
+class _ProxyUnlessLoopback(urllib.request.ProxyHandler):
+    """The environment's proxies (HTTPS_PROXY, NO_PROXY), never for this machine: a store on
+    127.0.0.1 is reached directly, so its token does not travel through a proxy (urllib would
+    send a loopback request to an http_proxy too)."""
+
+    def proxy_open(self, req: urllib.request.Request, proxy: str, type: str) -> Any:
+        host = urllib.parse.urlsplit(req.full_url).hostname or ""
+        if host in ("localhost", "::1") or host.startswith("127."):
+            return None  # the next handler connects directly
+        return super().proxy_open(req, proxy, type)
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):

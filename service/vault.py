@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ LABEL = "Vault"
 _BLIND_WRITES = 5  # a write without if_match re-reads and retries this often on a race
 _RENEW_AT = 2 / 3  # of the token's time to live
 _RETRY_RENEW = 30.0  # seconds before trying again when a renewal failed and time remains
+_RELOGIN_EVERY = 60.0  # seconds: the most often a refused AppRole token is replaced
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class VaultToken:
         self._clock = clock
         self._lock = threading.Lock()
         self._token: str | None = None
+        self._logged_in_at = float("-inf")
         self._renewable = False
         self._expires_at: float | None = None  # None: never (or not known)
         self._renew_at: float | None = None
@@ -89,7 +92,9 @@ class VaultToken:
 
     @property
     def can_log_in(self) -> bool:
-        return self._role is not None
+        """Whether a refused token may be replaced by a new login: with AppRole, and not again
+        within a minute of the last (a refusal then is a policy, not an old token)."""
+        return self._role is not None and self._clock() - self._logged_in_at > _RELOGIN_EVERY
 
     def forget(self) -> None:
         """Drop the token (Vault refused it): the next request logs in again."""
@@ -102,12 +107,11 @@ class VaultToken:
             return
         self._token = self._static
         try:
-            data = self._call("GET", "auth/token/lookup-self").get("data")
-            if not isinstance(data, dict) or not isinstance(data.get("ttl", 0), int):
-                raise _unexpected("a token lookup answer without data.ttl")
-            self._schedule(int(data.get("ttl") or 0), bool(data.get("renewable")))
+            data = _object(self._call("GET", "auth/token/lookup-self").get("data"))
+            self._schedule(_ttl(data.get("ttl")), bool(data.get("renewable")))
         except ServiceError as exc:
             if exc.code != "secrets_forbidden":
+                self._token = None  # looked up again with the next request: it must be renewed
                 raise
             # A policy without lookup-self: the token is used as it is, and a refusal later
             # says what is wrong.
@@ -122,11 +126,9 @@ class VaultToken:
         auth = _object(answer.get("auth"))
         if not isinstance(auth.get("client_token"), str):
             raise _unexpected("an AppRole login answer without a token")
-        ttl = auth.get("lease_duration") or 0
-        if not isinstance(ttl, int):
-            raise _unexpected("an AppRole login answer without auth.lease_duration")
         self._token = auth["client_token"]
-        self._schedule(ttl, bool(auth.get("renewable")))
+        self._logged_in_at = self._clock()
+        self._schedule(_ttl(auth.get("lease_duration")), bool(auth.get("renewable")))
         log.info("Vault: logged in with AppRole (token lives %s s)", auth.get("lease_duration"))
 
     def _renew(self) -> None:
@@ -135,9 +137,7 @@ class VaultToken:
             if not self._renewable:
                 raise _expired("it is not renewable")
             auth = _object(self._call("POST", "auth/token/renew-self", {}).get("auth"))
-            ttl = auth.get("lease_duration") or 0
-            if not isinstance(ttl, int):
-                raise _unexpected("a renewal answer without auth.lease_duration")
+            ttl = _ttl(auth.get("lease_duration"))
             if self._expires_at is not None and now + ttl <= self._expires_at:
                 raise _expired("it reached its maximum time to live")
             self._schedule(ttl, bool(auth.get("renewable")))
@@ -264,7 +264,8 @@ class VaultSecretsStore:
             raise _unexpected("a metadata answer without current_version")
         older = sorted(
             int(v) for v, info in versions.items()
-            if v.isdigit() and int(v) < current and not _object(info).get("destroyed")
+            if re.fullmatch(r"[0-9]{1,12}", v) and int(v) < current
+            and not _object(info).get("destroyed")
         )  # fmt: skip
         if older:
             self._request("POST", self._destroy, {"versions": older})
@@ -349,6 +350,15 @@ def _lenient(client: StoreClient, response: Response) -> Any | ServiceError:
     return parsed if isinstance(parsed, dict) else {}
 
 
+def _ttl(value: Any) -> int:
+    """A time to live in seconds as Vault gives it, checked (ten years at most)."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10 * 365 * 86400:
+        raise _unexpected("a token answer with an unusable time to live")
+    return value
+
+
 def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -430,7 +440,9 @@ def _errors(client: StoreClient, response: Response) -> str:
     if not isinstance(found, list):
         return ""
     text = "; ".join(str(e) for e in found if isinstance(e, str))
-    return "".join(c if c.isprintable() else " " for c in text)
+    text = "".join(c if c.isprintable() else " " for c in text)
+    # Quoted to the user: a server that echoes what it was sent must not put a token there.
+    return re.sub(r"[A-Za-z0-9_.+/=-]{16,}", "[...]", text)
 
 
 def _not_kv2(mount: str) -> ServiceError:

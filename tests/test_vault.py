@@ -21,10 +21,11 @@ from service.persistence import Persistence
 from service.secrets import secrets_store
 from service.settings import ServiceSettings
 from service.vault import VaultSecretsStore
+from skill.authfiles import PiAuthFile
 from skill.commands import _service_lines
 from skill.credentials import Credential
 from skill.tokens import TokenSet
-from tests.conftest import PYTHON
+from tests.conftest import PYTHON, free_port
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
 from tests.fault_proxy import FaultProxy
@@ -472,3 +473,115 @@ def test_refresh_names_a_store_problem_for_the_agent(
     assert answer["error"] == code, answer
     assert answer["next"] == ("retry" if code == "store_unavailable" else "tell_user")
     assert token not in done.stdout + done.stderr
+
+
+# From the attacker's review ------------------------------------------------------------------
+
+
+def test_a_loopback_vault_is_never_reached_through_a_proxy(
+    tmp_path: Path, openbao: OpenBao, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """urllib sends even a 127.0.0.1 request to http_proxy: the token would travel there."""
+    sink = FaultProxy(upstream_port=free_port()).start()  # would forward to nothing
+    try:
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+            monkeypatch.setenv(name, sink.url)
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        vault = store(tmp_path, openbao, path)
+        vault.write({"k": 1})
+        assert document(vault) == {"k": 1}
+        assert sink.seen == []
+    finally:
+        sink.stop()
+
+
+def test_a_token_looked_up_while_vault_was_away_is_still_renewed(
+    tmp_path: Path, openbao: OpenBao, path: str
+) -> None:
+    """The first lookup fails (Vault down at the container's start): the token must still be
+    looked up and renewed later, not used unscheduled until it runs out."""
+    token = openbao.token(["root"], period="3s")
+    proxy = FaultProxy(upstream_port=openbao.port).start()
+    try:
+        vault = store(tmp_path, proxy.url, path, vault_token=token, secrets_attempts=1)
+        proxy.faults.extend(["down"])
+        with pytest.raises(ServiceError):
+            vault.read()
+        end = time.monotonic() + 5  # past the token's 3 s period
+        while time.monotonic() < end:
+            vault.write({"beat": time.time()})
+            time.sleep(0.25)
+    finally:
+        proxy.stop()
+
+
+def test_older_versions_a_logout_could_not_destroy_are_destroyed_later(
+    tmp_path: Path, openbao: OpenBao, path: str, issuer: FakeIssuer
+) -> None:
+    """The destroy refused (here: a policy without it) leaves the logout standing and a note
+    that the keep-alive carries out once it can."""
+    rules = (f'path "secret/data/{path}" {{ capabilities = ["create", "read", "update"] }}\n'
+             f'path "secret/metadata/{path}" {{ capabilities = ["read"] }}\n')  # fmt: skip
+    openbao.policy("cgl-no-destroy", rules)
+    token = openbao.token(["cgl-no-destroy"])
+    configured = settings(tmp_path, openbao, path, vault_token=token, issuer=issuer.url,
+                          pi_agent_dir=tmp_path / "pi")  # fmt: skip
+    persistence = Persistence(configured, secrets_store(configured))
+    PiAuthFile(configured.pi_auth_file).save(
+        Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    )
+    persistence.persist()
+    assert persistence.log_out(None) is not None
+    assert persistence.state.read().history_pending
+    assert not any(info["destroyed"] for info in openbao.versions(path).values())
+    openbao.policy("cgl-no-destroy", rules + f'path "secret/destroy/{path}" '
+                   '{ capabilities = ["update"] }')  # fmt: skip
+    persistence.finish_forgetting()
+    versions = openbao.versions(path)
+    assert not persistence.state.read().history_pending
+    assert [v for v, info in versions.items() if not info["destroyed"]] == [max(versions, key=int)]
+
+
+def test_a_restore_budget_ends_every_store_request(tmp_path: Path, api: FakeSecretsAPI) -> None:
+    from service.secrets import HttpSecretsStore  # noqa: PLC0415
+
+    api.faults.extend(["status:503"] * 100)
+    bounded = HttpSecretsStore(url=api.url, token=api.token, deadline=30, attempts=100,
+                               until=time.monotonic() + 1.0)  # fmt: skip
+    started = time.monotonic()
+    for _ in range(3):  # three requests, one budget
+        with pytest.raises(ServiceError):
+            bounded.read()
+    assert time.monotonic() - started < 2.5
+
+
+def test_vaults_error_text_never_carries_a_token_to_the_user(tmp_path: Path, path: str) -> None:
+    """Something at VAULT_ADDR that echoes the token in its errors: the message keeps the
+    words, not the token."""
+    import http.server  # noqa: PLC0415
+
+    echoed = "s.EchoedBackToken0123456789abcdef"
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"errors": [f"bad request from {echoed}"]}).encode()
+            self.send_response(400)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        vault = store(tmp_path, f"http://127.0.0.1:{server.server_port}", path,
+                      vault_token=echoed)  # fmt: skip
+        with pytest.raises(ServiceError) as caught:
+            vault.read()
+    finally:
+        server.shutdown()
+    assert "bad request from [...]" in caught.value.message
+    assert echoed not in caught.value.message
