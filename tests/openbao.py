@@ -81,8 +81,12 @@ class OpenBao:
         if self.tls:
             self.ca_file = home / "tls" / "vault-ca.pem"
         # Up, and its banner (with the unseal key, for the seal tests) written.
-        wait_until(lambda: self.healthy() and b"Unseal Key:" in self.log.read_bytes(), 30,
-                   "OpenBao dev server up")  # fmt: skip
+        try:
+            wait_until(lambda: self.healthy() and b"Unseal Key:" in self.log.read_bytes(), 30,
+                       "OpenBao dev server up")  # fmt: skip
+        except BaseException:
+            self.stop()  # never a server left behind by a failed start
+            raise
         for line in self.log.read_text(errors="replace").splitlines():
             if line.startswith("Unseal Key:"):
                 self.unseal_key = line.split(":", 1)[1].strip()
@@ -178,6 +182,13 @@ class OpenBaoCluster:
     unseal_key: str = ""
 
     def start(self) -> OpenBaoCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # never servers left behind by a failed start
+            raise
+
+    def _start(self) -> OpenBaoCluster:
         base = Path(tempfile.mkdtemp(prefix="cgl-raft-"))
         for i in range(self.size):
             node = RaftNode(f"n{i}", free_port(), free_port(), base / f"n{i}")
