@@ -92,9 +92,7 @@ def secrets_store(settings: ServiceSettings, **kwargs: Any) -> SecretsStore:
 
         return VaultSecretsStore.from_settings(settings, **kwargs)
     url, token = settings.secrets_api_url, settings.secrets_api_token
-    if backend == "http" or (backend == "auto" and url and token):
-        if not (url and token):
-            raise ValueError("the http secrets backend needs FAT_TOOLS_TOKEN (secrets_api_token)")
+    if url and token and backend in ("http", "auto"):  # the settings insist on both for http
         return HttpSecretsStore(
             url=url,
             token=token,

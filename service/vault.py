@@ -9,9 +9,14 @@ one without it reads again and retries. So the refresh lease is exact: of two co
 read the same version, one write lands.
 
 The token is ``VAULT_TOKEN`` (or the ``vault_token`` secret), or one AppRole logs in for. It is
-looked up once, renewed when two thirds of its time are gone, and an AppRole token that cannot
-be renewed is replaced by a new login; a plain token that runs out says so (``vault_token_
-expired``), and that is what ``status`` and ``/readyz`` show until it is replaced.
+looked up before first use, renewed when two thirds of its time are gone, and an AppRole token
+that cannot be renewed is replaced by a new login; a plain token that runs out says so
+(``vault_token_expired``), which ``status`` and ``/readyz`` show until the service is given a
+new one and restarted.
+
+Before the first request the mount is looked up: one that is not KV version 2 is refused, since
+a KV v1 engine would take our writes as plain data without check-and-set. After a logout the
+older versions are destroyed (:meth:`VaultSecretsStore.forget_history`).
 
 Requests go through :class:`service.store_client.StoreClient`: the same deadlines, retries and
 size limits as the secrets API. A sealed or standby-lagging Vault (503, 412) is retried; a token
