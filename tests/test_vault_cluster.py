@@ -7,6 +7,12 @@ local generation is only ever one the store acknowledged), and the containers ca
 refresh tokens reused. Then the whole cluster is sealed: containers keep their credential,
 report the store unavailable in ``/readyz``, and are live again soon after the unseal.
 
+The refresh lease lasts 30 s here (the other fleet tests use 8 s; the default is 120 s), longer
+than the seal: what a seal (any store outage) must not outlast is a lease whose holder has spent
+the token and could not store the result yet. If it does, another container takes over after
+the lease and spends the token already spent (README, "One credential, many containers", says
+so); a CI run with 8-second leases found that case after an 11 s seal.
+
 ``VAULT_FAILOVER_KILLS`` (default 1) leader kills; ``make reliability`` runs more.
 """
 
@@ -33,6 +39,7 @@ from tests.openbao import OpenBaoCluster
 pytestmark = pytest.mark.slow
 
 LIFETIME = 20
+LEASE = 30  # seconds: longer than the seal below
 KILLS = int(os.environ.get("VAULT_FAILOVER_KILLS", "1"))
 PATH = "chatgpt-login/cluster"
 
@@ -76,7 +83,8 @@ def test_leader_killed_then_cluster_sealed(
     leader = cluster.leader()
     assert leader is not None
     followers = [n for n in cluster.nodes if n is not leader]
-    fleet = Fleet(issuer, vault_store_env(followers[0].addr, cluster.root, PATH))
+    fleet = Fleet(issuer, vault_store_env(followers[0].addr, cluster.root, PATH),
+                  extra_env={"CHATGPT_LOGIN_LEASE_SECONDS": str(LEASE)})  # fmt: skip
     try:
         for i in range(3):
             fleet.add(store_env={"VAULT_ADDR": followers[i % len(followers)].addr}).start()
