@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -76,12 +77,13 @@ class TmuxServer:
             self._server = libtmux.Server(socket_path=str(self.socket), config_file="/dev/null")
         return self._server
 
-    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """One tmux command on our socket, with the server's clean environment."""
         argv = [self.tmux, "-S", str(self.socket), "-f", "/dev/null", *args]
-        done = subprocess.run(
-            argv, env=self.base_env, capture_output=True, text=True, timeout=10, check=False
-        )
+        done = subprocess.run(argv, env=self.base_env, capture_output=True, text=True,
+                              timeout=10, check=False, input=input)  # fmt: skip
         if check and done.returncode != 0:
             raise SkillError(
                 "internal",
@@ -161,13 +163,17 @@ class TmuxServer:
     def type_line(self, name: str, text: str) -> None:
         """Type ``text`` literally, then press Enter as a separate key.
 
-        ``send-keys -l --`` makes tmux treat every byte as a character, never as a key name or
-        an option, so nothing in ``text`` can run a tmux command.
+        The text goes to tmux on stdin (``load-buffer -``) and into the pane with
+        ``paste-buffer -d``, which deletes the buffer as it pastes: never in a command line,
+        where ``ps`` would show it (``send-keys -l -- <text>`` did, for as long as it ran).
+        tmux pastes every byte as a character, so nothing in ``text`` can run a tmux command.
         """
         pane = self._pane(name)
         if pane is None:
             raise SkillError("internal", "The login program's terminal is gone. Start again.")
-        pane.cmd("send-keys", "-l", "--", text)
+        buffer = f"cgl-{secrets.token_hex(6)}"
+        self._run("load-buffer", "-b", buffer, "-", input=text)
+        self._run("paste-buffer", "-d", "-b", buffer, "-t", str(pane.pane_id))
         pane.cmd("send-keys", "Enter")
 
     def stop_log(self, name: str) -> None:
