@@ -107,8 +107,10 @@ def main() -> int:
         took = time.monotonic() - started
         if done.returncode != 0:
             failed.append(script)
-            parts += ["", f"## {script}: FAILED (exit {done.returncode})", "", "```",
-                      done.stderr.strip()[-3000:], "```"]  # fmt: skip
+            tail = done.stderr.strip()[-3000:]
+            # Printed as well as reported: CI keeps what the run printed, not the report file.
+            print(f"{script} failed (exit {done.returncode}):\n{tail}", file=sys.stderr, flush=True)
+            parts += ["", f"## {script}: FAILED (exit {done.returncode})", "", "```", tail, "```"]
             continue
         table = done.stdout.strip().splitlines()
         heading = table[0].lstrip("# ") if table and table[0].startswith("#") else script

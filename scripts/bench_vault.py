@@ -68,8 +68,12 @@ def client(env: dict[str, str], root: Path) -> SecretsStore:
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
     started = time.monotonic()
-    subprocess.run(argv, env=env, check=True, capture_output=True)
-    return time.monotonic() - started
+    done = subprocess.run(argv, env=env, check=False, capture_output=True, text=True)
+    took = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[1:])} exited {done.returncode} after {took:.2f} s: "
+                           f"{(done.stdout + done.stderr).strip()[-1500:]}")  # fmt: skip
+    return took
 
 
 def restores(stores: dict[str, dict[str, str]], runs: int) -> dict[str, list[float]]:

@@ -67,10 +67,35 @@ class OpenBao:
         register(self.root, "OpenBao root token")
         home = Path(tempfile.mkdtemp(prefix="cgl-bao-"))
         self.log = home / "server.log"
-        env = {"PATH": os.environ["PATH"], "HOME": str(home), "BAO_DEV_ROOT_TOKEN_ID": self.root,
-               "VAULT_DEV_ROOT_TOKEN_ID": self.root}  # fmt: skip
         if self.tls:
             (home / "tls").mkdir()
+            self.ca_file = home / "tls" / "vault-ca.pem"
+        for tries_left in reversed(range(3)):
+            self._launch(home)
+            # Up, and its banner (with the unseal key, for the seal tests) written; or gone.
+            try:
+                wait_until(lambda: self._exited() or (
+                    self.healthy() and b"Unseal Key:" in self.log.read_bytes()),
+                    30, "OpenBao dev server up")  # fmt: skip
+            except BaseException:
+                self.stop()  # never a server left behind by a failed start
+                raise
+            if not self._exited():
+                break
+            # Another process took its port between the choice and the bind.
+            if not tries_left or b"address already in use" not in self.log.read_bytes():
+                raise AssertionError(f"OpenBao dev server exited: {self.log.read_text()[-800:]}")
+            self.port = free_port()
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("Unseal Key:"):
+                self.unseal_key = line.split(":", 1)[1].strip()
+                register(self.unseal_key, "OpenBao unseal key")
+        return self
+
+    def _launch(self, home: Path) -> None:
+        env = {"PATH": os.environ["PATH"], "HOME": str(home), "BAO_DEV_ROOT_TOKEN_ID": self.root,
+               "VAULT_DEV_ROOT_TOKEN_ID": self.root}  # fmt: skip
+        assert self.log is not None
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [bao_binary(), "server", "-dev", f"-dev-listen-address=127.0.0.1:{self.port}",
@@ -78,20 +103,9 @@ class OpenBao:
                  *(["-dev-tls", f"-dev-tls-cert-dir={home / 'tls'}"] if self.tls else [])],
                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=home,
             )  # fmt: skip
-        if self.tls:
-            self.ca_file = home / "tls" / "vault-ca.pem"
-        # Up, and its banner (with the unseal key, for the seal tests) written.
-        try:
-            wait_until(lambda: self.healthy() and b"Unseal Key:" in self.log.read_bytes(), 30,
-                       "OpenBao dev server up")  # fmt: skip
-        except BaseException:
-            self.stop()  # never a server left behind by a failed start
-            raise
-        for line in self.log.read_text(errors="replace").splitlines():
-            if line.startswith("Unseal Key:"):
-                self.unseal_key = line.split(":", 1)[1].strip()
-                register(self.unseal_key, "OpenBao unseal key")
-        return self
+
+    def _exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
