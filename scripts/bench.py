@@ -37,7 +37,7 @@ SECTIONS = [
     ("bench_api.py", ["--runs", "5", "--seconds", "5"],
      ["--runs", "1", "--seconds", "1", "--connections", "1,8"]),
     ("bench_stampede.py", ["--runs", "3"], ["--runs", "1", "--processes", "1,4"]),
-    ("bench_memory.py", ["--runs", "3"], ["--runs", "1"]),
+    ("bench_memory.py", ["--runs", "3"], ["--runs", "1", "--load-seconds", "3"]),
     ("bench_vault.py", ["--runs", "20", "--hvac"], ["--runs", "2"]),
     ("bench_fleet.py", ["--seconds", "90"],
      ["--seconds", "8", "--containers", "2", "--stores", "cas,vault"]),

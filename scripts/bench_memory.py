@@ -20,14 +20,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scripts.benchlib import Served, bench_venv  # noqa: E402
+from scripts.load_test import PATHS, RATE, Client  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
 from tests.fake_secrets import FakeSecretsAPI  # noqa: E402
@@ -50,25 +51,59 @@ def run_measured(argv: list[str], env: dict[str, str], stdin: str = "") -> tuple
     return kib / 1024, done.stdout
 
 
-def service_peak(cli: str, env: dict[str, str]) -> dict[str, float]:
+def service_memory(cli: str, env: dict[str, str], load_seconds: float) -> dict[str, float]:
+    """The service's memory: proportional set size (PSS: pages shared between the master and the
+    worker, or with other processes, split among them) idle and under the load test's traffic,
+    and each process's peak RSS (VmHWM) at the end."""
     port = free_port()
     server = Served([cli, "serve", "--bind", f"127.0.0.1:{port}"], env, port)
     try:
-        base = f"http://127.0.0.1:{port}"
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        request = urllib.request.Request(f"{base}/v1/credentials", headers=headers)  # noqa: S310
-        for _ in range(2000):
-            with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
-                answer.read()
-        workers = [int(p) for p in Path(f"/proc/{server.pid}/task/{server.pid}/children")
-                   .read_text().split()]  # fmt: skip
-        peaks = {"service: gunicorn master": _vm_hwm(server.pid)}
-        for n, pid in enumerate(workers, start=1):
-            peaks[f"service: worker {n}"] = _vm_hwm(pid)
-        peaks["service: master + workers (sum; shared pages count in each)"] = sum(peaks.values())
-        return peaks
+        client = Client(port, TOKEN)
+        for path in PATHS:  # every route the load uses, once: what a first request imports
+            client.get(path)
+        time.sleep(2)  # the keep-alive's first look at the store
+        idle = pss_by_process(server.pid)
+        loaded = dict.fromkeys(idle, 0.0)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            began = time.monotonic()
+            for n in range(int(load_seconds * RATE)):
+                time.sleep(max(0.0, began + n / RATE - time.monotonic()))
+                pool.submit(client.get, PATHS[n % len(PATHS)])
+                if n % RATE == 0:  # once a second: the highest seen
+                    for name, mib in pss_by_process(server.pid).items():
+                        loaded[name] = max(loaded.get(name, 0.0), mib)
+        if client.errors:
+            raise RuntimeError(f"the load got errors: {client.errors[:3]}")
+        figures = {f"PSS idle: {name}": mib for name, mib in idle.items()}
+        figures["PSS idle: total"] = sum(idle.values())
+        figures |= {f"PSS under load ({RATE}/s): {name}": mib for name, mib in loaded.items()}
+        figures[f"PSS under load ({RATE}/s): total"] = sum(loaded.values())
+        pids = _service_pids(server.pid)
+        for name, pid in pids.items():
+            figures[f"peak RSS: {name}"] = _vm_hwm(pid)
+        figures["peak RSS: all (sum; shared pages count in each)"] = sum(
+            _vm_hwm(pid) for pid in pids.values()
+        )
+        return figures
     finally:
         server.stop()
+
+
+def _service_pids(master: int) -> dict[str, int]:
+    workers = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return {"gunicorn master": master} | {
+        f"worker {n}": int(pid) for n, pid in enumerate(workers, start=1)
+    }
+
+
+def pss_by_process(master: int) -> dict[str, float]:
+    """PSS in MiB of the master and each worker, from /proc/<pid>/smaps_rollup."""
+    found = {}
+    for name, pid in _service_pids(master).items():
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                found[name] = int(line.split()[1]) / 1024
+    return found
 
 
 def _vm_hwm(pid: int) -> float:
@@ -81,10 +116,13 @@ def _vm_hwm(pid: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--load-seconds", type=float, default=30,
+                        help=f"the service under {RATE} requests/s, this long")  # fmt: skip
     args = parser.parse_args()
     cli = str(bench_venv() / "bin" / "chatgpt-login")
     issuer, api = FakeIssuer().start(), FakeSecretsAPI().start()
     rows: dict[str, list[float]] = {}
+    service_rows: dict[str, list[float]] = {}
     try:
         for _ in range(args.runs):
             home = Path(tempfile.mkdtemp(prefix="cgl-mem-"))
@@ -113,8 +151,8 @@ def main() -> int:
             measure("chatgpt-login refresh", "refresh")
             shutil.rmtree(home / ".pi")
             measure("chatgpt-login restore (writes auth.json)", "restore")
-            for name, mib in service_peak(cli, env).items():
-                rows.setdefault(name, []).append(mib)
+            for name, mib in service_memory(cli, env, args.load_seconds).items():
+                service_rows.setdefault(name, []).append(mib)
             measure("chatgpt-login logout", "logout")
             sock = home / ".local" / "state" / "chatgpt-login" / "tmux.sock"
             subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
@@ -123,14 +161,21 @@ def main() -> int:
     finally:
         api.stop()
         issuer.stop()
-    print(f"# Peak RSS ({args.runs} runs)")
+    print(f"# Memory: peak RSS of each command, the service's PSS idle and under load "
+          f"({args.runs} runs)")  # fmt: skip
     print()
-    print("| process | median MiB | min MiB | max MiB |")
+    table("command", "peak RSS", rows)
+    print()
+    table("service (`chatgpt-login serve`)", "MiB", service_rows)
+    return 0
+
+
+def table(first: str, unit: str, rows: dict[str, list[float]]) -> None:
+    print(f"| {first} | {unit} median | min | max |")
     print("|---|---|---|---|")
     for name, values in rows.items():
         print(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f} "
               f"| {max(values):.1f} |")  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from tests.fake_secrets import FakeSecretsAPI  # noqa: E402
 
 TOKEN = "load-operator-token-0123456789"  # noqa: S105 - a throwaway for this run
 PATHS = ["/v1/credentials"] * 8 + ["/readyz", "/metrics"]
+RATE = 50  # requests per second: far beyond an operator's use, which is a few a minute
 
 
 def service_rss_mib(pid: int) -> float:
@@ -59,8 +60,9 @@ class Client:
     its idle connection closed by the server (gunicorn drops idle ones after 5 s) is sent once
     more on a new connection; only a failure on a fresh connection counts as an error."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str = TOKEN) -> None:
         self.port = port
+        self.token = token
         self.local = threading.local()
         self.latencies: list[float] = []
         self.errors: list[str] = []
@@ -72,7 +74,9 @@ class Client:
             if not reused:
                 self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
             try:
-                self.local.conn.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+                self.local.conn.request(
+                    "GET", path, headers={"Authorization": f"Bearer {self.token}"}
+                )
                 answer = self.local.conn.getresponse()
                 answer.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -92,7 +96,7 @@ class Client:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=300)
-    parser.add_argument("--rate", type=float, default=50)
+    parser.add_argument("--rate", type=float, default=RATE)
     args = parser.parse_args()
     issuer, api = FakeIssuer(expires_in=30).start(), FakeSecretsAPI().start()
     home = Path(tempfile.mkdtemp(prefix="cgl-load-"))

@@ -7,7 +7,7 @@ operator's request by a minute. Now it reports the keep-alive's own reads, and a
 itself at most once per 10 s per worker; what a flood of it still costs is CPU, as any cheap
 endpoint does (the back-to-back row: two cores answering a thousand calls a second).
 
-A real service (``chatgpt-login serve``: gunicorn, 2 workers x 4 threads) in front of a store
+A real service (``chatgpt-login serve``: gunicorn, one worker x 8 threads) in front of a store
 whose every answer takes 4 s (longer than the service's 2 s timeout). First the operator's
 ``GET /v1/credentials`` alone, one after another, for ``--seconds``; then the same while
 ``--clients`` unauthenticated clients call ``/readyz``, each ten times a second; then back to

@@ -96,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     local_token(settings)  # made once, before the workers start
     _leave_address(settings)
-    _exec_gunicorn(settings.bind, "service.wsgi:app")
+    _exec_gunicorn(settings.bind, "service.wsgi:app", worker_timeout(settings))
 
 
 def _leave_address(settings: ServiceSettings) -> None:
@@ -124,12 +124,20 @@ def _secrets_server(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"Error: {exc}.", file=sys.stderr)
         return ExitCode.USAGE
-    _exec_gunicorn(args.bind, "service.secrets_server:wsgi()")
+    # Two workers: the store serves many agents from its own container, not beside one agent.
+    _exec_gunicorn(args.bind, "service.secrets_server:wsgi()", worker_timeout(settings), workers=2)
 
 
-def _exec_gunicorn(bind: str, app: str) -> NoReturn:
+def worker_timeout(settings: ServiceSettings) -> int:
+    """gunicorn's worker timeout: above every outbound wait of a request (a secrets API write
+    with all its retries, or a complete's wait for the login program)."""
+    return int(max(settings.secrets_deadline, settings.complete_timeout) + 30)
+
+
+def _exec_gunicorn(bind: str, app: str, timeout: int, workers: int = 1) -> NoReturn:
     conf = Path(__file__).with_name("gunicorn_conf.py")
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", bind, app]
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", bind,
+            "--timeout", str(timeout), "--workers", str(workers), app]  # fmt: skip
     os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and fixed arguments
 
 

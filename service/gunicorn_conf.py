@@ -1,17 +1,23 @@
-"""gunicorn settings for ``chatgpt-login serve`` (``gunicorn -c service/gunicorn_conf.py``)."""
+"""gunicorn settings for ``chatgpt-login serve`` and ``secrets-server``
+(``gunicorn -c service/gunicorn_conf.py``).
 
-from service.settings import ServiceSettings
+Nothing here imports the settings object or the application: gunicorn's master only supervises,
+and what it imports it keeps for the service's whole life (pydantic alone is 15 MiB of it). The
+values that come from the settings (bind address, worker timeout) are on the command line
+``service/cli.py`` builds. The master loads the worker class below, which imports gunicorn only.
+"""
 
-_settings = ServiceSettings.from_env()
-
-bind = _settings.bind
-# Threads (a relay waits on a login program; others keep answering), each client's reading
-# bounded so that slow clients cannot hold them (service/worker.py).
+# One worker with threads: the operator API serves a few requests a minute, and a second worker
+# would double the memory taken from the agent's container for throughput it never uses
+# (BENCHMARKS.md, "Service memory"). Threads because a relay waits on a login program while
+# others keep answering; each client's reading bounded so that slow clients cannot hold them
+# (service/worker.py). The master still replaces a worker that dies or hangs.
 worker_class = "service.worker.BoundedThreadWorker"
-workers = 2
-threads = 4
-# Above every outbound wait: a secrets API write with all its retries, or a complete.
-timeout = int(max(_settings.secrets_deadline, _settings.complete_timeout) + 30)
+workers = 1
+threads = 8
+# The CLI passes --timeout: above every outbound wait (a secrets API write with all its
+# retries, or a complete). This default is for gunicorn run by hand with this file.
+timeout = 120
 # Below a container's stop grace period (docker's default is 10 s).
 graceful_timeout = 8
 keepalive = 5
