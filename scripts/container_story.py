@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,6 +50,7 @@ from tests.conftest import free_port  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
 
 PREFIX = "cgl-story"
+IMAGE_UID = 10001  # the Dockerfile's user
 HOME_VOLUME, STATE_VOLUME, DATA_VOLUME = f"{PREFIX}-home", f"{PREFIX}-state", f"{PREFIX}-data"
 AGENT, SECRETS_API = f"{PREFIX}-agent", f"{PREFIX}-secrets-api"
 # The second agent container of the same user, and its own volumes.
@@ -62,6 +64,9 @@ AGENT_COMMAND = (
     "['openai-codex']['refresh'].encode()).hexdigest())\")\"; "
     'else echo "agent start: no auth.json"; fi; exec sleep infinity'
 )
+# compose.yaml's x-locked-down, as podman run flags: every container of the story runs so.
+LOCKED_DOWN = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",  # noqa: S108 - its own /tmp
+               "--security-opt", "no-new-privileges"]  # fmt: skip
 # Short token lives, so the story sees several: the service renews when under 20 s are left.
 TOKEN_LIFE, REFRESH_WINDOW = 30, 20
 # Hash of the stored or local refresh token, computed where the token is, so none is printed.
@@ -124,12 +129,13 @@ class Story:
         self.secrets_dir.mkdir(mode=0o700)
         self.api_token = secrets.token_urlsafe(32)
         self.operator_token = secrets.token_urlsafe(32)
-        # As compose mounts file secrets: readable in the container, private on the host.
+        # As scripts/make-secrets leaves them (run as root): 0600, owned by the image's user.
         for name, value in (("secrets_api_token", self.api_token),
                             ("operator_token", self.operator_token)):  # fmt: skip
             path = self.secrets_dir / name
             path.write_text(value + "\n")
-            path.chmod(0o644)
+            path.chmod(0o600)
+            os.chown(path, IMAGE_UID, IMAGE_UID)
         self.api_port, self.agent_port, self.agent2_port = free_port(), free_port(), free_port()
         self.callback_ports = f"{free_port()},{free_port()}"
         self.issuer = FakeIssuer(expires_in=TOKEN_LIFE).start()
@@ -156,6 +162,7 @@ class Story:
             "-d",
             "--name",
             SECRETS_API,
+            *LOCKED_DOWN,
             "--health-interval",
             "disable",
             "-v",
@@ -199,6 +206,7 @@ class Story:
             "-d",
             "--name",
             name,
+            *LOCKED_DOWN,
             "--health-interval",
             "disable",
             "-v",
@@ -316,6 +324,8 @@ class Story:
         self.figures["first container: podman run to /readyz 200"] = f"{first_ready:.2f} s"
         wait_for(lambda: "agent start:" in self.agent_log(), 10, "the agent command")
         check("agent start: no auth.json" in self.agent_log(), "fresh container: no auth.json yet")
+        check_locked_down(AGENT, "agent container")
+        check_locked_down(SECRETS_API, "secrets API container")
 
         started = json.loads(self.agent_exec("chatgpt-login", "start", "--json"))
         callback = self.issuer.sign_in(started["auth_url"])
@@ -416,23 +426,67 @@ class Story:
         podman("rm", "-f", "-t", "15", AGENT2)
 
 
-def compose_check(image: str, workdir: Path) -> dict[str, str]:
-    """compose.yaml as written, under podman-compose (bridge network, service names as hosts):
-    both services come up, the agent restores from and reaches secrets-api by name, the operator
-    port is published on 127.0.0.1 and wants the operator token; ``down`` ends both."""
+# Run inside a container: whether a write outside the volumes and /tmp fails, and PID 1's
+# effective capabilities and no_new_privs flag.
+LOCKDOWN_PROBE = (
+    "for d in /opt/chatgpt-login /etc /usr/local/bin /; do "
+    'if touch "$d/.cgl-write-probe" 2>/dev/null; then echo "writable: $d"; fi; done; '
+    "grep -E '^(CapEff|NoNewPrivs):' /proc/1/status"
+)
+
+
+def check_locked_down(container: str, where: str) -> None:
+    """The container's root file system refuses writes, it has no capabilities, and no
+    program in it can gain privileges."""
+    found = podman("exec", container, "bash", "-c", LOCKDOWN_PROBE)
+    writable = [line for line in found.splitlines() if line.startswith("writable:")]
+    check(not writable, f"{where}: a write outside the volumes fails ({writable or 'read-only'})")
+    status = dict(line.split(":\t", 1) for line in found.splitlines() if ":\t" in line)
+    check(
+        status.get("CapEff", "").strip("0") == "" and status.get("NoNewPrivs") == "1",
+        f"{where}: no capabilities (CapEff {status.get('CapEff')}), "
+        f"no_new_privs {status.get('NoNewPrivs')}",
+    )
+
+
+def compose_container(service: str) -> str:
+    """The name podman-compose gave one service's container (by compose's labels)."""
+    return podman("ps", "--filter", f"label=com.docker.compose.project={PREFIX}-compose",
+                  "--filter", f"label=com.docker.compose.service={service}",
+                  "--format", "{{.Names}}").split()[0]  # fmt: skip
+
+
+def compose_check(workdir: Path, build_ca: Path | None) -> dict[str, str]:
+    """README's container commands as written, in a copy of this checkout, under podman-compose
+    (bridge network, service names as hosts): ``scripts/make-secrets`` (the proxy's CA copied to
+    secrets/build_ca.pem, as README says, when this machine has one), then ``up -d --build``,
+    which builds the image with that build secret (from the layers container-test built: the
+    build secret is checked, and was used by that build). Both
+    services come up locked down; the agent restores from and reaches secrets-api by name;
+    the operator port is published on 127.0.0.1 and wants the operator token; ``down`` ends
+    both."""
     project = workdir / "compose"
-    project.mkdir()
-    (project / "compose.yaml").write_text((REPO / "compose.yaml").read_text())
-    subprocess.run([REPO / "scripts" / "make-secrets", project], check=True, capture_output=True)
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True,
+                             check=True).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, tracked):
+        if (REPO / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, project / name)
+    subprocess.run([project / "scripts" / "make-secrets"], check=True, capture_output=True)
+    if build_ca is not None:
+        shutil.copyfile(build_ca, project / "secrets" / "build_ca.pem")
     port = free_port()
-    env = {**os.environ, "CHATGPT_LOGIN_PORT": str(port)}
-    podman("tag", image, "localhost/chatgpt-login:latest")
+    # The base image container-test built from (README: "Without registry access") and
+    # podman's image format for a HEALTHCHECK (README: "With podman"): compose's build then
+    # reuses container-test's layers, whose build is where the proxy's CA was used.
+    env = {**os.environ, "CHATGPT_LOGIN_PORT": str(port), "BUILDAH_FORMAT": "docker",
+           "BASE_IMAGE": "localhost/debian:bookworm-slim"}  # fmt: skip
     compose = [sys.executable, "-m", "podman_compose", "-p", f"{PREFIX}-compose"]
     figures: dict[str, str] = {}
     started = time.monotonic()
     try:
-        up = subprocess.run([*compose, "up", "-d"], cwd=project, env=env, capture_output=True,
-                            text=True, timeout=180, check=False)  # fmt: skip
+        up = subprocess.run([*compose, "up", "-d", "--build"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
         failed = f": {up.stderr.strip()[-500:]}" if up.returncode else ""
         check(up.returncode == 0, f"podman-compose up: exit {up.returncode}{failed}")
         ready = f"http://127.0.0.1:{port}/readyz"
@@ -451,6 +505,8 @@ def compose_check(image: str, workdir: Path) -> dict[str, str]:
         with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
             status = json.load(answer)["status"]
         check(status == "not_logged_in", f"compose: operator token accepted ({status})")
+        for service in ("agent", "secrets-api"):
+            check_locked_down(compose_container(service), f"compose: {service}")
         figures.update(_vault_profile(compose, project, env))
     finally:
         subprocess.run([*compose, "--profile", "vault", "down", "-v", "-t", "15"], cwd=project,
@@ -464,8 +520,9 @@ def _vault_profile(compose: list[str], project: Path, env: dict[str, str]) -> di
     port = free_port()
     env = {**env, "CHATGPT_LOGIN_VAULT_PORT": str(port)}
     started = time.monotonic()
-    up = subprocess.run([*compose, "--profile", "vault", "up", "-d"], cwd=project, env=env,
-                        capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+    up = subprocess.run([*compose, "--profile", "vault", "up", "-d", "--build"], cwd=project,
+                        env=env, capture_output=True, text=True, timeout=900,
+                        check=False)  # fmt: skip
     failed = f": {up.stderr.strip()[-500:]}" if up.returncode else ""
     check(up.returncode == 0, f"podman-compose --profile vault up: exit {up.returncode}{failed}")
     ready = f"http://127.0.0.1:{port}/readyz"
@@ -477,6 +534,8 @@ def _vault_profile(compose: list[str], project: Path, env: dict[str, str]) -> di
             return str(json.load(answer)["checks"].get("secrets_store")).startswith("ok (vault)")
 
     wait_for(vault_ready, 90, "agent-vault's /readyz with the store ok (vault) through compose")
+    for service in ("openbao", "agent-vault"):
+        check_locked_down(compose_container(service), f"compose --profile vault: {service}")
     return {"compose --profile vault: up to /readyz ok (vault)":
             f"{time.monotonic() - started:.2f} s"}  # fmt: skip
 
@@ -485,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="localhost/chatgpt-login:dev")
     parser.add_argument("--keep", action="store_true", help="leave the containers for a look")
+    parser.add_argument("--build-ca", type=Path, default=None,
+                        help="a TLS-intercepting proxy's CA, for compose's build")  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cgl-story-") as workdir:
         story = Story(args.image, Path(workdir))
@@ -499,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 story.clean()
             story.issuer.stop()
         try:
-            story.figures.update(compose_check(args.image, Path(workdir)))
+            story.figures.update(compose_check(Path(workdir), args.build_ca))
         except StoryError as exc:
             print(f"compose check failed: {exc}", file=sys.stderr)
             return 1

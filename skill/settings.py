@@ -44,6 +44,15 @@ def _file_secret(directory: Path, name: str, alias: str | None) -> str | None:
         if candidate:
             try:
                 return (directory / candidate).read_text().strip()
+            except PermissionError:
+                # Silently going on without it would run the service without its token.
+                from skill.errors import SkillError  # noqa: PLC0415
+
+                raise SkillError("invalid_setting", (
+                    f"The file secret {directory / candidate} is there but this user (uid "
+                    f"{os.getuid()}) may not read it. Make it readable by that user (with "
+                    "compose: run scripts/make-secrets as root, or chown the file to that uid) "
+                    "and start again.")) from None  # fmt: skip
             except OSError:
                 continue
     return None

@@ -46,6 +46,17 @@ def unowned_state(root: Path, env: dict[str, str]) -> list[str]:
     return ["unshare", "--user", "--map-root-user"]
 
 
+def unreadable_file_secret(root: Path, env: dict[str, str]) -> list[str]:
+    """A compose secret mounted with another owner's 0600 (what make-secrets leaves for uid
+    10001, seen from any other user)."""
+    secrets = Path(env["CHATGPT_LOGIN_SECRETS_DIR"])
+    secrets.mkdir(parents=True, exist_ok=True)
+    (secrets / "operator_token").write_text("an-operator-token-of-32-characters\n")
+    (secrets / "operator_token").chmod(0o600)
+    os.chown(secrets / "operator_token", 65534, 65534)
+    return ["unshare", "--user", "--map-root-user"]
+
+
 def read_only_state(root: Path, env: dict[str, str]) -> list[str]:
     state = env["CHATGPT_LOGIN_STATE_DIR"]
     return _in_mounts(f"mount -t tmpfs -o ro,size=64k tmpfs {state}")
@@ -93,6 +104,7 @@ def _in_mounts(*mounts: str) -> list[str]:
 ENVIRONMENTS: list[tuple[str, Prepare]] = [
     ("state dir owned by another user", unowned_state),
     ("state dir read-only", read_only_state),
+    ("a file secret it may not read", unreadable_file_secret),
     ("disk full", full_disk),
     ("home read-only", read_only_home),
     ("pi dir is a file", pi_dir_is_a_file),
@@ -169,7 +181,7 @@ def test_every_command_fails_in_one_line_and_loses_nothing(
 
 
 def _unmount_leftovers(root: Path) -> None:
-    for path in (root / "state", root / "home"):
+    for path in (root / "state", root / "home", root / "no-secrets" / "operator_token"):
         if path.exists():
             os.chown(path, 0, 0)
     shutil.rmtree(root, ignore_errors=True)

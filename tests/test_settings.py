@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from skill.errors import ExitCode
 from skill.settings import Settings
-from tests.conftest import REPO
+from tests.conftest import PYTHON, REPO
 from tests.process import Program
 
 
@@ -89,3 +90,27 @@ def test_a_short_token_is_refused_at_start(tmp_path: Path, variable: str, value:
     assert len(done.stderr.strip().splitlines()) == 1
     if len(value.strip()) > 3:
         assert value not in done.stderr
+
+
+def test_a_file_secret_it_may_not_read_is_named_not_skipped(
+    login_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Skipping an unreadable secret would run the service without its operator token (and
+    then keep the API on loopback, or store nothing), with nothing said."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "operator_token").write_text("an-operator-token-of-32-characters\n")
+    (secrets / "operator_token").chmod(0o600)
+    os.chown(secrets / "operator_token", 65534, 65534)  # as root in a user namespace: unmapped
+    env = {**login_env, "CHATGPT_LOGIN_SECRETS_DIR": str(secrets),
+           "CHATGPT_LOGIN_STATE_DIR": str(tmp_path / "state")}  # fmt: skip
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", PYTHON, "-m", "service.cli", "restore",
+         "--strict"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"Error: The file secret {secrets / 'operator_token'} is there but this user (uid 0) may "
+        "not read it. Make it readable by that user (with compose: run scripts/make-secrets as "
+        "root, or chown the file to that uid) and start again."
+    ]
