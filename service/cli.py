@@ -109,6 +109,20 @@ def _leave_address(settings: ServiceSettings) -> None:
     write_private(settings.state_dir / URL_FILE, f"http://{local}:{port}".encode())
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from service.doctor import run_checks  # noqa: PLC0415
+    from service.settings import ServiceSettings  # noqa: PLC0415
+
+    checks = run_checks(ServiceSettings.from_env())
+    failed = any(check.status == "fail" for check in checks)
+    if args.json:
+        print(json.dumps({"ok": not failed, "checks": [check.as_dict() for check in checks]}))
+    else:
+        for check in checks:
+            print(check.line)
+    return ExitCode.FAILED if failed else ExitCode.OK
+
+
 def _secrets_server(args: argparse.Namespace) -> int:
     from service.secrets_server import server_tokens  # noqa: PLC0415
     from service.settings import ServiceSettings  # noqa: PLC0415
@@ -189,6 +203,23 @@ def add_service_commands(commands: skill_cli.Commands) -> None:
     restore.add_argument("--strict", action="store_true", help="exit non-zero on failure")
     restore.add_argument("--json", action="store_true", help="print one JSON object")
     restore.set_defaults(handler=_restore)
+
+    doctor = skill_cli.add_command(
+        commands,
+        "doctor",
+        "check this machine's setup: tmux, ports, files, the service, the store, the clock",
+        (
+            "Check what a sign-in depends on, one line per check with what to do when it fails: "
+            "tmux, Node.js (for the pi-ai and codex drivers only), the state directory's owner "
+            "and mode, the callback ports, the credential files (they parse, 0600), the service "
+            "answering, the secrets store answering a read with its token (nothing is written), "
+            "and this machine's clock against the issuer's. Exit 0 when nothing failed, 1 "
+            "otherwise."
+        ),
+        "chatgpt-login doctor",
+    )
+    doctor.add_argument("--json", action="store_true", help="print one JSON object")
+    doctor.set_defaults(handler=_doctor)
 
     server = skill_cli.add_command(
         commands,
