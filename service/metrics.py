@@ -73,19 +73,40 @@ class Metrics:
         return found[1] if found and isinstance(found[1], dict) else {}
 
     def render(self) -> str:
-        """Prometheus text exposition format."""
+        """Prometheus text exposition format 0.0.4: counters as ``<family>_total``, summaries
+        as ``<family>_sum`` and ``<family>_count``, each family with its HELP and TYPE."""
         lines, seen = [], set()
         for key, value in sorted(self.read().items()):
-            series = key.split("{", 1)[0]
+            series, _, labels = key.partition("{")
             family = series.removesuffix("_sum").removesuffix("_count")
-            if not family.endswith(_SUMMARY):
+            summary = family.endswith(_SUMMARY) and family != series
+            if not summary:
                 family = series
             if family not in seen:
                 seen.add(family)
-                kind = "summary" if family.endswith(_SUMMARY) else "counter"
-                lines.append(f"# TYPE chatgpt_login_{family} {kind}")
-            lines.append(f"chatgpt_login_{key} {_number(value)}")
+                name = f"chatgpt_login_{family}" + ("" if summary else "_total")
+                lines.append(f"# HELP {name} {HELP.get(family, family.replace('_', ' '))}")
+                lines.append(f"# TYPE {name} {'summary' if summary else 'counter'}")
+            sample = f"chatgpt_login_{series}" + ("" if summary else "_total")
+            lines.append(f"{sample}{'{' + labels if labels else ''} {_number(value)}")
         return "\n".join(lines) + "\n"
+
+
+# What each family counts (HELP lines); a family without one is described by its name.
+HELP = {
+    "refreshes": "Access token renewals by outcome (ok, adopted, or an error code).",
+    "persists": "Credential writes to the secrets store by outcome.",
+    "secrets_api_seconds": "Time spent in secrets store requests.",
+    "secrets_api_requests": "Requests to the secrets store by method.",
+    "issuer_calls": "Refresh calls to the issuer by account and outcome.",
+    "adoptions": "Rotations adopted from the stored copy (another holder renewed).",
+    "adopted_after_reuse": "Adoptions after the issuer answered refresh_token_reused.",
+    "leases": "Refresh leases taken, lost or found stale.",
+    "logouts": "Logouts by what happened to the stored copy.",
+    "restores": "Restores through the API by action.",
+    "logins_started": "Sign-ins started (new, or the live one reused).",
+    "logins_completed": "Sign-ins ended by status.",
+}
 
 
 def _labels(labels: dict[str, str]) -> str:

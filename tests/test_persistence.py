@@ -181,7 +181,9 @@ def test_followers_adopt_and_never_spend(
     assert issuer.calls["grant:refresh_token"] == 1 and issuer.calls["refresh_token_reused"] == 0
     metrics = pa.metrics
     metrics.flush()
-    assert 'chatgpt_login_issuer_calls{account="acct-1111",outcome="ok"} 1' in metrics.render()
+    assert (
+        'chatgpt_login_issuer_calls_total{account="acct-1111",outcome="ok"} 1' in metrics.render()
+    )
 
 
 def test_one_lease_per_credential(tmp_path: Path, issuer: FakeIssuer, store: SecretsStore) -> None:

@@ -161,8 +161,23 @@ def test_persist_pending_survives_a_fault_and_clears(
     assert client.post("/v1/credentials/persist", headers=auth()).status_code == 200  # idempotent
     assert client.get("/v1/credentials", headers=auth()).json["persist_pending"] is False  # type: ignore[index]
     metrics = client.get("/metrics", headers=auth()).get_data(as_text=True)
-    assert 'chatgpt_login_persists{outcome="ok"} 2' in metrics
-    assert 'chatgpt_login_persists{outcome="failed"} 1' in metrics
+    assert 'chatgpt_login_persists_total{outcome="ok"} 2' in metrics
+    assert 'chatgpt_login_persists_total{outcome="failed"} 1' in metrics
+    # As Prometheus reads it: every family typed, counters and a summary with _sum and _count.
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    assert families["chatgpt_login_persists"].type == "counter"
+    assert {
+        (s.name, s.labels["outcome"], s.value) for s in families["chatgpt_login_persists"].samples
+    } == {("chatgpt_login_persists_total", "ok", 2), ("chatgpt_login_persists_total", "failed", 1)}
+    summary = families["chatgpt_login_secrets_api_seconds"]
+    assert summary.type == "summary" and summary.documentation
+    assert {s.name for s in summary.samples} == {
+        "chatgpt_login_secrets_api_seconds_sum",
+        "chatgpt_login_secrets_api_seconds_count",
+    }
+    assert all(f.type in ("counter", "summary") for f in families.values())
 
 
 def test_restore_and_logout(client: FlaskClient, issuer: FakeIssuer, api: FakeSecretsAPI,
