@@ -41,6 +41,7 @@ from skill.credentials import Credential
 from skill.errors import SkillError
 from skill.files import ensure_private_dir
 from skill.lock import FlockLock
+from skill.loginstate import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,20 @@ class KeepAlive:
                 wait = min(wait, WATCH_POLL_LATER)
         return max(wait, self._retry_at - mono, 0.005)
 
+    def watch_login(self) -> None:
+        """A sign-in nobody waits on (a device code approved after an API start) still ends:
+        the leader looks at a waiting attempt every tick, the runner concludes it once its
+        program has succeeded, and the credential it wrote is stored like any local change."""
+        waiting = StateStore(self.settings.state_dir).load()
+        if waiting is None or waiting.status != "waiting":
+            return
+        from skill.runner import Runner  # noqa: PLC0415 - only while a sign-in is waiting
+
+        settled = Runner(self.settings).status()
+        if settled is not None and settled.id == waiting.id and not settled.live:
+            log.info("sign-in %s ended by itself: %s", settled.id, settled.status)
+            self.persistence.metrics.count("logins_completed", settled.status)
+
     # Leadership and the loop ------------------------------------------------------------------
 
     def try_lead(self) -> bool:
@@ -244,6 +259,7 @@ class KeepAlive:
             try:
                 if self.try_lead():
                     self.run_once()
+                    self.watch_login()
                     wait = self.next_wait()
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("keep-alive tick failed")

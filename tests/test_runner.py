@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from skill.errors import SkillError
+from skill.loginstate import StateStore
 from skill.procs import descendants, listener_pids
 from skill.runner import Runner
 from skill.settings import Settings
@@ -301,6 +302,26 @@ def test_device_method(runner_settings: Settings, issuer: FakeIssuer) -> None:
     done = runner.wait(timeout=20)
     assert done.status == "succeeded"
     assert runner_settings.pi_auth_file.exists()
+    assert leftovers(runner, runner_settings) == CLEAN
+
+
+def test_an_approved_device_code_ends_without_anyone_waiting(
+    runner_settings: Settings, issuer: FakeIssuer
+) -> None:
+    """Approved while no `wait` runs: the program saves the credential and exits, and the next
+    look (`status`, as the API's GET and the service's keep-alive make) says succeeded."""
+    runner = Runner(runner_settings)
+    state, _ = runner.start(method="device")
+    assert state.user_code
+    issuer.approve_device(state.user_code)
+    wait_until(lambda: not runner.tmux.status(state.session).alive, 20, "the program's exit")
+    assert StateStore(runner_settings.state_dir).load().status == "waiting"  # type: ignore[union-attr]
+    done = runner.status()
+    assert done is not None and (done.status, done.saved) == (
+        "succeeded",
+        [str(runner_settings.pi_auth_file)],
+    )
+    assert runner.wait(timeout=1).status == "succeeded"  # a late wait finds it done
     assert leftovers(runner, runner_settings) == CLEAN
 
 

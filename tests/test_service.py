@@ -297,6 +297,52 @@ def test_end_to_end_under_gunicorn(
     assert "code=" not in out and "state=" not in out  # the access log has no query strings
 
 
+def test_a_device_sign_in_started_through_the_api_ends_by_itself(
+    login_env: dict[str, str], issuer: FakeIssuer, api: FakeSecretsAPI, state_dir: Path
+) -> None:
+    """POST /v1/logins (device), the user approves, and nobody calls anything: the service's
+    keep-alive sees the program succeed, the attempt says succeeded in login.json (read here
+    directly, not through the API, which would settle it itself) and the credential reaches
+    the store."""
+    from skill.loginstate import StateStore  # noqa: PLC0415
+
+    port = free_port()
+    token = "an-operator-token-for-this-test-0123"
+    env = {**login_env, "CHATGPT_LOGIN_STATE_DIR": str(state_dir),
+           "CHATGPT_LOGIN_SECRETS_API_URL": api.url, "FAT_TOOLS_TOKEN": api.token,
+           "CHATGPT_LOGIN_SECRETS_DIR": str(state_dir / "no-secrets"),
+           "CHATGPT_LOGIN_OPERATOR_TOKEN": token}  # fmt: skip
+    server = subprocess.Popen([PYTHON, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}"],
+                              env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    base, auth_header = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
+    try:
+        wait_until(lambda: status_of(f"{base}/healthz", timeout=1) == 200, 20, "gunicorn up")
+        headers = {**auth_header, "Content-Type": "application/json"}
+        request = urllib.request.Request(f"{base}/v1/logins", method="POST",
+                                         data=b'{"method": "device"}', headers=headers)  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            login = json.load(answer)
+        issuer.approve_device(login["user_code"])
+        approved = time.monotonic()
+        states = StateStore(state_dir)
+        wait_until(lambda: getattr(states.load(), "status", None) == "succeeded", 15,
+                   "the attempt to end by itself")  # fmt: skip
+        took = time.monotonic() - approved
+        wait_until(lambda: "codex_credentials" in api.record, 10, "the credential in the store")
+        print(f"approval to succeeded, nobody waiting: {took:.2f} s")
+        request = urllib.request.Request(f"{base}/v1/logins/{login['id']}", headers=auth_header)
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert json.load(answer)["status"] == "succeeded"
+        request = urllib.request.Request(f"{base}/metrics", headers=auth_header)
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            metrics = answer.read().decode()
+        assert 'chatgpt_login_logins_completed_total{outcome="succeeded"} 1' in metrics
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(15)
+
+
 def test_service_settings_read_compose_secrets(tmp_path: Path) -> None:
     secrets = tmp_path / "run-secrets"
     secrets.mkdir()
