@@ -447,12 +447,7 @@ class Runner:
             )
         pane = self._caught_up_status(state)
         if state.status == "waiting" and self._finished_alone(state, pane):
-            # Nobody has to be waiting for it: `status`, the API and the service's keep-alive
-            # all see a device code approved a moment ago as the sign-in it now is.
-            try:
-                return self._conclude(state, DRIVERS[state.driver], True, code_sha=None)
-            except SkillError:  # it could not be saved: _conclude ended the attempt so
-                return self.store.load()
+            return self._conclude_alone(state)
         # Exit 0 is left to `complete`, which reads the program's verdict from its screen.
         if not pane.alive and pane.exit_status != 0:
             how = (f"with status {pane.exit_status}" if pane.exit_status is not None
@@ -465,6 +460,14 @@ class Runner:
                 "Start a new sign-in with `chatgpt-login start`.",
             )
         return state
+
+    def _conclude_alone(self, state: LoginState) -> LoginState | None:
+        """Nobody has to be waiting for it: `status`, the API and the service's keep-alive all
+        see a device code approved a moment ago as the sign-in it now is."""
+        try:
+            return self._conclude(state, DRIVERS[state.driver], True, code_sha=None)
+        except SkillError:  # it could not be saved: _conclude ended the attempt so
+            return self.store.load()
 
     def _finished_alone(self, state: LoginState, pane: PaneStatus) -> bool:
         """The program printed its success line with no paste from us: a device code the user
