@@ -194,6 +194,22 @@ class CodexAuthFile:
             data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
             return SaveResult(self.path, write_private(self.path, data), moved)
 
+    def set_api_key(self, key: str | None) -> None:
+        """Put an API key in (or, with None, take it out of) the file codex reads it from,
+        leaving the rest as it is."""
+        with self.lock:
+            found = read_settled(self.path, _parse_object)
+            if found is None:
+                raise SkillError("local_error", f"{self.path} is gone; sign in again.")
+            document = {**found[1], "OPENAI_API_KEY": key}
+            data = (json.dumps(document, indent=2) + "\n").encode("utf-8")
+            write_private(self.path, data)
+
+    def api_key(self) -> str | None:
+        found = read_settled(self.path, _parse_object)
+        key = found[1].get("OPENAI_API_KEY") if found else None
+        return key if isinstance(key, str) and key else None
+
     def remove(self) -> RemoveResult:
         """Remove what we write (the ChatGPT tokens and their fields) and keep everything else
         (an API key, codex's own fields): a file left with nothing of value goes; one that

@@ -45,6 +45,8 @@ class Claims(BaseModel):
     user_id: str | None = None
     expires_at: datetime | None = None
     issued_at: datetime | None = None  # the access token's iat: when this credential was made
+    organization_id: str | None = None  # an OpenAI API organization (id_token only)
+    project_id: str | None = None
 
     @classmethod
     def from_tokens(cls, *, access_token: str, id_token: str | None = None) -> Claims:
@@ -62,6 +64,8 @@ class Claims(BaseModel):
             user_id=_str(auth.get("chatgpt_user_id")) or _str(auth.get("user_id")),
             expires_at=_time(exp),
             issued_at=_time(iat),
+            organization_id=_str(auth.get("organization_id")),
+            project_id=_str(auth.get("project_id")),
         )
 
 

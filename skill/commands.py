@@ -150,6 +150,14 @@ def status(settings: Settings, out: Output) -> int:
         lines.append("Not signed in on this machine.")
     lines += problems
     data["file_problems"] = problems
+    from skill.apikey import api_key_view  # noqa: PLC0415
+
+    data["api_key"] = api_key = api_key_view(settings)
+    if api_key is not None and api_key["available"]:
+        source = "from this sign-in" if api_key["from_sign_in"] else "not from a sign-in here"
+        lines.append(f"An OpenAI API key is set ({source}): OPENAI_API_KEY in {api_key['path']}.")
+    elif settings.api_key_exchange:
+        lines.append("No OpenAI API key: the last sign-in's note says why.")
     lines += _service_lines(service, pending is not None)
     if state is not None:
         lines.append(_describe(state))

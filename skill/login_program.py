@@ -43,6 +43,7 @@ from skill.relay import ERROR_HEADER, READY_LINE
 from skill.settings import Settings
 
 if TYPE_CHECKING:
+    from skill.claims import Claims
     from skill.oauth import OAuthClient
     from skill.tokens import TokenSet
 
@@ -428,4 +429,28 @@ def _finish(settings: Settings, tokens: TokenSet) -> list[str]:
             moved = result.moved_aside
             lines.append(f"Warning: {result.path} was not valid JSON; moved it aside to {moved}.")
         lines.append(SUCCESS_LINE.format(path=result.path))
+    if settings.api_key_exchange:
+        lines.append(_api_key(settings, tokens, claims))
     return lines
+
+
+def _api_key(settings: Settings, tokens: TokenSet, claims: Claims) -> str:
+    """Trade the id_token for an API key and keep it where codex reads it; whatever happens,
+    the sign-in stands. Returns the line to print (never the key)."""
+    from skill.apikey import API_KEY_LINE  # noqa: PLC0415
+    from skill.authfiles import CodexAuthFile  # noqa: PLC0415
+    from skill.oauth import OAuthClient  # noqa: PLC0415
+
+    if not claims.organization_id or not claims.project_id:
+        return ("Warning: no API key: this account has no OpenAI API organization and project "
+                "(set one up at platform.openai.com to get one). "
+                "The sign-in itself works.")  # fmt: skip
+    try:
+        with OAuthClient(settings) as client:
+            key = client.exchange_api_key(tokens.id_token or "")
+        codex = CodexAuthFile(settings.codex_auth_file, timeout=settings.lock_timeout)
+        codex.set_api_key(key)
+    except SkillError as exc:
+        return (f"Warning: no API key: the exchange failed ({exc.code}: {exc.message.rstrip('.')})."
+                " The sign-in itself works.")  # fmt: skip
+    return API_KEY_LINE.format(path=settings.codex_auth_file)

@@ -138,6 +138,24 @@ class OAuthClient:
             )
         return tokens
 
+    def exchange_api_key(self, id_token: str) -> str:
+        """Trade the sign-in's id_token for an OpenAI API key (OAuth token exchange, as the
+        Codex CLI does after a sign-in, PROTOCOL.md §3). The key, never logged or printed."""
+        form = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "client_id": self.settings.client_id,
+            "requested_token": "openai-api-key",
+            "subject_token": id_token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+        }
+        response = self._post(TOKEN_PATH, form=form)
+        if response.status_code != 200:
+            raise _status_error(response, "The sign-in server gave no API key.")
+        key = _json_object(response).get("access_token")
+        if not isinstance(key, str) or not key:
+            raise SkillError("invalid_response", status=response.status_code)
+        return key
+
     # Refresh and revoke ---------------------------------------------------------------------
 
     def refresh(self, refresh_token: str) -> TokenSet:

@@ -279,7 +279,7 @@ class Runner:
                 saved = re.findall(r"^Credentials saved to (.+)$", answer.body, re.MULTILINE)
                 done = state.model_copy(update={
                     "saved": saved,
-                    "notes": _warnings(answer.body),
+                    "notes": self._native_notes(answer.body),
                     "code_sha256": _sha(callback.code),
                     "signed_in_as": _who(answer.body),
                 })  # fmt: skip
@@ -395,7 +395,7 @@ class Runner:
             screen = self.tmux.screen(state.session)
             self._who = _who(screen)
             saved = re.findall(r"^Credentials saved to (.+)$", screen, re.MULTILINE)
-            return saved, _warnings(screen)
+            return saved, self._native_notes(screen)
         from skill.authfiles import auth_files  # noqa: PLC0415 - not on the start path
 
         credential = driver.collect(workdir)
@@ -417,6 +417,17 @@ class Runner:
                 notes.append(f"{result.path} was not valid JSON; moved it aside to "
                              f"{result.moved_aside}.")  # fmt: skip
         return saved, notes
+
+    def _native_notes(self, output: str) -> list[str]:
+        """What our login program had to say beside success: a file moved aside, and whether
+        it saved an API key (which is then remembered as this sign-in's, see skill/apikey)."""
+        notes = _warnings(output)
+        if self.settings.api_key_exchange:
+            from skill.apikey import API_KEY_LINE, note_api_key  # noqa: PLC0415 - rarely used
+
+            if API_KEY_LINE.format(path=self.settings.codex_auth_file) in output:
+                notes.append(note_api_key(self.settings))
+        return notes
 
     # Ending ---------------------------------------------------------------------------------
 

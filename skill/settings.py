@@ -117,6 +117,9 @@ class Settings(BaseModel):
 
     # Which credential files a login writes, and where they live.
     credential_files: frozenset[CredentialFormat] = frozenset({"pi"})
+    # After a sign-in, also trade the id_token for an OpenAI API key (as the Codex CLI does),
+    # kept as OPENAI_API_KEY in codex's auth.json: so codex must be among the files.
+    api_key_exchange: bool = False
     pi_agent_dir: Path = Field(default_factory=lambda: Path.home() / ".pi" / "agent")
     codex_home: Path = Field(default_factory=lambda: Path.home() / ".codex")
 
@@ -174,6 +177,15 @@ class Settings(BaseModel):
         if not value or any(not 0 < port < 65536 for port in value):
             raise ValueError("callback_ports must list TCP ports between 1 and 65535")
         return value
+
+    @model_validator(mode="after")
+    def _api_key_has_a_home(self) -> Settings:
+        if self.api_key_exchange and "codex" not in self.credential_files:
+            raise ValueError(
+                "CHATGPT_LOGIN_API_KEY_EXCHANGE keeps the key where codex does (OPENAI_API_KEY "
+                "in ~/.codex/auth.json): add codex to CHATGPT_LOGIN_CREDENTIAL_FILES"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_state_dir(self) -> Settings:

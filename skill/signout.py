@@ -59,6 +59,9 @@ def sign_out_locally(settings: Settings, *, credential: Credential | None = None
             revoked = True
         except SkillError as exc:
             revoke_error = exc.code
+    from skill.apikey import take_back  # noqa: PLC0415
+
+    take_back(settings)  # the API key a sign-in brought, if any: before the files are emptied
     results = [auth_file.remove() for auth_file in files]
     return LocalSignOut(
         account_id=credential.account_id if credential else None,

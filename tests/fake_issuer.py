@@ -57,6 +57,9 @@ class Account:
     email: str = "user@example.com"
     plan: str = "plus"
     user_id: str = "user-abc"
+    # An OpenAI API organization and project (in the id_token): what the API key exchange needs.
+    organization_id: str | None = None
+    project_id: str | None = None
 
 
 @dataclass
@@ -94,6 +97,9 @@ class FakeIssuer:
     # A hostile token endpoint: "drip" (the answer a byte every 0.5 s), "huge" (300 MB),
     # "nested" (JSON nested 100000 deep).
     token_hostile: str | None = None
+    # The API key exchange: the keys handed out, and an answer (status, body) to give instead.
+    api_keys: list[str] = field(default_factory=list)
+    api_key_fault: tuple[int, dict[str, Any]] | None = None
     # Called with the refresh token before a refresh is processed; an answer it returns is sent
     # instead (for races: "another process won").
     refresh_hook: Any = None
@@ -190,6 +196,9 @@ class FakeIssuer:
             "token_type": "Bearer",
         }
         if include_id:
+            if account.organization_id:
+                auth = {**auth, "organization_id": account.organization_id,
+                        "project_id": account.project_id}  # fmt: skip
             answer["id_token"] = make_jwt(
                 {
                     "iss": self.url,
@@ -362,6 +371,8 @@ class _Handler(BaseHTTPRequestHandler):
                 status, answer = self._exchange(body)
             elif grant == "refresh_token":
                 status, answer = self._refresh(body)
+            elif grant == "urn:ietf:params:oauth:grant-type:token-exchange":
+                status, answer = self._api_key(body)
             else:
                 status, answer = 400, {"error": "unsupported_grant_type"}
         self._send(status, answer)
@@ -383,6 +394,29 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             return invalid
         return 200, fake.issue_tokens(code.account)
+
+    def _api_key(self, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """The API key exchange (PROTOCOL.md §3): an id_token of an account with an API
+        organization and project buys a key; ``api_key_fault`` answers instead when set."""
+        fake = self.fake
+        if fake.api_key_fault is not None:
+            return fake.api_key_fault
+        if (
+            body.get("requested_token") != "openai-api-key"
+            or body.get("subject_token_type") != "urn:ietf:params:oauth:token-type:id_token"
+        ):
+            return 400, {"error": "invalid_request"}  # fmt: skip
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(
+                body.get("subject_token", "").split(".")[1] + "=="))  # fmt: skip
+        except (ValueError, IndexError):
+            return 400, {"error": "invalid_grant"}
+        if not claims.get(AUTH_CLAIM, {}).get("organization_id"):
+            return 401, {"error": {"code": "no_organization", "message": "no organization"}}
+        key = "sk-proj-" + MARK + secrets.token_urlsafe(32)
+        register(key, "OpenAI API key")
+        fake.api_keys.append(key)
+        return 200, {"access_token": key}
 
     def _refresh(self, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
         fake = self.fake
