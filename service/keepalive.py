@@ -90,6 +90,7 @@ class KeepAlive:
         self._due: float | None = None  # wall time the credential is next due for renewal
         self._past_due_since: float | None = None  # monotonic; see next_wait
         self._leader: FlockLock | None = None
+        self._unreadable: str | None = None  # the credential last found unreadable (said once)
 
     # One step (the tests drive this directly) ------------------------------------------------
 
@@ -194,7 +195,13 @@ class KeepAlive:
         it is not to be renewed here (none, or its refresh token failed for good)."""
         if local is None or dead_refresh_token(self.persistence.state.read(), local):
             return None
-        return refresh_due_at(local, self.settings) + self._jitter
+        try:
+            return refresh_due_at(local, self.settings) + self._jitter
+        except SkillError as exc:  # an access token that is not a JWT: its expiry is unknown
+            if self._unreadable != local.refresh_token:
+                self._unreadable = local.refresh_token
+                log.warning("the credential cannot be renewed on schedule: %s", exc.message)
+            return None
 
     def _back_off(self, code: str, *, cap: float = _BACKOFF_CAP) -> None:
         self._failures += 1

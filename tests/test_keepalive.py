@@ -225,3 +225,31 @@ def test_a_holder_past_due_looks_often_while_another_renews(
     assert keep.next_wait() == pytest.approx(keepalive.WATCH_POLL_LATER)
     keep._past_due_since = time.monotonic() - keepalive.WATCH_LIMIT - 1
     assert keep.next_wait() == pytest.approx(keepalive.TICK)
+
+
+def test_a_credential_whose_token_is_not_a_jwt_is_said_once_not_traced(
+    keep_settings: ServiceSettings, api: FakeSecretsAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pi file whose access token is not a JWT (its expiry unknown): the loop goes on, says
+    so once as a warning, and never logs a traceback tick after tick."""
+    import logging  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    path = keep_settings.pi_auth_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"openai-codex": {
+        "type": "oauth", "access": "not-a-jwt", "refresh": "rt_opaque_0123456789abcdef",
+        "expires": 9_999_999_999_999, "accountId": "acct-1111"}}))  # fmt: skip
+    path.chmod(0o600)
+    loop = KeepAlive(keep_settings, http_store(keep_settings), tick=0.05)
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="service.keepalive"):
+        thread = threading.Thread(target=loop.run_forever, args=(stop,))
+        thread.start()
+        time.sleep(1.0)
+        stop.set()
+        thread.join(10)
+    records = [r for r in caplog.records if r.name == "service.keepalive"]
+    assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info]
+    warned = [r for r in records if "cannot be renewed on schedule" in r.getMessage()]
+    assert len(warned) == 1
