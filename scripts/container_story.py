@@ -65,7 +65,7 @@ AGENT_COMMAND = (
     'else echo "agent start: no auth.json"; fi; exec sleep infinity'
 )
 # compose.yaml's x-locked-down, as podman run flags: every container of the story runs so.
-LOCKED_DOWN = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",  # noqa: S108 - its own /tmp
+LOCKED_DOWN = ["--read-only", "--tmpfs", "/tmp:noexec,nosuid", "--cap-drop", "ALL",  # noqa: S108
                "--security-opt", "no-new-privileges"]  # fmt: skip
 # Short token lives, so the story sees several: the service renews when under 20 s are left.
 TOKEN_LIFE, REFRESH_WINDOW = 30, 20
@@ -431,6 +431,7 @@ class Story:
 LOCKDOWN_PROBE = (
     "for d in /opt/chatgpt-login /etc /usr/local/bin /; do "
     'if touch "$d/.cgl-write-probe" 2>/dev/null; then echo "writable: $d"; fi; done; '
+    "find / -xdev -perm /6000 -type f 2>/dev/null | sed 's/^/setuid: /'; "
     "grep -E '^(CapEff|NoNewPrivs):' /proc/1/status"
 )
 
@@ -441,6 +442,8 @@ def check_locked_down(container: str, where: str) -> None:
     found = podman("exec", container, "bash", "-c", LOCKDOWN_PROBE)
     writable = [line for line in found.splitlines() if line.startswith("writable:")]
     check(not writable, f"{where}: a write outside the volumes fails ({writable or 'read-only'})")
+    setuid = [line for line in found.splitlines() if line.startswith("setuid:")]
+    check(not setuid, f"{where}: no setuid or setgid program ({setuid or 'none'})")
     status = dict(line.split(":\t", 1) for line in found.splitlines() if ":\t" in line)
     check(
         status.get("CapEff", "").strip("0") == "" and status.get("NoNewPrivs") == "1",
@@ -456,10 +459,10 @@ def compose_container(service: str) -> str:
                   "--format", "{{.Names}}").split()[0]  # fmt: skip
 
 
-def compose_check(workdir: Path, build_ca: Path | None) -> dict[str, str]:
+def compose_check(workdir: Path, proxy_ca: Path | None) -> dict[str, str]:
     """README's container commands as written, in a copy of this checkout, under podman-compose
     (bridge network, service names as hosts): ``scripts/make-secrets`` (the proxy's CA copied to
-    secrets/build_ca.pem, as README says, when this machine has one), then ``up -d --build``,
+    secrets/proxy_ca.pem, as README says, when this machine has one), then ``up -d --build``,
     which builds the image with that build secret (from the layers container-test built: the
     build secret is checked, and was used by that build). Both
     services come up locked down; the agent restores from and reaches secrets-api by name;
@@ -473,8 +476,8 @@ def compose_check(workdir: Path, build_ca: Path | None) -> dict[str, str]:
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, project / name)
     subprocess.run([project / "scripts" / "make-secrets"], check=True, capture_output=True)
-    if build_ca is not None:
-        shutil.copyfile(build_ca, project / "secrets" / "build_ca.pem")
+    if proxy_ca is not None:
+        shutil.copyfile(proxy_ca, project / "secrets" / "proxy_ca.pem")
     port = free_port()
     # The base image container-test built from (README: "Without registry access") and
     # podman's image format for a HEALTHCHECK (README: "With podman"): compose's build then
@@ -507,6 +510,14 @@ def compose_check(workdir: Path, build_ca: Path | None) -> dict[str, str]:
         check(status == "not_logged_in", f"compose: operator token accepted ({status})")
         for service in ("agent", "secrets-api"):
             check_locked_down(compose_container(service), f"compose: {service}")
+        if proxy_ca is not None:
+            agent = compose_container("agent")
+            logs = subprocess.run(["podman", "logs", agent], capture_output=True, text=True,
+                                  timeout=30, check=False)  # fmt: skip
+            check(
+                "trusting the proxy's CA" in logs.stdout + logs.stderr,
+                "compose: the agent trusts the proxy's CA at run time (the proxy_ca secret)",
+            )
         figures.update(_vault_profile(compose, project, env))
     finally:
         subprocess.run([*compose, "--profile", "vault", "down", "-v", "-t", "15"], cwd=project,
@@ -544,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="localhost/chatgpt-login:dev")
     parser.add_argument("--keep", action="store_true", help="leave the containers for a look")
-    parser.add_argument("--build-ca", type=Path, default=None,
+    parser.add_argument("--proxy-ca", type=Path, default=None,
                         help="a TLS-intercepting proxy's CA, for compose's build")  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cgl-story-") as workdir:
@@ -560,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 story.clean()
             story.issuer.stop()
         try:
-            story.figures.update(compose_check(Path(workdir), args.build_ca))
+            story.figures.update(compose_check(Path(workdir), args.proxy_ca))
         except StoryError as exc:
             print(f"compose check failed: {exc}", file=sys.stderr)
             return 1

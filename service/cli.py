@@ -94,7 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return ExitCode.USAGE
-    local_token(settings)  # made once, before the workers start
+    local_token(settings, new=True)  # made at every start, before the workers read it
     _leave_address(settings)
     _exec_gunicorn(settings.bind, "service.wsgi:app", worker_timeout(settings))
 
@@ -110,16 +110,20 @@ def _leave_address(settings: ServiceSettings) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from service.doctor import run_checks  # noqa: PLC0415
+    from service.doctor import run_checks, settings_or_defaults  # noqa: PLC0415
     from service.settings import ServiceSettings  # noqa: PLC0415
 
-    checks = run_checks(ServiceSettings.from_env())
+    settings, first = settings_or_defaults(ServiceSettings.from_env)
+    checks = [first]
+    if not args.json:
+        print(first.line, flush=True)
+    for check in run_checks(settings):
+        checks.append(check)
+        if not args.json:
+            print(check.line, flush=True)  # as it comes: a slow check does not hide the rest
     failed = any(check.status == "fail" for check in checks)
     if args.json:
         print(json.dumps({"ok": not failed, "checks": [check.as_dict() for check in checks]}))
-    else:
-        for check in checks:
-            print(check.line)
     return ExitCode.FAILED if failed else ExitCode.OK
 
 

@@ -48,13 +48,15 @@ def context() -> Context:
     return found
 
 
-def local_token(settings: ServiceSettings) -> str:
-    """The token local callers (the agent's commands) read from the state directory."""
+def local_token(settings: ServiceSettings, *, new: bool = False) -> str:
+    """The token local callers (the agent's commands) read from the state directory. ``serve``
+    makes a new one at every start (``new``), so a token that ever leaked dies with the
+    service that issued it; its workers then read that one."""
     path = settings.state_dir / "service.token"
     ensure_private_dir(settings.state_dir)
     with FlockLock(path, timeout=10):  # every gunicorn worker must end up with the same one
         try:
-            token = path.read_text().strip()
+            token = "" if new else path.read_text().strip()
         except OSError:
             token = ""
         if len(token) < LOCAL_TOKEN_LENGTH:  # none yet, or not one we made: a new one

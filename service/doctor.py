@@ -16,20 +16,22 @@ import re
 import shutil
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from service.errors import ServiceError
 from service.settings import ServiceSettings
 from skill.authfiles import auth_files
 from skill.errors import SkillError
 from skill.loginstate import StateStore
-from skill.procs import listener_inodes, listener_pids
+from skill.procs import descendants, listener_inodes, listener_pids
 from skill.relay import loopback_request
-from skill.service_client import call, service_url
+from skill.service_client import call, json_body, service_url
 
 Status = Literal["ok", "warn", "fail", "skip"]
 TMUX_MINIMUM = (3, 0)  # load-buffer from stdin, pipe-pane -o, display -p formats
@@ -53,17 +55,75 @@ class Check:
         return asdict(self)
 
 
-def run_checks(settings: ServiceSettings) -> list[Check]:
+def run_checks(settings: ServiceSettings) -> Iterator[Check]:
+    """Each check's findings as soon as it has them. A check runs in a thread of its own with
+    a deadline: a store, issuer or listener that answers a byte at a time, or a FIFO where a
+    file should be, costs that check and not the report."""
     checks: list[Callable[[ServiceSettings], Iterator[Check]]] = [
-        _tmux, _node, _state_dir, _ports, _credential_files, _service, _store, _clock,
+        _tmux, _node, _state_dir, _ports, _credential_files, _service, _store, _issuer,
     ]  # fmt: skip
-    found: list[Check] = []
     for each in checks:
-        try:
-            found.extend(each(settings))
-        except (OSError, SkillError, ServiceError) as exc:  # a check that breaks is a finding
-            found.append(Check(each.__name__.strip("_"), "fail", _message(exc)))
-    return found
+        name = each.__name__.strip("_").replace("_", " ")
+        found: list[Check] = []
+        worker = threading.Thread(target=_collect, args=(each, settings, found, name),
+                                  daemon=True)  # fmt: skip
+        worker.start()
+        worker.join(settings.doctor_deadline)
+        if worker.is_alive():
+            found.append(Check(name, "fail", f"no answer within {settings.doctor_deadline:g} s",
+                               "see the other checks; something it waits on hangs"))  # fmt: skip
+        yield from (_clean(check) for check in found)
+
+
+def _collect(
+    check: Callable[[ServiceSettings], Iterator[Check]], settings: ServiceSettings,
+    found: list[Check], name: str,
+) -> None:  # fmt: skip
+    try:
+        for each in check(settings):
+            found.append(each)
+    except (OSError, SkillError, ServiceError) as exc:  # a check that breaks is a finding
+        found.append(Check(name, "fail", _message(exc)))
+    except Exception as exc:  # an answer we did not expect: it costs this check only
+        found.append(Check(name, "fail", f"the check broke on what it found "
+                           f"({type(exc).__name__})"))  # fmt: skip
+
+
+def _clean(check: Check) -> Check:
+    """No terminal control characters from what others wrote (a process name, an answer)."""
+
+    def printable(text: str) -> str:
+        return "".join(c if c.isprintable() else "?" for c in text)
+
+    return Check(check.name, check.status, printable(check.detail), printable(check.fix))
+
+
+def _safe_url(url: str | None) -> str:
+    """An address to print: no user or password, no query (a signed URL's signature)."""
+    if not url:
+        return "(none)"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def settings_or_defaults(load: Callable[[], ServiceSettings]) -> tuple[ServiceSettings, Check]:
+    """The settings, or (when one is not valid) the defaults, so that the other checks still
+    run; the check says which."""
+    from pydantic import ValidationError  # noqa: PLC0415 - the settings' own error
+
+    try:
+        return load(), Check("settings", "ok", "every setting is valid")
+    except (ValidationError, SkillError) as exc:
+        from skill.cli import setting_problem  # noqa: PLC0415
+
+        why = setting_problem(exc) if isinstance(exc, ValidationError) else _message(exc)
+        return ServiceSettings(), Check(
+            "settings", "fail", f"{why.rstrip('.')}; the checks below use the defaults instead",
+            "fix that setting (README, Settings)")  # fmt: skip
 
 
 def _tmux(settings: ServiceSettings) -> Iterator[Check]:
@@ -85,9 +145,8 @@ def _node(settings: ServiceSettings) -> Iterator[Check]:
     """Only the pi-ai and codex drivers need Node.js; the default (native) one does not."""
     path = shutil.which("node", path=settings.child_env.get("PATH"))
     if path is None:
-        yield Check("node", "warn", "Node.js not found: only `start --driver pi-ai` and "
-                    "`--driver codex` need it",
-                    f"install Node.js {NODE_MINIMUM} for those")  # fmt: skip
+        yield Check("node", "skip", "Node.js not found: only `start --driver pi-ai` and "
+                    f"`--driver codex` need it (Node.js {NODE_MINIMUM})")  # fmt: skip
         return
     version = _version([path, "--version"])
     if version is not None and version[0] < NODE_MINIMUM:
@@ -121,19 +180,40 @@ def _state_dir(settings: ServiceSettings) -> Iterator[Check]:
 
 
 def _ports(settings: ServiceSettings) -> Iterator[Check]:
-    """The browser's redirect must reach our login program on one of these ports."""
-    attempt = StateStore(settings.state_dir).load() if settings.state_dir.is_dir() else None
-    live = attempt is not None and attempt.live and attempt.redirect_port
+    """The browser's redirect must reach our login program on one of these ports: the login
+    program takes the first one free, so a taken port fails only when none is left."""
+    ours = _attempts_port(settings)
+    taken = {port: _holder(port) for port in settings.callback_ports
+             if port != ours and listener_inodes(port)}  # fmt: skip
+    usable = ours is not None or len(taken) < len(settings.callback_ports)
     for port in settings.callback_ports:
-        if not listener_inodes(port):
-            yield Check(f"port {port}", "ok", "free for the sign-in's callback")
-        elif live and attempt is not None and port == attempt.redirect_port:
+        if port == ours:
             yield Check(f"port {port}", "ok", "held by the sign-in in progress")
+        elif port not in taken:
+            yield Check(f"port {port}", "ok", "free for the sign-in's callback")
+        elif usable:
+            yield Check(f"port {port}", "warn", f"taken by {taken[port]}; a sign-in uses "
+                        "another of the callback ports")  # fmt: skip
         else:
-            holder = _holder(port)
-            yield Check(f"port {port}", "fail", f"taken by {holder}: the browser's redirect "
-                        "would not reach the login program", "stop that program, or set "
-                        "CHATGPT_LOGIN_CALLBACK_PORTS to ports that are free")  # fmt: skip
+            yield Check(f"port {port}", "fail", f"taken by {taken[port]}, and so is every other "
+                        "callback port: the browser's redirect would reach no login program",
+                        "stop that program, or set CHATGPT_LOGIN_CALLBACK_PORTS to ports that "
+                        "are free")  # fmt: skip
+
+
+def _attempts_port(settings: ServiceSettings) -> int | None:
+    """The port a live sign-in's own program listens on (its process tree, as the runner
+    checks before it relays), if any. login.json is read only in a state directory of ours."""
+    try:
+        owner = settings.state_dir.stat().st_uid
+    except OSError:
+        return None
+    attempt = StateStore(settings.state_dir).load() if owner == os.getuid() else None
+    if attempt is None or not attempt.live or attempt.expired_now or not attempt.pane_pid:
+        return None
+    port = attempt.redirect_port
+    tree = descendants(attempt.pane_pid)
+    return port if port and listener_pids(port, tree) else None
 
 
 def _credential_files(settings: ServiceSettings) -> Iterator[Check]:
@@ -157,17 +237,25 @@ def _credential_files(settings: ServiceSettings) -> Iterator[Check]:
             continue
         if credential is None:
             yield Check(name, "ok", "holds no ChatGPT sign-in (other entries left alone)")
-        else:
-            yield Check(name, "ok", f"0600, signed in as account {credential.account_id}")
+            continue
+        try:
+            credential.claims()
+        except SkillError as exc:
+            yield Check(name, "fail", _message(exc), "sign in again (`chatgpt-login start`)")
+            continue
+        yield Check(name, "ok", f"0600, signed in as account {credential.account_id}")
 
 
 def _service(settings: ServiceSettings) -> Iterator[Check]:
-    url = service_url(settings)
+    full = service_url(settings)
+    url = _safe_url(full)
     try:
-        health = loopback_request("GET", url.rstrip("/") + "/healthz", timeout=3)
+        health = loopback_request("GET", full.rstrip("/") + "/healthz", timeout=3)
     except (OSError, SkillError):
-        yield Check("service", "fail", f"nothing answers at {url}", "start it with "
-                    "`chatgpt-login serve` (in the container its entrypoint does)")  # fmt: skip
+        yield Check("service", "warn", f"nothing answers at {url}: a sign-in works, but nothing "
+                    "renews it or keeps it for restarts", "start it with `chatgpt-login serve` "
+                    "(in the container its entrypoint does; run doctor there: "
+                    "`docker compose exec agent chatgpt-login doctor`)")  # fmt: skip
         return
     if health.status != 200:
         yield Check("service", "fail", f"{url}/healthz answered HTTP {health.status}",
@@ -176,13 +264,20 @@ def _service(settings: ServiceSettings) -> Iterator[Check]:
     try:
         answer = call(settings, "GET", "/v1/credentials", timeout=5)
     except SkillError as exc:
-        yield Check("service", "fail", f"answers at {url} but not to this user: {_message(exc)}",
-                    "run as the user the service runs as")  # fmt: skip
+        yield Check("service", "fail", f"answers at {url}, but {_message(exc)}",
+                    "run doctor as the user the service runs as")  # fmt: skip
+        return
+    if answer.status == 401:
+        yield Check("service", "fail", f"the service at {url} did not take this machine's local "
+                    "token: it is another service (a container's published port?), or one "
+                    "started with another state directory", "point CHATGPT_LOGIN_SERVICE_URL "
+                    "and CHATGPT_LOGIN_STATE_DIR at the same service")  # fmt: skip
         return
     if answer.status != 200:
-        yield Check("service", "fail", f"answers at {url} but refused the local token "
-                    f"(HTTP {answer.status})", "restart the service (it writes a new "
-                    "service.token)")  # fmt: skip
+        said = json_body(answer)
+        yield Check("service", "fail", f"answers at {url}: HTTP {answer.status} "
+                    f"({said.get('error', '?')}): {str(said.get('message', '')).rstrip('.')}",
+                    "see the message")  # fmt: skip
         return
     yield Check("service", "ok", f"answering at {url}")
 
@@ -193,19 +288,24 @@ def _store(settings: ServiceSettings) -> Iterator[Check]:
     from service.secrets import FileSecretsStore, secrets_store  # noqa: PLC0415
 
     store = secrets_store(settings, until=time.monotonic() + 15)
-    if not isinstance(store, FileSecretsStore):
+    # An AppRole login would spend one of the secret id's uses and leave a token behind: the
+    # service, which holds its own token, is asked instead.
+    approle = settings.secrets_backend == "vault" and bool(settings.vault_role_id)
+    if not isinstance(store, FileSecretsStore) and not approle:
         try:
             store.read()
         except ServiceError as exc:
             yield Check("secrets store", "fail", _message(exc), _store_fix(exc.code))
             return
-        where = settings.vault_addr if settings.secrets_backend == "vault" else (
-            settings.secrets_api_url)  # fmt: skip
+        where = _safe_url(settings.vault_addr if settings.secrets_backend == "vault"
+                          else settings.secrets_api_url)  # fmt: skip
         yield Check("secrets store", "ok", f"{where} answered a read with the configured token")
         return
     try:
         answer = loopback_request("GET", service_url(settings).rstrip("/") + "/readyz", timeout=5)
-        checks = answer.json().get("checks", {})
+        checks = answer.json().get("checks")
+        if not isinstance(checks, dict):
+            raise ValueError("no checks in /readyz")
     except (OSError, SkillError, ValueError, AttributeError):
         yield Check("secrets store", "skip", "no store configured here, and the service does not "
                     "answer to tell how its store is")  # fmt: skip
@@ -216,7 +316,8 @@ def _store(settings: ServiceSettings) -> Iterator[Check]:
     yield Check("secrets store", status, f"the service says: {said}", fix)
 
 
-def _clock(settings: ServiceSettings) -> Iterator[Check]:
+def _issuer(settings: ServiceSettings) -> Iterator[Check]:
+    """The issuer answers over TLS this machine trusts, and its clock agrees with ours."""
     import httpx  # noqa: PLC0415 - only this check talks to the issuer
 
     from skill.oauth import http_client  # noqa: PLC0415
@@ -224,14 +325,25 @@ def _clock(settings: ServiceSettings) -> Iterator[Check]:
     try:
         with http_client(settings) as client:
             answer = client.head(settings.issuer + "/", timeout=10)
-    except (httpx.HTTPError, SkillError) as exc:
-        yield Check("clock", "warn", f"could not reach the issuer to compare clocks "
-                    f"({type(exc).__name__})", "check the network or proxy settings")  # fmt: skip
+    except httpx.HTTPError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in repr(exc) or "certificate verify failed" in str(exc):
+            untrusted = (f"{_safe_url(settings.issuer)} presents a certificate this machine "
+                         "does not trust (a TLS-intercepting proxy?): the sign-in and every "
+                         "renewal would fail")  # fmt: skip
+            yield Check("issuer", "fail", untrusted, "give the proxy's CA: secrets/proxy_ca.pem "
+                        "with compose, or CHATGPT_LOGIN_PROXY_CA (README, Running it in a "
+                        "container)")  # fmt: skip
+            return
+        yield Check("issuer", "warn", f"could not reach {_safe_url(settings.issuer)} "
+                    f"({type(exc).__name__}): the clock was not compared",
+                    "check the network or the proxy settings")  # fmt: skip
         return
-    date = answer.headers.get("Date")
-    parsed = email.utils.parsedate_to_datetime(date) if date else None
+    try:
+        parsed = email.utils.parsedate_to_datetime(answer.headers.get("Date") or "")
+    except (TypeError, ValueError, OverflowError):  # none, or not a date
+        parsed = None
     if parsed is None:
-        yield Check("clock", "skip", "the issuer's answer carries no Date")
+        yield Check("issuer", "ok", "answers; its answer carries no Date to compare clocks")
         return
     skew = time.time() - parsed.timestamp()
     if abs(skew) > CLOCK_SKEW_LIMIT:
@@ -240,7 +352,8 @@ def _clock(settings: ServiceSettings) -> Iterator[Check]:
                     "tokens would be judged expired at the wrong time",
                     "sync the clock (NTP)")  # fmt: skip
         return
-    yield Check("clock", "ok", f"within {max(abs(skew), 1):.0f} s of the issuer")
+    yield Check("issuer", "ok", f"answers over TLS we trust; clocks within "
+                f"{max(abs(skew), 1):.0f} s")  # fmt: skip
 
 
 def _store_fix(code: str) -> str:

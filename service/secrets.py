@@ -102,6 +102,7 @@ def secrets_store(settings: ServiceSettings, **kwargs: Any) -> SecretsStore:
             cas=settings.secrets_cas,
             max_bytes=settings.answer_max_bytes,
             max_depth=settings.json_max_depth,
+            cadata=settings.proxy_ca,
             **kwargs,
         )
     return FileSecretsStore(settings.secrets_file or settings.state_dir / "secrets.json")
@@ -132,6 +133,7 @@ class HttpSecretsStore:
         max_depth: int = MAX_JSON_DEPTH,
         until: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        cadata: str | None = None,
     ) -> None:
         if not url.startswith(("https://", "http://")):  # ServiceSettings checks this too
             raise ValueError("the secrets API URL must be an http(s) URL")
@@ -139,7 +141,7 @@ class HttpSecretsStore:
         self.client = StoreClient(
             label="The secrets API", address_hint="CHATGPT_LOGIN_SECRETS_API_URL",
             timeout=timeout, attempts=attempts, deadline=deadline, max_bytes=max_bytes,
-            max_depth=max_depth, until=until, sleep=sleep,
+            max_depth=max_depth, until=until, sleep=sleep, cadata=cadata,
         )  # fmt: skip
         self._cas: bool | None = {"on": True, "off": False}.get(cas)
         self._token = token

@@ -31,6 +31,8 @@ class ServiceSettings(Settings):
     secrets_backend: Literal["auto", "http", "file", "vault"] = "auto"
     # Without a secrets API: a 0600 JSON file in the state directory.
     secrets_file: Path | None = None
+    # How long one check of `chatgpt-login doctor` may take.
+    doctor_deadline: float = Field(default=20.0, gt=0)
 
     # Whether the secrets API honours If-Match (compare-and-set): found out once ("auto"), or
     # told. With it, the refresh lease is exact; without it, a narrow race remains.

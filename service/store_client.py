@@ -72,6 +72,7 @@ class StoreClient:
         max_bytes: int = MAX_ANSWER_BYTES,
         max_depth: int = MAX_JSON_DEPTH,
         cafile: Path | None = None,
+        cadata: str | None = None,
         until: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -80,7 +81,11 @@ class StoreClient:
         self.timeout, self.attempts, self.deadline = timeout, attempts, deadline
         self.max_bytes, self.max_depth = max_bytes, max_depth
         self._sleep = sleep
-        context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+        context = None
+        if cafile or cadata:  # a store's own CA (VAULT_CACERT), a proxy's, or both
+            context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+            if cadata:
+                context.load_verify_locations(cadata=cadata)
         self._opener = urllib.request.build_opener(
             _ProxyUnlessLoopback(), _RefuseRedirects(), _WatchedHTTP(),
             _WatchedHTTPS(context=context),

@@ -221,7 +221,7 @@ class VaultSecretsStore:
             label=LABEL, address_hint="VAULT_ADDR", timeout=settings.secrets_timeout,
             attempts=settings.secrets_attempts, deadline=settings.secrets_deadline,
             max_bytes=settings.answer_max_bytes, max_depth=settings.json_max_depth,
-            cafile=settings.vault_cacert, **kwargs,
+            cafile=settings.vault_cacert, cadata=settings.proxy_ca, **kwargs,
         )  # fmt: skip
         token = VaultToken(
             client, settings.vault_addr, token=settings.vault_token,

@@ -243,7 +243,7 @@ def _guarded(handler: Handler, args: argparse.Namespace) -> int:
     except SkillError as exc:
         return fail(args, exc)
     except ValidationError as exc:
-        return fail(args, SkillError("invalid_setting", _setting_problem(exc)))
+        return fail(args, SkillError("invalid_setting", setting_problem(exc)))
     except OSError as exc:
         return fail(args, from_os_error(exc))
     except Exception as exc:
@@ -266,7 +266,7 @@ def fail(args: argparse.Namespace, exc: SkillError) -> int:
     return code
 
 
-def _setting_problem(exc: ValidationError) -> str:
+def setting_problem(exc: ValidationError) -> str:
     """The variable to fix and what is wrong with it, never the value (it may be a token)."""
     from skill.settings import ENV_ALIASES, ENV_PREFIX  # noqa: PLC0415
 

@@ -100,6 +100,7 @@ def _native_env(settings: Settings, workdir: Path) -> dict[str, str]:
         "CHATGPT_LOGIN_CALLBACK_HOST": settings.callback_host,
         "CHATGPT_LOGIN_CREDENTIAL_FILES": ",".join(sorted(settings.credential_files)),
         "CHATGPT_LOGIN_API_KEY_EXCHANGE": "true" if settings.api_key_exchange else "false",
+        "CHATGPT_LOGIN_PROXY_CA": settings.proxy_ca or "",  # a CA is public: the program's env
         "CHATGPT_LOGIN_REFUSED_PLANS": ",".join(sorted(settings.refused_plans)),
         "CHATGPT_LOGIN_LOGIN_TIMEOUT": str(settings.login_timeout),
         "CHATGPT_LOGIN_CONNECT_TIMEOUT": str(settings.connect_timeout),

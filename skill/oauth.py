@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -79,11 +80,13 @@ def http_client(settings: Settings, transport: httpx.BaseTransport | None = None
     # No connection is kept: each call's watchdog then sees its socket from the start.
     limits = httpx.Limits(max_keepalive_connections=0)
     # A mount per loopback host overrides any HTTP(S)_PROXY for it.
+    verify: ssl.SSLContext | bool = settings.tls_context() or True  # a proxy's CA, if given
     mounts: dict[str, httpx.BaseTransport | None] = {
-        pattern: httpx.HTTPTransport(limits=limits) for pattern in _LOOPBACK_PATTERNS
+        pattern: httpx.HTTPTransport(limits=limits, verify=verify) for pattern in _LOOPBACK_PATTERNS
     }
     try:
-        return httpx.Client(timeout=timeout, trust_env=True, mounts=mounts, limits=limits)
+        return httpx.Client(timeout=timeout, trust_env=True, mounts=mounts, limits=limits,
+                            verify=verify)  # fmt: skip
     except (httpx.InvalidURL, ValueError, ImportError):  # a proxy variable httpx cannot use
         raise SkillError(
             "invalid_setting",

@@ -58,6 +58,19 @@ def listener_inodes(port: int) -> set[str]:
     return inodes
 
 
+def listener_uids(port: int) -> set[int]:
+    """The users whose sockets listen on ``port`` (loopback or any address)."""
+    uids: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in (PROC / "net" / table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, uid = fields[1], fields[3], fields[7]
+                if state == _LISTEN and int(local.rsplit(":", 1)[1], 16) == port:
+                    uids.add(int(uid))
+    return uids
+
+
 def listener_pids(port: int, among: set[int]) -> set[int]:
     """Which of the processes ``among`` hold a listening socket on ``port``."""
     wanted = {f"socket:[{inode}]" for inode in listener_inodes(port)}

@@ -9,10 +9,13 @@ logout is noted and carried out when it starts.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from skill.errors import SkillError
+from skill.procs import listener_uids
 from skill.relay import Answer, loopback_request
 from skill.settings import Settings
 
@@ -40,16 +43,32 @@ def call(
         token = ""
     if not token:
         raise SkillError("service_unavailable", "the chatgpt-login service is not running")
+    url = service_url(settings)
+    _refuse_a_stranger(url)
     headers = {"Authorization": f"Bearer {token}"}
     if body is not None:
         headers["Content-Type"] = "application/json"
     try:
         return loopback_request(
-            method, service_url(settings).rstrip("/") + path, timeout=timeout, headers=headers,
+            method, url.rstrip("/") + path, timeout=timeout, headers=headers,
             body=body,
         )  # fmt: skip
     except (OSError, SkillError) as exc:
         raise SkillError("service_unavailable", "the chatgpt-login service did not answer") from exc
+
+
+def _refuse_a_stranger(url: str) -> None:
+    """The local token opens the whole API: it goes only to a listener of this user. Another
+    local user can listen on the service's port while the service is down, and would be
+    handed the token by the next command otherwise."""
+    port = urlsplit(url).port or 80
+    strangers = listener_uids(port) - {os.getuid()}
+    if strangers:
+        raise SkillError(
+            "service_unavailable",
+            f"a program of another user (uid {min(strangers)}) listens on port {port}, where "
+            "the chatgpt-login service should: not sending it this machine's service token",
+        )
 
 
 def service_url(settings: Settings) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,18 +45,29 @@ def _file_secret(directory: Path, name: str, alias: str | None) -> str | None:
         if candidate:
             try:
                 return (directory / candidate).read_text().strip()
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # no such secret (or no secrets directory at all)
             except PermissionError:
                 # Silently going on without it would run the service without its token.
-                from skill.errors import SkillError  # noqa: PLC0415
-
-                raise SkillError("invalid_setting", (
-                    f"The file secret {directory / candidate} is there but this user (uid "
-                    f"{os.getuid()}) may not read it. Make it readable by that user (with "
-                    "compose: run scripts/make-secrets as root, or chown the file to that uid) "
-                    "and start again.")) from None  # fmt: skip
-            except OSError:
-                continue
+                raise _unusable_secret(directory / candidate, (
+                    f"is there but this user (uid {os.getuid()}) may not read it. Make it "
+                    "readable by that user (with compose: run scripts/make-secrets as root, or "
+                    "chown the file to that uid)")) from None  # fmt: skip
+            except IsADirectoryError:
+                raise _unusable_secret(directory / candidate, (
+                    "is a directory, not a file (docker makes one where a secret's source file "
+                    "is missing): create that file, or remove the secret")) from None  # fmt: skip
+            except OSError as exc:  # a symlink loop, an I/O error: not to be taken for absent
+                raise _unusable_secret(
+                    directory / candidate, f"cannot be read ({exc.strerror or exc})"
+                ) from None
     return None
+
+
+def _unusable_secret(path: Path, why: str) -> Exception:
+    from skill.errors import SkillError  # noqa: PLC0415 - settings load before the errors
+
+    return SkillError("invalid_setting", f"The file secret {path} {why}, then start again.")
 
 
 def _passthrough_env() -> dict[str, str]:
@@ -105,6 +117,9 @@ class Settings(BaseModel):
     # deadline for the whole of it (skill/outbound.py): answers are read up to a size and
     # parsed as JSON up to a nesting depth.
     connect_timeout: float = Field(default=10.0, gt=0)
+    # A TLS-intercepting proxy's CA (PEM text; the file secret proxy_ca, which compose mounts
+    # from secrets/proxy_ca.pem), trusted beside the system's CAs by every outbound client.
+    proxy_ca: str | None = Field(default=None, repr=False)
     read_timeout: float = Field(default=30.0, gt=0)
     request_deadline: float = Field(default=60.0, gt=0)
     answer_max_bytes: int = Field(default=256 * 1024, ge=4096)
@@ -177,6 +192,23 @@ class Settings(BaseModel):
         if not value or any(not 0 < port < 65536 for port in value):
             raise ValueError("callback_ports must list TCP ports between 1 and 65535")
         return value
+
+    @field_validator("proxy_ca")
+    @classmethod
+    def _proxy_ca_is_pem(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # an empty secret file: no proxy
+        if "-----BEGIN CERTIFICATE-----" not in value:
+            raise ValueError("it is not a PEM certificate (-----BEGIN CERTIFICATE----- ...)")
+        return value
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The system's CAs and the proxy's, for clients that talk TLS; None without one."""
+        if self.proxy_ca is None:
+            return None
+        context = ssl.create_default_context()
+        context.load_verify_locations(cadata=self.proxy_ca)
+        return context
 
     @model_validator(mode="after")
     def _api_key_has_a_home(self) -> Settings:

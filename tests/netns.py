@@ -28,13 +28,15 @@ class CertAuthority:
     server_key: Path
 
 
-def make_ca(directory: Path) -> CertAuthority:
-    """A CA and a server certificate for auth.openai.com, made with openssl."""
+def make_ca(directory: Path, names: tuple[str, ...] = (f"DNS:{HOSTNAME}",)) -> CertAuthority:
+    """A CA and a server certificate for ``names`` (subjectAltName entries; default
+    auth.openai.com), made with openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = directory / "ca.key", directory / "ca.pem"
     key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.pem"
     ext = directory / "ext.cnf"
     ext.write_text(
-        f"subjectAltName=DNS:{HOSTNAME}\nbasicConstraints=CA:FALSE\n"
+        f"subjectAltName={','.join(names)}\nbasicConstraints=CA:FALSE\n"
         "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
     )
     run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731

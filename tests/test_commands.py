@@ -329,3 +329,32 @@ def test_an_unreadable_credential_file_is_said_by_status_complete_and_logout(
     _, out, _ = cli(env, "logout")
     assert out["moved_aside"] and out["moved_aside"][0].startswith(str(pi_file))
     assert len(list(pi_file.parent.glob("auth.json.corrupt-*"))) == 2
+
+
+def test_the_local_token_never_goes_to_another_users_listener(
+    env: dict[str, str], state_dir: Path
+) -> None:
+    """While the service is down, another local user listens on its port: `status` must not
+    hand it the local token (which opens the whole API), and says why."""
+    port = free_port()
+    token = "svc-token-canary-5b7e-" + "x" * 20
+    (state_dir / "service.token").write_text(token)
+    env["CHATGPT_LOGIN_SERVICE_URL"] = f"http://127.0.0.1:{port}"
+    stranger = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
+         "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); "
+         "s.listen(); print('up', flush=True); c, _ = s.accept(); "
+         "print(c.recv(65536).decode(errors='replace'), flush=True)", str(port)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert stranger.stdout is not None and stranger.stdout.readline().strip() == "up"
+        code, view, _ = cli(env, "status")
+        assert code == 0 and view["service"] is None
+    finally:
+        stranger.kill()
+        heard, _ = stranger.communicate(timeout=10)
+    assert token not in heard
+    done = subprocess.run([PYTHON, "-m", "service.cli", "status"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert token not in done.stdout + done.stderr

@@ -112,5 +112,21 @@ def test_a_file_secret_it_may_not_read_is_named_not_skipped(
     assert done.stderr.strip().splitlines() == [
         f"Error: The file secret {secrets / 'operator_token'} is there but this user (uid 0) may "
         "not read it. Make it readable by that user (with compose: run scripts/make-secrets as "
-        "root, or chown the file to that uid) and start again."
+        "root, or chown the file to that uid), then start again."
     ]
+
+
+def test_a_file_secret_that_is_a_directory_is_named_not_skipped(
+    login_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Docker makes a directory where a secret's source file is missing: with the store's token
+    taken for absent, the service would keep the credential in a local file instead."""
+    secrets = tmp_path / "secrets"
+    (secrets / "secrets_api_token").mkdir(parents=True)
+    env = {**login_env, "CHATGPT_LOGIN_SECRETS_DIR": str(secrets),
+           "CHATGPT_LOGIN_STATE_DIR": str(tmp_path / "state")}  # fmt: skip
+    argv = [PYTHON, "-m", "service.cli", "restore", "--strict"]
+    done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "secrets_api_token is a directory, not a file" in done.stderr

@@ -265,6 +265,9 @@ def test_tls_is_verified_against_vault_cacert(tmp_path: Path, path: str) -> None
         trusted = store(tmp_path, bao, path, vault_cacert=bao.ca_file)
         trusted.write({"k": 1})
         assert document(trusted) == {"k": 1}
+        # The same CA given as a TLS-intercepting proxy's (the proxy_ca secret) is trusted too.
+        proxied = store(tmp_path, bao, path, proxy_ca=bao.ca_file.read_text())
+        assert document(proxied) == {"k": 1}
         with pytest.raises(ServiceError) as caught:
             store(tmp_path, bao, path, secrets_attempts=1).read()
         assert caught.value.code == "secrets_unreachable"
