@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -45,30 +46,25 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def listener_inodes(port: int) -> set[str]:
-    """Socket inodes listening on ``port`` on loopback or any address."""
-    inodes: set[str] = set()
+def _listening(port: int) -> Iterator[tuple[str, int]]:
+    """(socket inode, owner uid) of each socket listening on ``port``, loopback or any."""
     for table in ("tcp", "tcp6"):
         with contextlib.suppress(OSError):
             for line in (PROC / "net" / table).read_text().splitlines()[1:]:
                 fields = line.split()
-                local, state, inode = fields[1], fields[3], fields[9]
+                local, state = fields[1], fields[3]
                 if state == _LISTEN and int(local.rsplit(":", 1)[1], 16) == port:
-                    inodes.add(inode)
-    return inodes
+                    yield fields[9], int(fields[7])
+
+
+def listener_inodes(port: int) -> set[str]:
+    """Socket inodes listening on ``port`` on loopback or any address."""
+    return {inode for inode, _ in _listening(port)}
 
 
 def listener_uids(port: int) -> set[int]:
     """The users whose sockets listen on ``port`` (loopback or any address)."""
-    uids: set[int] = set()
-    for table in ("tcp", "tcp6"):
-        with contextlib.suppress(OSError):
-            for line in (PROC / "net" / table).read_text().splitlines()[1:]:
-                fields = line.split()
-                local, state, uid = fields[1], fields[3], fields[7]
-                if state == _LISTEN and int(local.rsplit(":", 1)[1], 16) == port:
-                    uids.add(int(uid))
-    return uids
+    return {uid for _, uid in _listening(port)}
 
 
 def listener_pids(port: int, among: set[int]) -> set[int]:

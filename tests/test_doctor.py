@@ -78,6 +78,15 @@ def test_a_good_setup_passes(setup: dict[str, str]) -> None:
     assert statuses[f"credential file {setup['PI_CODING_AGENT_DIR']}/auth.json"] == "ok"
 
 
+def serving(handler: type[http.server.BaseHTTPRequestHandler], held: list[Any]) -> str:
+    """A server of ``handler`` on 127.0.0.1 (stopped by the test through ``held``); its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    held.append(server)
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
 def no_tmux(env: dict[str, str], _: list[Any]) -> None:
     env["PATH"] = "/nonexistent"
 
@@ -132,10 +141,7 @@ def another_service(env: dict[str, str], held: list[Any]) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    held.append(server)
-    env["CHATGPT_LOGIN_SERVICE_URL"] = f"http://127.0.0.1:{server.server_address[1]}"
+    env["CHATGPT_LOGIN_SERVICE_URL"] = serving(Other, held)
 
 
 def bad_setting(env: dict[str, str], _: list[Any]) -> None:
@@ -156,10 +162,7 @@ def clock_off(env: dict[str, str], held: list[Any]) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Behind)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    held.append(server)
-    env["CHATGPT_LOGIN_ISSUER"] = f"http://127.0.0.1:{server.server_address[1]}"
+    env["CHATGPT_LOGIN_ISSUER"] = serving(Behind, held)
 
 
 Break = Callable[[dict[str, str], list[Any]], None]
