@@ -34,10 +34,11 @@ def create_app(settings: ServiceSettings, *, store: SecretsStore | None = None) 
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions[EXTENSION] = Context(settings, store or secrets_store(settings))
 
-    from service.routes import credentials, health, logins  # noqa: PLC0415
+    from service.routes import credentials, events, health, logins  # noqa: PLC0415
 
     app.register_blueprint(logins.bp, url_prefix="/v1/logins")
     app.register_blueprint(credentials.bp, url_prefix="/v1/credentials")
+    app.register_blueprint(events.bp, url_prefix="/v1/events")
     app.register_blueprint(health.bp)
     app.before_request(_authenticate)
     app.after_request(_no_store)

@@ -109,6 +109,22 @@ def _leave_address(settings: ServiceSettings) -> None:
     write_private(settings.state_dir / URL_FILE, f"http://{local}:{port}".encode())
 
 
+def _events(args: argparse.Namespace) -> int:
+    """Follow the service's events until interrupted (or the service stops)."""
+    from service.settings import ServiceSettings  # noqa: PLC0415
+    from skill.service_client import follow_events  # noqa: PLC0415
+
+    for event in follow_events(ServiceSettings.from_env(), after=args.after):
+        if args.json:
+            print(json.dumps(event), flush=True)
+        else:
+            body = event.get("body") or {}
+            said = " ".join(f"{k}={v}" for k, v in body.items()) if isinstance(body, dict) else ""
+            print(f"{event.get('at')} #{event.get('id')} {event.get('type')} {said}".rstrip(),
+                  flush=True)  # fmt: skip
+    return ExitCode.TRANSIENT  # the stream ended: the service went away
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from service.doctor import run_checks, settings_or_defaults  # noqa: PLC0415
     from service.settings import ServiceSettings  # noqa: PLC0415
@@ -207,6 +223,25 @@ def add_service_commands(commands: skill_cli.Commands) -> None:
     restore.add_argument("--strict", action="store_true", help="exit non-zero on failure")
     restore.add_argument("--json", action="store_true", help="print one JSON object")
     restore.set_defaults(handler=_restore)
+
+    events = skill_cli.add_command(
+        commands,
+        "events",
+        "follow what changes: sign-ins, renewals, adoptions, logouts (until Ctrl-C)",
+        (
+            "Follow the service's events as they happen, one line each (--json: the event as "
+            "JSON): login.started, login.completed, login.canceled, credential.updated (why: "
+            "sign-in, refresh, adopted, restored), credential.persisted, "
+            "credential.needs_relogin, credential.logged_out. No event carries a secret. "
+            "--after N starts after event N (what a reconnecting follower last saw); exits 4 "
+            "when the service stops."
+        ),
+        "chatgpt-login events --json",
+    )
+    events.add_argument("--json", action="store_true", help="one JSON object per event")
+    events.add_argument("--after", type=int, default=0, metavar="ID",
+                        help="start after this event id (default: the oldest kept)")  # fmt: skip
+    events.set_defaults(handler=_events)
 
     doctor = skill_cli.add_command(
         commands,

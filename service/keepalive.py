@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.errors import ServiceError
+from service.hook import OnChangeHook
 from service.persistence import Persistence, Synced, dead_refresh_token
 from service.record import fingerprint
 from service.refresher import Refresher, refresh_due_at
@@ -39,6 +40,7 @@ from service.secrets import SecretsStore
 from service.settings import ServiceSettings
 from skill.credentials import Credential
 from skill.errors import SkillError
+from skill.events import last_id, since
 from skill.files import ensure_private_dir
 from skill.lock import FlockLock
 from skill.loginstate import StateStore
@@ -91,6 +93,8 @@ class KeepAlive:
         self._past_due_since: float | None = None  # monotonic; see next_wait
         self._leader: FlockLock | None = None
         self._unreadable: str | None = None  # the credential last found unreadable (said once)
+        self._events_seen = 0
+        self.hook = OnChangeHook(settings, self.persistence.metrics)
 
     # One step (the tests drive this directly) ------------------------------------------------
 
@@ -231,6 +235,13 @@ class KeepAlive:
                 wait = min(wait, WATCH_POLL_LATER)
         return max(wait, self._retry_at - mono, 0.005)
 
+    def hook_changes(self) -> None:
+        """Run the on-change hook for every credential event since the last look (whoever
+        wrote it: this service, or a command beside it), once each, without waiting for it."""
+        for event in since(self.settings.state_dir, self._events_seen):
+            self._events_seen = event.id
+            self.hook(event)
+
     def watch_login(self) -> None:
         """A sign-in nobody waits on (a device code approved after an API start) still ends:
         the leader looks at a waiting attempt every tick, the runner concludes it once its
@@ -258,6 +269,7 @@ class KeepAlive:
         except SkillError:
             return False
         self._leader = lock
+        self._events_seen = last_id(self.settings.state_dir)  # hooks run for what comes next
         return True
 
     def run_forever(self, stop: threading.Event) -> None:
@@ -267,6 +279,7 @@ class KeepAlive:
                 if self.try_lead():
                     self.run_once()
                     self.watch_login()
+                    self.hook_changes()
                     wait = self.next_wait()
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("keep-alive tick failed")

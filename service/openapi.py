@@ -43,6 +43,8 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, dict[int, type[BaseMod
     ("post", "/v1/credentials/restore", "Restore from the secrets store", None, {200: Outcome}),
     ("delete", "/v1/credentials", "Log out everywhere (a tombstone replaces the stored copy)",
      None, {200: SignedOut}),
+    ("get", "/v1/events", "Follow changes as Server-Sent Events (Last-Event-ID resumes)",
+     None, {200: None, 400: ErrorBody, 503: ErrorBody}),
     ("get", "/healthz", "Process is up", None, {200: Health}),
     ("get", "/readyz", "Ready: tmux, state directory, secrets store", None,
      {200: Health, 503: Health}),

@@ -62,6 +62,7 @@ from service.settings import ServiceSettings
 from skill.authfiles import CodexAuthFile, PiAuthFile, auth_files
 from skill.credentials import Credential
 from skill.errors import SkillError
+from skill.events import emit
 from skill.files import ensure_private_dir, read_settled, write_private
 from skill.lock import FlockLock
 from skill.signout import clear_pending, read_pending
@@ -164,6 +165,8 @@ class Persistence:
             settings.pi_auth_file, stale=settings.lock_stale, timeout=settings.lock_timeout
         )
         self._clock, self._sleep = clock, sleep
+        # What an adoption is, in the credential.updated event: "restored" for restore.
+        self.adopting_as = "adopted"
         self._snapshot: Snapshot | None = None  # the last read, for conditional reads
         self._cas: bool | None = None
 
@@ -293,6 +296,8 @@ class Persistence:
             state.conflict = state.logged_out = None
         self.metrics.add("adoptions", account=stored.account_id)
         log.info("adopted generation %d (written by %s)", entry.generation, entry.holder)
+        emit(self.settings.state_dir, "credential.updated", why=self.adopting_as,
+             generation=entry.generation)  # fmt: skip
         return [(r.path, r.moved_aside) for r in results if r.moved_aside is not None]
 
     def _drop(self, local: Credential, tombstone: Tombstone) -> None:
@@ -303,6 +308,7 @@ class Persistence:
         with self.state.updating() as state:
             _forget(state, tombstone)
         log.info("signed out here: logged out by %s", tombstone.holder or "another holder")
+        emit(self.settings.state_dir, "credential.logged_out", by="another holder")
 
     # Writing ----------------------------------------------------------------------------------
 
@@ -361,6 +367,8 @@ class Persistence:
             state.last_persisted_at = self.now()
             state.conflict = state.logged_out = None
         self.metrics.count("persists", "ok")
+        emit(self.settings.state_dir, "credential.persisted", reason=reason.replace("_", "-"),
+             generation=state.generation)  # fmt: skip
         return record
 
     def _lineage(self, credential: Credential, record: StoredRecord) -> datetime | None:
@@ -435,6 +443,8 @@ class Persistence:
         # Stored against the record as the lease left it: no read between the issuer's answer
         # and the push, which is the time the other holders hold a spent token.
         self.push(renewed.credential, record, reason="refresh", lease=lease)
+        if renewed.refreshed:
+            emit(self.settings.state_dir, "credential.updated", why="refresh")
         return Renewed("refreshed" if renewed.refreshed else "adopted", renewed.credential)
 
     def take_lease(self, record: StoredRecord) -> tuple[Lease, StoredRecord] | None:
@@ -495,7 +505,10 @@ class Persistence:
         this refresh token; status says to sign in again."""
         log.warning("refresh failed permanently (%s): sign-in needed", exc.code)
         with self.state.updating() as state:
+            fresh = state.dead_refresh != sha(credential.refresh_token)
             state.needs_relogin, state.dead_refresh = exc.code, sha(credential.refresh_token)
+        if fresh:  # once per dead credential, however often it is looked at
+            emit(self.settings.state_dir, "credential.needs_relogin", reason=exc.code)
 
     def clear_relogin(self) -> None:
         if self.state.read().needs_relogin:
@@ -546,6 +559,7 @@ class Persistence:
         with self.state.updating() as state:
             _forget(state, tombstone)
         self._forget_history()
+        emit(self.settings.state_dir, "credential.logged_out", by="this holder")
         return tombstone
 
     def _forget_history(self) -> None:

@@ -89,6 +89,7 @@ def restore(settings: ServiceSettings, store: SecretsStore) -> RestoreResult:
     """Bring the local file and the store to the newer copy. Never raises for a store fault:
     the result says ``unreachable`` and the local file is left as it was."""
     persistence = Persistence(settings, store)
+    persistence.adopting_as = "restored"  # what the credential.updated event says
     try:
         # A rotation a killed process left in its temp file is the newest local copy.
         persistence.pi.finish_interrupted_write()

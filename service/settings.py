@@ -33,6 +33,13 @@ class ServiceSettings(Settings):
     secrets_file: Path | None = None
     # How long one check of `chatgpt-login doctor` may take.
     doctor_deadline: float = Field(default=20.0, gt=0)
+    # A command run (without a shell) after each change of the credential, the event as JSON on
+    # stdin (service/hook.py), and how long it may run.
+    on_change: str | None = None
+    on_change_timeout: float = Field(default=10.0, gt=0)
+    # Seconds between heartbeats on an idle event stream (GET /v1/events): they keep proxies
+    # from closing it, and a write is how a stream learns that its client went away.
+    events_heartbeat: float = Field(default=5.0, gt=0)
 
     # Whether the secrets API honours If-Match (compare-and-set): found out once ("auto"), or
     # told. With it, the refresh lease is exact; without it, a narrow race remains.

@@ -27,6 +27,7 @@ from skill.attempt import PremadeAttempt, premade_link
 from skill.chat import codes_in, extract_callback
 from skill.drivers import DRIVERS, Driver, DriverName, Method
 from skill.errors import CODES, RECOVERABLE, SkillError
+from skill.events import emit
 from skill.files import ensure_private_dir
 from skill.loginstate import LoginState, StateStore
 from skill.procs import alive, descendants, end_processes, listener_pids
@@ -79,6 +80,7 @@ class Runner:
                 self._end(current, "canceled", message="Replaced by a new sign-in.")
             state = self._launch(chosen, method)
             self.store.save(state)
+            emit(self.dir, "login.started", login_id=state.id, method=method, driver=driver)
             if state.auth_url is not None:
                 return state, False  # a premade attempt: the link is known already
             try:
@@ -440,6 +442,13 @@ class Runner:
         shutil.rmtree(self.dir / "work" / state.id, ignore_errors=True)
         ended = state.ended(status, **outcome)  # type: ignore[arg-type]
         self.store.save(ended)
+        if status == "canceled":
+            emit(self.dir, "login.canceled", login_id=state.id)
+        else:
+            emit(self.dir, "login.completed", login_id=state.id, ok=status == "succeeded",
+                 status=status, error=ended.error)  # fmt: skip
+        if status == "succeeded":
+            emit(self.dir, "credential.updated", why="sign-in", login_id=state.id)
         return ended
 
     def _settle(self, state: LoginState | None) -> LoginState | None:

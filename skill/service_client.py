@@ -9,7 +9,11 @@ logout is noted and carried out when it starts.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,6 +59,47 @@ def call(
         )  # fmt: skip
     except (OSError, SkillError) as exc:
         raise SkillError("service_unavailable", "the chatgpt-login service did not answer") from exc
+
+
+EVENTS_PATH = "/v1/events"
+
+
+def follow_events(settings: Settings, *, after: int = 0) -> Iterator[dict[str, Any]]:
+    """The service's events after id ``after``, as they come (Server-Sent Events), until the
+    service goes away; ``service_unavailable`` if it is not there."""
+    try:
+        token = (settings.state_dir / "service.token").read_text().strip()
+    except OSError:
+        token = ""
+    url = service_url(settings)
+    parts = urlsplit(url)
+    if not token or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise SkillError("service_unavailable", "the chatgpt-login service is not running here")
+    _refuse_a_stranger(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=60)
+    try:
+        connection.request("GET", EVENTS_PATH, headers={
+            "Authorization": f"Bearer {token}", "Last-Event-ID": str(after),
+            "Accept": "text/event-stream"})  # fmt: skip
+        answer = connection.getresponse()
+        if answer.status != 200:
+            why = f"the chatgpt-login service answered HTTP {answer.status}"
+            raise SkillError("service_unavailable", why)
+        while line := answer.readline(MAX_EVENT_LINE):
+            text = line.decode(errors="replace").rstrip("\n")
+            if text.startswith("data: "):
+                with contextlib.suppress(ValueError):
+                    event = json.loads(text[6:])
+                    if isinstance(event, dict):
+                        yield event
+    except OSError as exc:  # it stopped, or went quiet past the heartbeat
+        raise SkillError("service_unavailable", "the chatgpt-login service stopped answering"
+                         ) from exc  # fmt: skip
+    finally:
+        connection.close()
+
+
+MAX_EVENT_LINE = 64 * 1024
 
 
 def _refuse_a_stranger(url: str) -> None:

@@ -41,7 +41,10 @@ def test_no_server_errors_and_auth_enforced(fuzz_app: Flask) -> None:
         "/v1/openapi.json", fuzz_app, headers={"Authorization": f"Bearer {TOKEN}"}
     )
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 11  # schemathesis leaves out the document itself
+    assert len(operations) >= 12  # schemathesis leaves out the document itself
+    # The event stream never ends, and the test client would wait for its end: its auth and
+    # its answers are tested with a real server (tests/test_events.py).
+    operations = [op for op in operations if op.path != "/v1/events"]
     for operation in operations:
 
         @given(case=operation.as_strategy())

@@ -1,0 +1,238 @@
+"""The event stream (``GET /v1/events``), its journal, ``chatgpt-login events`` and the
+on-change hook, against the real service under gunicorn, the fake issuer and the fake
+secrets API."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.hook import OnChangeHook
+from service.metrics import Metrics
+from service.settings import ServiceSettings
+from skill.events import Event
+from tests.conftest import PYTHON, REPO, free_port, wait_until
+from tests.fake_issuer import FakeIssuer
+from tests.fake_secrets import FakeSecretsAPI
+from tests.loopback import status_of
+
+TOKEN = "events-operator-token-0123456789"
+# The hook: one JSON line per run, with the event it read and the names in its environment.
+HOOK = (
+    "import json, os, sys; event = json.load(sys.stdin); "
+    "open(sys.argv[1], 'a').write(json.dumps({'event': event, 'env': sorted(os.environ)}) + '\\n')"
+)
+
+
+@pytest.fixture
+def service(
+    tmp_path: Path, login_env: dict[str, str], api: FakeSecretsAPI
+) -> Iterator[dict[str, Any]]:
+    port = free_port()
+    hook_out = tmp_path / "hook.jsonl"
+    env = {**login_env, "CHATGPT_LOGIN_STATE_DIR": str(tmp_path / "state"),
+           "CHATGPT_LOGIN_SECRETS_DIR": str(tmp_path / "no-secrets"),
+           "CHATGPT_LOGIN_SECRETS_API_URL": api.url, "FAT_TOOLS_TOKEN": api.token,
+           "CHATGPT_LOGIN_OPERATOR_TOKEN": TOKEN,
+           "CHATGPT_LOGIN_ON_CHANGE": f"{sys.executable} -c \"{HOOK}\" {hook_out}",
+           "CHATGPT_LOGIN_ON_CHANGE_TIMEOUT": "5",
+           "CHATGPT_LOGIN_EVENTS_HEARTBEAT": "0.5"}  # fmt: skip
+    server = subprocess.Popen(
+        [PYTHON, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}"], env=env, cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: status_of(f"{base}/readyz") == 200, 30, "the service")
+        yield {"env": env, "base": base, "port": port, "pid": server.pid, "hook_out": hook_out}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
+
+
+class Follower:
+    """A client of ``GET /v1/events``, reading in a thread of its own until closed."""
+
+    def __init__(self, port: int, after: int = 0) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.connection.request("GET", "/v1/events", headers={
+            "Authorization": f"Bearer {TOKEN}", "Last-Event-ID": str(after)})  # fmt: skip
+        self.answer = self.connection.getresponse()
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        if self.answer.status == 200:
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while line := self.answer.readline():
+                text = line.decode()
+                self.raw.append(text)
+                if text.startswith("data: "):
+                    self.events.append(json.loads(text[6:]))
+        except (OSError, ValueError, AttributeError):  # closed under it
+            pass
+
+    def types(self) -> list[str]:
+        return [event["type"] for event in self.events]
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def api(service: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    request = urllib.request.Request(f"{service['base']}{path}", method=method, data=(
+        b"{}" if method == "POST" else None), headers={
+        "Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        found = json.load(answer)
+    assert isinstance(found, dict)
+    return found
+
+
+def cli(service: dict[str, Any], *args: str, stdin: str = "") -> dict[str, Any]:
+    done = subprocess.run([PYTHON, "-m", "service.cli", *args, "--json"], env=service["env"],
+                          cwd=REPO, input=stdin, capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+    found = json.loads(done.stdout)
+    assert isinstance(found, dict)
+    return found
+
+
+def test_a_follower_sees_sign_in_refresh_and_logout_in_order_once_each(
+    service: dict[str, Any], issuer: FakeIssuer
+) -> None:
+    follower = Follower(service["port"])
+    try:
+        started = cli(service, "start")
+        done = cli(service, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
+        assert done["status"] == "succeeded" and done["persisted"] is True
+        assert api(service, "POST", "/v1/credentials/refresh")["action"] == "refreshed"
+        api(service, "DELETE", "/v1/credentials")
+        wait_until(lambda: "credential.logged_out" in follower.types(), 15, "the logout event")
+        time.sleep(1)  # anything that would come twice
+    finally:
+        follower.close()
+    ids = [event["id"] for event in follower.events]
+    assert ids == sorted(set(ids)), ids  # in order, none twice
+    wanted = [("login.started", {}), ("login.completed", {"ok": True}),
+              ("credential.updated", {"why": "sign-in"}),
+              ("credential.persisted", {"reason": "sign-in"}),
+              ("credential.updated", {"why": "refresh"}),
+              ("credential.logged_out", {"by": "this holder"})]  # fmt: skip
+    it = iter(follower.events)
+    for kind, body in wanted:  # an ordered subsequence of what came
+        assert any(e["type"] == kind and body.items() <= e["body"].items() for e in it), (
+            kind, follower.types())  # fmt: skip
+    assert follower.types().count("login.completed") == 1
+    stream = "".join(follower.raw)
+    for secret in [*issuer.refresh_tokens, *issuer.used_refresh_tokens, *issuer.issued_access]:
+        assert secret not in stream
+    # The hook ran once per credential event, with none of the service's environment.
+    changes = [e for e in follower.events if e["type"].startswith("credential.")]
+
+    def hooked() -> int:
+        out = service["hook_out"]
+        return len(out.read_text().splitlines()) if out.exists() else 0
+
+    wait_until(lambda: hooked() >= len(changes), 15, "the hook runs")
+    runs = [json.loads(line) for line in service["hook_out"].read_text().splitlines()]
+    assert [run["event"]["id"] for run in runs] == [e["id"] for e in changes]
+    assert all(set(run["env"]) <= {"PATH", "HOME", "LANG", "CHATGPT_LOGIN_STATE_DIR"}
+               for run in runs)  # fmt: skip
+    assert not any(secret in service["hook_out"].read_text() for secret in
+                   [*issuer.used_refresh_tokens, *issuer.issued_access, TOKEN])  # fmt: skip
+
+
+def test_resuming_with_last_event_id_after_a_worker_restart_loses_none(
+    service: dict[str, Any],
+) -> None:
+    api(service, "POST", "/v1/logins")
+    first = Follower(service["port"])
+    wait_until(lambda: "login.started" in first.types(), 10, "the first event")
+    seen = first.events[-1]["id"]
+    first.close()
+    worker = int(Path(f"/proc/{service['pid']}/task/{service['pid']}/children").read_text()
+                 .split()[0])  # fmt: skip
+    os.kill(worker, signal.SIGKILL)  # gunicorn's master starts another
+    wait_until(lambda: status_of(f"{service['base']}/healthz") == 200, 20, "a new worker")
+    login = cli(service, "status")["login"]
+    api(service, "DELETE", f"/v1/logins/{login['id']}")
+    api(service, "POST", "/v1/logins")
+    again = Follower(service["port"], after=seen)
+    try:
+        wait_until(lambda: again.types()[-1:] == ["login.started"], 10, "the missed events")
+    finally:
+        again.close()
+    assert again.types() == ["login.canceled", "login.started"]
+    assert [e["id"] for e in again.events] == [seen + 1, seen + 2]
+
+
+def test_streams_are_capped_and_the_api_keeps_answering(service: dict[str, Any]) -> None:
+    streams = [Follower(service["port"]) for _ in range(4)]
+    try:
+        assert [s.answer.status for s in streams] == [200] * 4
+        extra = Follower(service["port"])
+        assert extra.answer.status == 503
+        assert json.loads(extra.answer.read())["error"] == "too_many_streams"
+        extra.close()
+        started = time.monotonic()
+        assert api(service, "GET", "/v1/credentials")["status"] == "not_logged_in"
+        print(f"GET /v1/credentials with 4 streams open: {time.monotonic() - started:.3f} s")
+        streams.pop().close()  # the service notices at its next write (a heartbeat at most)
+
+        def a_stream_opens() -> bool:
+            attempt = Follower(service["port"])
+            attempt.close()
+            return attempt.answer.status == 200
+
+        wait_until(a_stream_opens, 20, "a freed stream")
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_events_without_a_token_are_refused(service: dict[str, Any]) -> None:
+    assert status_of(f"{service['base']}/v1/events") == 401
+
+
+def test_the_cli_follows_the_stream(service: dict[str, Any]) -> None:
+    follower = subprocess.Popen([PYTHON, "-m", "service.cli", "events", "--json"],
+                                env=service["env"], cwd=REPO, stdout=subprocess.PIPE,
+                                text=True)  # fmt: skip
+    try:
+        api(service, "POST", "/v1/logins")
+        assert follower.stdout is not None
+        event = json.loads(follower.stdout.readline())
+        assert event["type"] == "login.started" and event["body"]["method"] == "browser"
+    finally:
+        follower.kill()
+        follower.wait(10)
+
+
+def test_a_hook_that_hangs_is_killed_at_its_timeout_without_holding_anyone(
+    tmp_path: Path,
+) -> None:
+    settings = ServiceSettings(state_dir=tmp_path, on_change="sleep 30", on_change_timeout=0.5)
+    hook = OnChangeHook(settings, Metrics(tmp_path / "metrics.json"))
+    event = Event(1, "credential.updated", "2026-11-30T00:00:00.000Z", {"why": "refresh"})
+    started = time.monotonic()
+    hook(event)  # queued: returns at once
+    assert time.monotonic() - started < 0.2
+    started = time.monotonic()
+    assert hook.run(event) == "timeout"
+    assert time.monotonic() - started < 3
+    wait_until(lambda: 'outcome="timeout"} 2' in Metrics(tmp_path / "metrics.json").render(), 5,
+               "both runs counted")  # fmt: skip
