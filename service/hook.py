@@ -12,10 +12,12 @@ that hangs holds up the next hook, never the keep-alive.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import threading
 
@@ -62,25 +64,29 @@ class OnChangeHook:
             self.run(self._queue.get())
 
     def run(self, event: Event) -> str:
-        """Run the hook for ``event`` now; its outcome (ok, failed, timeout, not_started)."""
+        """Run the hook for ``event`` now; its outcome (ok, failed, timeout, not_started). It
+        runs in a process group of its own, all of which a timeout kills; its output is not
+        read (it may be as long as it likes, and is not ours to log)."""
         try:
-            done = subprocess.run(  # the operator's own command, without a shell
-                self.argv, input=event.to_json().encode(), env=self.env, cwd="/",
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=self.timeout,
-                check=False,
+            child = subprocess.Popen(  # the operator's own command, without a shell
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=self.env, cwd="/", start_new_session=True,
             )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            outcome = "timeout"
-            log.warning("on-change hook for event %d killed after %gs", event.id, self.timeout)
         except OSError as exc:
-            outcome = "not_started"
             log.warning("on-change hook could not start (%s): %s", type(exc).__name__,
                         exc.strerror or exc)  # fmt: skip
-        else:
-            outcome = "ok" if done.returncode == 0 else "failed"
-            if done.returncode != 0:
-                said = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-                log.warning("on-change hook for event %d exited %d: %s", event.id,
-                            done.returncode, said[0][:200])  # fmt: skip
+            self.metrics.count("hook_runs", "not_started")
+            return "not_started"
+        try:
+            child.communicate(event.to_json().encode(), timeout=self.timeout)
+            outcome = "ok" if child.returncode == 0 else "failed"
+            if outcome == "failed":
+                log.warning("on-change hook for event %d exited %d", event.id, child.returncode)
+        except subprocess.TimeoutExpired:
+            outcome = "timeout"
+            with contextlib.suppress(OSError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            log.warning("on-change hook for event %d killed after %gs", event.id, self.timeout)
         self.metrics.count("hook_runs", outcome)
         return outcome

@@ -59,6 +59,7 @@ from service.record import (
 from service.refresher import Refresher, refresh_due_at
 from service.secrets import SecretsStore, Snapshot
 from service.settings import ServiceSettings
+from skill.apikey import take_back
 from skill.authfiles import CodexAuthFile, PiAuthFile, auth_files
 from skill.credentials import Credential
 from skill.errors import SkillError
@@ -303,6 +304,7 @@ class Persistence:
     def _drop(self, local: Credential, tombstone: Tombstone) -> None:
         """Logged out elsewhere: remove our entries here (if they are still ``local``)."""
         if _key(self.local()) == _key(local):
+            take_back(self.settings)  # the API key this sign-in brought goes with it
             for auth_file in auth_files(self.settings):
                 auth_file.remove()
         with self.state.updating() as state:

@@ -8,6 +8,7 @@ hidden from ``repr`` and never logged.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Literal
 
@@ -112,6 +113,17 @@ class ServiceSettings(Settings):
     def _empty_is_unset(cls, value: object) -> object:
         # VAULT_NAMESPACE= (set but empty) means "none", as Vault's own tools read it.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("on_change")
+    @classmethod
+    def _on_change_is_a_command(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            shlex.split(value)
+        except ValueError as exc:  # "No closing quotation"
+            raise ValueError(f"it is not a command line ({exc})") from None
+        return value
 
     @field_validator("secrets_api_url", "vault_addr")
     @classmethod

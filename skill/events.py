@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 EVENTS_FILE = "events.jsonl"
 KEEP, TRIM_AT = 500, 1000  # events kept when the journal reaches TRIM_AT lines
 MAX_LINE = 16 * 1024  # an event body is small; a longer line is not ours
+TYPE = re.compile(r"[a-z_]+\.[a-z_]+")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class Event:
 
 def emit(state_dir: Path, type_: str, **body: Any) -> Event | None:
     """Append an event; None if it could not be written (logged, never raised)."""
+    if not TYPE.fullmatch(type_):
+        raise ValueError(f"not an event type: {type_!r}")  # a bug of ours, not a runtime fault
     path = state_dir / EVENTS_FILE
     try:
         ensure_private_dir(state_dir)
@@ -107,8 +111,10 @@ def _read(path: Path) -> list[Event]:
     for line in raw.splitlines():
         try:
             data = json.loads(line)
-            events.append(Event(int(data["id"]), str(data["type"]), str(data["at"]),
-                                dict(data.get("body") or {})))  # fmt: skip
+            event = Event(int(data["id"]), str(data["type"]), str(data["at"]),
+                          dict(data.get("body") or {}))  # fmt: skip
         except (ValueError, KeyError, TypeError):
             continue
+        if TYPE.fullmatch(event.type):  # its type goes on an SSE line as it is: no newline
+            events.append(event)
     return events

@@ -445,10 +445,14 @@ def _api_key(settings: Settings, tokens: TokenSet, claims: Claims) -> str:
         return ("Warning: no API key: this account has no OpenAI API organization and project "
                 "(set one up at platform.openai.com to get one). "
                 "The sign-in itself works.")  # fmt: skip
+    codex = CodexAuthFile(settings.codex_auth_file, timeout=settings.lock_timeout)
+    if codex.api_key() is not None:  # a key of the user's (or of an earlier sign-in) stays
+        return (f"Warning: no new API key: {settings.codex_auth_file} holds one already, left "
+                "as it is (remove it to get one from the next sign-in). "
+                "The sign-in itself works.")  # fmt: skip
     try:
         with OAuthClient(settings) as client:
             key = client.exchange_api_key(tokens.id_token or "")
-        codex = CodexAuthFile(settings.codex_auth_file, timeout=settings.lock_timeout)
         codex.set_api_key(key)
     except SkillError as exc:
         return (f"Warning: no API key: the exchange failed ({exc.code}: {exc.message.rstrip('.')})."

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,28 @@ def _listening(port: int) -> Iterator[tuple[str, int]]:
                 local, state = fields[1], fields[3]
                 if state == _LISTEN and int(local.rsplit(":", 1)[1], 16) == port:
                     yield fields[9], int(fields[7])
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The user owning the other end of a connected loopback socket (the server's accepted
+    socket carries its listener's owner), read from the kernel's table; None if not found."""
+    mine, theirs = _proc_address(*sock.getsockname()[:2]), _proc_address(*sock.getpeername()[:2])
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in (PROC / "net" / table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[1] == theirs and fields[2] == mine:
+                    return int(fields[7])
+    return None
+
+
+def _proc_address(host: str, port: int) -> str:
+    """``host:port`` as /proc/net/tcp{,6} spells it: the address in 32-bit words in host
+    order, hex."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    raw = socket.inet_pton(family, host)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return f"{words.hex().upper()}:{port:04X}"
 
 
 def listener_inodes(port: int) -> set[str]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -44,14 +46,19 @@ READY_LINE = "Waiting"
 
 def loopback_request(
     method: str, url: str, *, timeout: float, headers: dict[str, str] | None = None,
-    body: bytes | None = None,
+    body: bytes | None = None, before_sending: Callable[[socket.socket], None] | None = None,
 ) -> Answer:  # fmt: skip
-    """One request to a loopback URL. Raises OSError (including timeouts) on failure."""
+    """One request to a loopback URL. Raises OSError (including timeouts) on failure.
+    ``before_sending`` sees the connected socket first (and may refuse by raising)."""
     parts = urlsplit(url)
     if parts.hostname not in LOOPBACK_HOSTS:
         raise SkillError("internal", "Refusing a non-loopback address for a local call.")
     connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
     try:
+        if before_sending is not None:
+            connection.connect()
+            assert connection.sock is not None  # noqa: S101 - connect() made it
+            before_sending(connection.sock)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         connection.request(method, path or "/", body=body, headers=headers or {})
         response = connection.getresponse()

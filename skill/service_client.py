@@ -13,13 +13,14 @@ import contextlib
 import http.client
 import json
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from skill.errors import SkillError
-from skill.procs import listener_uids
+from skill.procs import listener_uids, peer_uid
 from skill.relay import Answer, loopback_request
 from skill.settings import Settings
 
@@ -55,7 +56,7 @@ def call(
     try:
         return loopback_request(
             method, url.rstrip("/") + path, timeout=timeout, headers=headers,
-            body=body,
+            body=body, before_sending=ours_or_refuse,
         )  # fmt: skip
     except (OSError, SkillError) as exc:
         raise SkillError("service_unavailable", "the chatgpt-login service did not answer") from exc
@@ -78,6 +79,9 @@ def follow_events(settings: Settings, *, after: int = 0) -> Iterator[dict[str, A
     _refuse_a_stranger(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=60)
     try:
+        connection.connect()
+        assert connection.sock is not None  # noqa: S101 - connect() made it
+        ours_or_refuse(connection.sock)
         connection.request("GET", EVENTS_PATH, headers={
             "Authorization": f"Bearer {token}", "Last-Event-ID": str(after),
             "Accept": "text/event-stream"})  # fmt: skip
@@ -100,6 +104,19 @@ def follow_events(settings: Settings, *, after: int = 0) -> Iterator[dict[str, A
 
 
 MAX_EVENT_LINE = 64 * 1024
+
+
+def ours_or_refuse(sock: socket.socket) -> None:
+    """After connecting, before a byte is sent: the other end must be this user's (a listener
+    of another user may have appeared since the port was looked at)."""
+    owner = peer_uid(sock)
+    if owner != os.getuid():
+        raise SkillError(
+            "service_unavailable",
+            f"the program answering on port {sock.getpeername()[1]} is not this user's "
+            f"(uid {owner if owner is not None else 'unknown'}): not sending it this machine's "
+            "service token",
+        )
 
 
 def _refuse_a_stranger(url: str) -> None:

@@ -7,6 +7,7 @@ sign-in brought but never one the user put there."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,3 +111,39 @@ def test_no_key_is_said_plainly_and_the_sign_in_stands(
 def test_the_exchange_needs_the_codex_file() -> None:
     with pytest.raises(ValueError, match="add codex to CHATGPT_LOGIN_CREDENTIAL_FILES"):
         Settings(api_key_exchange=True)
+
+
+def test_a_key_the_user_had_is_kept_through_a_sign_in_and_its_logout(
+    key_settings: Settings, issuer: FakeIssuer
+) -> None:
+    key_settings.codex_auth_file.parent.mkdir(parents=True)
+    key_settings.codex_auth_file.write_text(
+        json.dumps({"auth_mode": "apikey", "OPENAI_API_KEY": "sk-the-users-own-key-0123456789"})
+    )
+    issuer.account = Account(organization_id="org-123", project_id="proj-456")
+    done = sign_in(key_settings, issuer)
+    assert done.status == "succeeded" and issuer.api_keys == []  # not even asked for
+    assert "holds one already, left as it is" in done.notes[0]
+    assert codex_document(key_settings)["OPENAI_API_KEY"] == "sk-the-users-own-key-0123456789"
+    sign_out_locally(key_settings)
+    assert codex_document(key_settings)["OPENAI_API_KEY"] == "sk-the-users-own-key-0123456789"
+
+
+def test_a_logout_elsewhere_takes_the_key_too(
+    key_settings: Settings, issuer: FakeIssuer, tmp_path: Path
+) -> None:
+    """Another container of the user logs out: this one signs out when it sees the tombstone,
+    and the API key this sign-in brought goes with the tokens."""
+    from service.persistence import Persistence  # noqa: PLC0415
+    from service.secrets import secrets_store  # noqa: PLC0415
+    from service.settings import ServiceSettings  # noqa: PLC0415
+
+    issuer.account = Account(organization_id="org-123", project_id="proj-456")
+    assert sign_in(key_settings, issuer).status == "succeeded"
+    shared = tmp_path / "shared-store.json"
+    here = ServiceSettings(**{**key_settings.model_dump(), "secrets_file": shared})
+    there = ServiceSettings(**{**here.model_dump(), "state_dir": tmp_path / "other-state"})
+    Persistence(here, secrets_store(here)).persist()
+    Persistence(there, secrets_store(there)).log_out(None)
+    assert Persistence(here, secrets_store(here)).sync().decision == "drop"
+    assert not key_settings.codex_auth_file.exists()

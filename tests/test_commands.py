@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -358,3 +359,32 @@ def test_the_local_token_never_goes_to_another_users_listener(
     done = subprocess.run([PYTHON, "-m", "service.cli", "status"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert token not in done.stdout + done.stderr
+
+
+def test_the_owner_of_the_other_end_is_checked_after_connecting() -> None:
+    """A listener can appear between the look at the port and the connection: the connected
+    socket's other end is what is checked before the token is sent."""
+    from skill.errors import SkillError  # noqa: PLC0415
+    from skill.service_client import ours_or_refuse  # noqa: PLC0415
+
+    port = free_port()
+    stranger = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
+         "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))"
+         "; s.listen(); print('up', flush=True); c, _ = s.accept(); time.sleep(5)", str(port)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert stranger.stdout is not None and stranger.stdout.readline().strip() == "up"
+        with (socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+              pytest.raises(SkillError) as refused):  # fmt: skip
+            ours_or_refuse(sock)
+        assert "is not this user's (uid 65534)" in refused.value.message
+        with socket.socket() as ours:
+            ours.bind(("127.0.0.1", 0))
+            ours.listen()
+            with socket.create_connection(ours.getsockname(), timeout=5) as sock:
+                ours_or_refuse(sock)  # this user's: no complaint
+    finally:
+        stranger.kill()
+        stranger.wait(10)

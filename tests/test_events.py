@@ -236,3 +236,59 @@ def test_a_hook_that_hangs_is_killed_at_its_timeout_without_holding_anyone(
     assert time.monotonic() - started < 3
     wait_until(lambda: 'outcome="timeout"} 2' in Metrics(tmp_path / "metrics.json").render(), 5,
                "both runs counted")  # fmt: skip
+
+
+def test_heads_give_their_stream_slot_back(service: dict[str, Any]) -> None:
+    """A HEAD's body is never read: its slot must come back all the same."""
+    for _ in range(6):
+        connection = http.client.HTTPConnection("127.0.0.1", service["port"], timeout=10)
+        connection.request("HEAD", "/v1/events", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert connection.getresponse().status == 200
+        connection.close()
+    follower = Follower(service["port"])
+    assert follower.answer.status == 200
+    follower.close()
+
+
+def test_a_journal_line_of_another_shape_never_reaches_the_stream(
+    service: dict[str, Any],
+) -> None:
+    """The type goes on an SSE line as it is: a line in the journal whose type holds a newline
+    (written by anyone who can write the state directory) is not an event."""
+    journal = Path(service["env"]["CHATGPT_LOGIN_STATE_DIR"]) / "events.jsonl"
+    forged = {"id": 1, "type": 'x.y\ndata: {"forged": true}\nid: 5000', "at": "now", "body": {}}
+    with journal.open("a") as file:
+        file.write(json.dumps(forged) + "\n")
+    api(service, "POST", "/v1/logins")
+    follower = Follower(service["port"])
+    try:
+        wait_until(lambda: "login.started" in follower.types(), 10, "the real event")
+    finally:
+        follower.close()
+    assert "forged" not in "".join(follower.raw) and "5000" not in "".join(follower.raw)
+
+
+def test_a_hook_that_hangs_with_children_is_killed_with_them(tmp_path: Path) -> None:
+    marker = f"{time.time_ns()}"
+    command = f"sh -c 'sleep 60{marker[-3:]} & sleep 61{marker[-3:]}'"
+    settings = ServiceSettings(state_dir=tmp_path, on_change_timeout=0.5, on_change=command)
+    hook = OnChangeHook(settings, Metrics(tmp_path / "metrics.json"))
+    assert hook.run(Event(1, "credential.updated", "now", {})) == "timeout"
+
+    def left() -> list[str]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if f"sleep\x0060{marker[-3:]}" in cmdline or f"sleep\x0061{marker[-3:]}" in cmdline:
+                found.append(cmdline)
+        return found
+
+    wait_until(lambda: not left(), 5, "the hook's children gone")
+
+
+def test_an_on_change_command_line_that_does_not_parse_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a command line"):
+        ServiceSettings(on_change='notify "unterminated')

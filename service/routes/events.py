@@ -13,12 +13,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from flask import Blueprint, Response, request
 
 from service.context import context
 from service.errors import ServiceError
-from skill.events import since
+from skill.events import EVENTS_FILE, since
 
 bp = Blueprint("events", __name__)
 
@@ -39,25 +40,45 @@ def stream() -> Response:
             transient=True,
         )
     state_dir, heartbeat = context().settings.state_dir, context().settings.events_heartbeat
+    journal = state_dir / EVENTS_FILE
 
     def events() -> Iterator[str]:
-        try:
-            last, quiet_since = after, time.monotonic()
-            yield "retry: 2000\n\n"
-            while True:
+        last, quiet_since, seen = after, time.monotonic(), None
+        yield "retry: 2000\n\n"
+        while True:
+            looked = _stat(journal)
+            if looked != seen:  # read and parse the journal only when it changed
+                seen = looked
                 for event in since(state_dir, last):
                     last = event.id
                     yield f"id: {event.id}\nevent: {event.type}\ndata: {event.to_json()}\n\n"
                     quiet_since = time.monotonic()
-                if time.monotonic() - quiet_since >= heartbeat:
-                    yield ": heartbeat\n\n"
-                    quiet_since = time.monotonic()
-                time.sleep(POLL)
-        finally:  # the client went away (the write failed) or the worker stops
+            if time.monotonic() - quiet_since >= heartbeat:
+                yield ": heartbeat\n\n"
+                quiet_since = time.monotonic()
+            time.sleep(POLL)
+
+    response = Response(events(), mimetype="text/event-stream",
+                        headers={"X-Accel-Buffering": "no"})  # fmt: skip
+    # The slot goes back when the response is closed: after its client went away (a write
+    # failed), when the worker stops, and for a HEAD, whose body is never read at all.
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
             _open.release()
 
-    return Response(events(), mimetype="text/event-stream",
-                    headers={"X-Accel-Buffering": "no"})  # fmt: skip
+    response.call_on_close(release)
+    return response
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def _after(value: str) -> int:
