@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from skill.errors import SkillError
 from skill.procs import listener_uids, peer_uid
+from skill.redirect import LOOPBACK_HOSTS
 from skill.relay import Answer, loopback_request
 from skill.settings import Settings
 
@@ -42,12 +43,7 @@ def call(
 ) -> Answer:
     """One request to the service with the local token; ``service_unavailable`` if it is not
     there to answer (its message says why)."""
-    try:
-        token = (settings.state_dir / "service.token").read_text().strip()
-    except OSError:
-        token = ""
-    if not token:
-        raise SkillError("service_unavailable", "the chatgpt-login service is not running")
+    token = _local_token(settings)
     url = service_url(settings)
     _refuse_a_stranger(url)
     headers = {"Authorization": f"Bearer {token}"}
@@ -62,20 +58,29 @@ def call(
         raise SkillError("service_unavailable", "the chatgpt-login service did not answer") from exc
 
 
+def _local_token(settings: Settings) -> str:
+    """The token `serve` wrote for this machine's callers; ``service_unavailable`` without."""
+    try:
+        token = (settings.state_dir / "service.token").read_text().strip()
+    except OSError:
+        token = ""
+    if not token:
+        raise SkillError("service_unavailable", "the chatgpt-login service is not running")
+    return token
+
+
 EVENTS_PATH = "/v1/events"
+MAX_EVENT_LINE = 64 * 1024
 
 
 def follow_events(settings: Settings, *, after: int = 0) -> Iterator[dict[str, Any]]:
     """The service's events after id ``after``, as they come (Server-Sent Events), until the
     service goes away; ``service_unavailable`` if it is not there."""
-    try:
-        token = (settings.state_dir / "service.token").read_text().strip()
-    except OSError:
-        token = ""
+    token = _local_token(settings)
     url = service_url(settings)
     parts = urlsplit(url)
-    if not token or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise SkillError("service_unavailable", "the chatgpt-login service is not running here")
+    if parts.hostname not in LOOPBACK_HOSTS:
+        raise SkillError("service_unavailable", "the chatgpt-login service is not on this machine")
     _refuse_a_stranger(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=60)
     try:
@@ -101,9 +106,6 @@ def follow_events(settings: Settings, *, after: int = 0) -> Iterator[dict[str, A
                          ) from exc  # fmt: skip
     finally:
         connection.close()
-
-
-MAX_EVENT_LINE = 64 * 1024
 
 
 def ours_or_refuse(sock: socket.socket) -> None:
