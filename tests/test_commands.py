@@ -332,6 +332,19 @@ def test_an_unreadable_credential_file_is_said_by_status_complete_and_logout(
     assert len(list(pi_file.parent.glob("auth.json.corrupt-*"))) == 2
 
 
+def listening_as_nobody(port: int, then: str) -> subprocess.Popen[str]:
+    """Another local user (uid 65534, Debian's python3) listening on 127.0.0.1:``port``; once a
+    connection comes, it runs ``then`` (``c`` is the connection). Returned once it listens."""
+    stranger = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
+         "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))"
+         f"; s.listen(); print('up', flush=True); c, _ = s.accept(); {then}", str(port)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert stranger.stdout is not None and stranger.stdout.readline().strip() == "up"
+    return stranger
+
+
 def test_the_local_token_never_goes_to_another_users_listener(
     env: dict[str, str], state_dir: Path
 ) -> None:
@@ -341,15 +354,8 @@ def test_the_local_token_never_goes_to_another_users_listener(
     token = "svc-token-canary-5b7e-" + "x" * 20
     (state_dir / "service.token").write_text(token)
     env["CHATGPT_LOGIN_SERVICE_URL"] = f"http://127.0.0.1:{port}"
-    stranger = subprocess.Popen(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
-         "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); "
-         "s.listen(); print('up', flush=True); c, _ = s.accept(); "
-         "print(c.recv(65536).decode(errors='replace'), flush=True)", str(port)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    stranger = listening_as_nobody(port, "print(c.recv(65536).decode(errors='replace'))")
     try:
-        assert stranger.stdout is not None and stranger.stdout.readline().strip() == "up"
         code, view, _ = cli(env, "status")
         assert code == 0 and view["service"] is None
     finally:
@@ -368,14 +374,8 @@ def test_the_owner_of_the_other_end_is_checked_after_connecting() -> None:
     from skill.service_client import ours_or_refuse  # noqa: PLC0415
 
     port = free_port()
-    stranger = subprocess.Popen(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
-         "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))"
-         "; s.listen(); print('up', flush=True); c, _ = s.accept(); time.sleep(5)", str(port)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    stranger = listening_as_nobody(port, "time.sleep(5)")
     try:
-        assert stranger.stdout is not None and stranger.stdout.readline().strip() == "up"
         with (socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
               pytest.raises(SkillError) as refused):  # fmt: skip
             ours_or_refuse(sock)
