@@ -36,6 +36,8 @@ SECTIONS = [
     ("bench_syncback.py", ["--rewrites", "50"], ["--rewrites", "3"]),
     ("bench_api.py", ["--runs", "5", "--seconds", "5"],
      ["--runs", "1", "--seconds", "1", "--connections", "1,8"]),
+    ("bench_events.py", ["--runs", "5", "--seconds", "5"],
+     ["--runs", "1", "--seconds", "1", "--streams", "10"]),
     ("bench_stampede.py", ["--runs", "3"], ["--runs", "1", "--processes", "1,4"]),
     ("bench_memory.py", ["--runs", "3"], ["--runs", "1", "--load-seconds", "3"]),
     ("bench_vault.py", ["--runs", "20", "--hvac"], ["--runs", "2"]),

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_api.py [--runs 3] [--seconds 5] [--connections 1,8,32]
 
 Both run under the repo's gunicorn config (``service/gunicorn_conf.py``: one gthread worker with
-8 threads) from the runtime-only install; the load comes from wrk (Debian's package, installed
+8 API threads) from the runtime-only install; the load comes from wrk (Debian's package, installed
 if missing) in another process on the loopback, with keep-alive connections. Ours answers for a
 signed-in credential (it reads the credential file and the service state on every request), the
 bare app returns a constant. For each connection count: requests per second and p50/p99

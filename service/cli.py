@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from service.gunicorn_conf import API_THREADS
 from skill import cli as skill_cli
 from skill.errors import ExitCode
 
@@ -96,7 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     local_token(settings, new=True)  # made at every start, before the workers read it
     _leave_address(settings)
-    _exec_gunicorn(settings.bind, "service.wsgi:app", worker_timeout(settings))
+    _exec_gunicorn(settings.bind, "service.wsgi:app", worker_timeout(settings), args.workers)
 
 
 def _leave_address(settings: ServiceSettings) -> None:
@@ -159,7 +160,9 @@ def _secrets_server(args: argparse.Namespace) -> int:
         print(f"Error: {exc}.", file=sys.stderr)
         return ExitCode.USAGE
     # Two workers: the store serves many agents from its own container, not beside one agent.
-    _exec_gunicorn(args.bind, "service.secrets_server:wsgi()", worker_timeout(settings), workers=2)
+    # It has no event streams, so no threads for them.
+    _exec_gunicorn(args.bind, "service.secrets_server:wsgi()", worker_timeout(settings),
+                   workers=2, threads=API_THREADS)  # fmt: skip
 
 
 def worker_timeout(settings: ServiceSettings) -> int:
@@ -168,10 +171,15 @@ def worker_timeout(settings: ServiceSettings) -> int:
     return int(max(settings.secrets_deadline, settings.complete_timeout) + 30)
 
 
-def _exec_gunicorn(bind: str, app: str, timeout: int, workers: int = 1) -> NoReturn:
+def _exec_gunicorn(
+    bind: str, app: str, timeout: int, workers: int = 1, threads: int | None = None
+) -> NoReturn:
     conf = Path(__file__).with_name("gunicorn_conf.py")
     argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", bind,
-            "--timeout", str(timeout), "--workers", str(workers), app]  # fmt: skip
+            "--timeout", str(timeout), "--workers", str(workers)]  # fmt: skip
+    if threads is not None:
+        argv += ["--threads", str(threads)]
+    argv.append(app)
     os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and fixed arguments
 
 
@@ -205,6 +213,11 @@ def add_service_commands(commands: skill_cli.Commands) -> None:
         "chatgpt-login serve --bind 127.0.0.1:8080",
     )
     serve.add_argument("--bind", default=None, metavar="HOST:PORT")
+    serve.add_argument(
+        "--workers", type=int, default=1, choices=range(1, 9), metavar="N",
+        help="gunicorn worker processes, 1 to 8 (default 1: one worker with threads serves an "
+        "operator's traffic many times over; each more costs about 35 MiB)",
+    )  # fmt: skip
     serve.set_defaults(handler=_serve)
 
     restore = skill_cli.add_command(

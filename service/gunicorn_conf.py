@@ -14,7 +14,13 @@ values that come from the settings (bind address, worker timeout) are on the com
 # (service/worker.py). The master still replaces a worker that dies or hangs.
 worker_class = "service.worker.BoundedThreadWorker"
 workers = 1
-threads = 8
+# An event stream (GET /v1/events) holds a thread for as long as it is open, so the streams get
+# threads of their own: at most EVENT_STREAMS of them (service/routes/events.py refuses more),
+# and the API always keeps API_THREADS. A thread is started only when first needed, so the
+# stream threads cost nothing until streams open (BENCHMARKS.md, "Event streams").
+API_THREADS = 8
+EVENT_STREAMS = 50
+threads = API_THREADS + EVENT_STREAMS
 # The CLI passes --timeout: above every outbound wait (a secrets API write with all its
 # retries, or a complete). This default is for gunicorn run by hand with this file.
 timeout = 120

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 import time
 from typing import Any
 
@@ -25,6 +26,11 @@ from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-
 
 SILENCE = 2.0  # seconds a client may send nothing while we wait for its request
 LIFETIME = 60.0  # seconds a connection may be read from, in all
+
+# Set when this worker is asked to stop (SIGTERM): an event stream, which would otherwise run
+# until its client leaves, ends so that the worker stops at once rather than at its graceful
+# timeout; its client resumes with Last-Event-ID from the next worker.
+stopping = threading.Event()
 
 
 class BoundedSocket(socket.socket):
@@ -63,6 +69,10 @@ class BoundedSocket(socket.socket):
 
 class BoundedThreadWorker(ThreadWorker):  # type: ignore[misc]  # an untyped base
     """``gthread``, its accepted sockets bounded (``worker_class`` in gunicorn_conf.py)."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        stopping.set()
+        super().handle_exit(sig, frame)
 
     def accept(self, listener: socket.socket) -> None:
         try:

@@ -10,8 +10,9 @@ While the suite runs, :class:`Sweep` captures everything a leak could reach:
 - every log record of the test process (root logger at DEBUG);
 - the output of every subprocess run through ``communicate`` (every CLI command, gunicorn);
 - every response body and header the Flask apps produce in the test process;
-- log files in the state directories (the tmux pane logs included), sampled while they exist
-  and read again when a test ends;
+- log files and event journals in the state directories (the tmux pane logs included), sampled
+  while they exist and read again when a test ends; what tests read from ``GET /v1/events``
+  and what the on-change hook was given (tests add these);
 - the argument list of every process on the machine, sampled every 50 ms.
 
 At the end it searches all of it and fails the run on any find, naming where. The one place a
@@ -182,8 +183,9 @@ class Sweep:
             self._files[path] = (self.current, text)
 
     def read_dir(self, root: Path) -> None:
-        """A test's directory at its end: its log files, and the local service tokens."""
-        for pattern in ("**/logs/*", "**/*.log", "**/service.token"):
+        """A test's directory at its end: its log files, event journals, and the local service
+        tokens."""
+        for pattern in ("**/logs/*", "**/*.log", "**/events.jsonl", "**/service.token"):
             for path in root.glob(pattern):
                 if path.is_file():
                     self.read_file(path)

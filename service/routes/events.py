@@ -4,8 +4,10 @@ Each event goes out as ``id``, ``event`` (its type) and ``data`` (the event as J
 that reconnects with ``Last-Event-ID`` (or ``?after=<id>``) gets what it missed, from any
 worker, since the journal is one file. A comment line every ``events_heartbeat`` seconds keeps
 proxies from closing an idle stream, and tells a stream whose client went away to end. A
-stream holds one of the worker's threads for as long as it is open, so at most ``STREAMS`` are
-served at once; more get 503 and retry later.
+stream holds one of the worker's threads for as long as it is open: the streams have threads of
+their own (``EVENT_STREAMS`` in gunicorn_conf.py), so at most that many are served at once, more
+get 503 and retry later, and the API's threads stay free. A stream ends when its worker is asked
+to stop, so that a stop is not held up by a client that never leaves.
 """
 
 from __future__ import annotations
@@ -19,13 +21,56 @@ from flask import Blueprint, Response, request
 
 from service.context import context
 from service.errors import ServiceError
+from service.gunicorn_conf import EVENT_STREAMS as STREAMS
+from service.worker import stopping
 from skill.events import EVENTS_FILE, since
 
 bp = Blueprint("events", __name__)
 
-STREAMS = 4  # of the worker's 8 threads; the API keeps the rest
 POLL = 0.25  # seconds between looks at the journal
 _open = threading.BoundedSemaphore(STREAMS)
+
+
+class _Watcher:
+    """One thread per journal looks at it every ``POLL`` seconds and wakes the streams when it
+    changed: fifty idle streams cost one ``stat`` per look, not fifty, and sleep until there is
+    something to send or a heartbeat is due."""
+
+    def __init__(self, journal: Path) -> None:
+        self.journal = journal
+        self.version = 0  # how many changes were seen: a stream compares it with its own
+        self.changed = threading.Condition()
+        threading.Thread(target=self._watch, name="events-watcher", daemon=True).start()
+
+    def wait(self, seen: int | None, timeout: float) -> int:
+        """The version once it is past ``seen``, or after ``timeout`` seconds."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.version != seen or stopping.is_set(),
+                                  max(0.0, timeout))  # fmt: skip
+            return self.version
+
+    def _watch(self) -> None:
+        looked = _stat(self.journal)
+        while not stopping.wait(POLL):
+            now = _stat(self.journal)
+            if now != looked:
+                looked = now
+                with self.changed:
+                    self.version += 1
+                    self.changed.notify_all()
+        with self.changed:  # the worker is stopping: every stream ends now
+            self.changed.notify_all()
+
+
+_watchers: dict[Path, _Watcher] = {}
+_watchers_lock = threading.Lock()
+
+
+def _watcher(journal: Path) -> _Watcher:
+    with _watchers_lock:
+        if journal not in _watchers:
+            _watchers[journal] = _Watcher(journal)
+        return _watchers[journal]
 
 
 @bp.get("")
@@ -40,15 +85,15 @@ def stream() -> Response:
             transient=True,
         )
     state_dir, heartbeat = context().settings.state_dir, context().settings.events_heartbeat
-    journal = state_dir / EVENTS_FILE
+    watcher = _watcher(state_dir / EVENTS_FILE)
 
     def events() -> Iterator[str]:
-        last, quiet_since, seen = after, time.monotonic(), None
+        last, quiet_since = after, time.monotonic()
         yield "retry: 2000\n\n"
-        while True:
-            looked = _stat(journal)
-            if looked != seen:  # read and parse the journal only when it changed
-                seen = looked
+        seen, version = None, watcher.version  # None: what the client missed is read first
+        while not stopping.is_set():
+            if version != seen:  # read and parse the journal only when it changed
+                seen = version
                 for event in since(state_dir, last):
                     last = event.id
                     yield f"id: {event.id}\nevent: {event.type}\ndata: {event.to_json()}\n\n"
@@ -56,7 +101,7 @@ def stream() -> Response:
             if time.monotonic() - quiet_since >= heartbeat:
                 yield ": heartbeat\n\n"
                 quiet_since = time.monotonic()
-            time.sleep(POLL)
+            version = watcher.wait(seen, quiet_since + heartbeat - time.monotonic())
 
     response = Response(events(), mimetype="text/event-stream",
                         headers={"X-Accel-Buffering": "no"})  # fmt: skip
