@@ -269,7 +269,8 @@ class KeepAlive:
         except SkillError:
             return False
         self._leader = lock
-        self._events_seen = last_id(self.settings.state_dir)  # hooks run for what comes next
+        # Hooks run for what came since the last leader's last hook, and all that comes next.
+        self._events_seen = self.hook.resume_after(last_id(self.settings.state_dir))
         return True
 
     def run_forever(self, stop: threading.Event) -> None:

@@ -15,15 +15,16 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.hook import OnChangeHook
+from service.hook import QUEUE_LIMIT, OnChangeHook
 from service.metrics import Metrics
 from service.settings import ServiceSettings
-from skill.events import Event
+from skill.events import Event, emit
 from tests.conftest import PYTHON, REPO, SWEEP, free_port, wait_until
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
@@ -322,6 +323,42 @@ def test_a_journal_line_of_another_shape_never_reaches_the_stream(
     finally:
         follower.close()
     assert "forged" not in "".join(follower.raw) and "5000" not in "".join(follower.raw)
+
+
+def test_a_new_leader_hooks_what_came_while_there_was_none(
+    tmp_path: Path, login_env: dict[str, str], api: FakeSecretsAPI
+) -> None:
+    """A change written while no keep-alive leads (the service restarting, its worker replaced)
+    is hooked by the next leader, and what the last one hooked is not hooked again."""
+    state, hook_out = tmp_path / "state", tmp_path / "hook.jsonl"
+
+    def hooked() -> list[str]:
+        lines = hook_out.read_text().splitlines() if hook_out.exists() else []
+        return [json.loads(line)["event"]["body"]["why"] for line in lines]
+
+    with contextmanager(serving)(tmp_path, login_env, api, workers=1):
+        emit(state, "credential.updated", why="refresh")
+        wait_until(lambda: hooked() == ["refresh"], 15, "the first hook run")
+        # Recorded once the run is over (a run cut short by a stop is hooked again).
+        wait_until(lambda: (state / "hooked.id").read_text() == "1", 5, "the run recorded")
+    emit(state, "credential.updated", why="adopted")  # nobody leads: the service is down
+    with contextmanager(serving)(tmp_path, login_env, api, workers=1):
+        wait_until(lambda: len(hooked()) >= 2, 15, "the change made while down, hooked")
+        time.sleep(1.5)  # three keep-alive ticks: anything hooked twice would show
+    assert hooked() == ["refresh", "adopted"]
+    assert (state / "hooked.id").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_full_hook_queue_drops_the_oldest_change_not_the_newest(tmp_path: Path) -> None:
+    settings = ServiceSettings(state_dir=tmp_path, on_change="sleep 30", on_change_timeout=30)
+    hook = OnChangeHook(settings, Metrics(tmp_path / "metrics.json"))
+    events = [Event(n, "credential.updated", "2026-11-30T00:00:00.000Z", {"why": "refresh"})
+              for n in range(1, QUEUE_LIMIT + 10)]  # fmt: skip
+    hook._thread = threading.Thread()  # as if running (not started: the queue stays full)
+    for event in events:
+        hook(event)
+    waiting = [hook._queue.get_nowait().id for _ in range(hook._queue.qsize())]
+    assert waiting == [e.id for e in events[-QUEUE_LIMIT:]]
 
 
 def test_a_hook_that_hangs_with_children_is_killed_with_them(tmp_path: Path) -> None:
