@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import threading
 import time
 from typing import Any
 
@@ -27,10 +26,18 @@ from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-
 SILENCE = 2.0  # seconds a client may send nothing while we wait for its request
 LIFETIME = 60.0  # seconds a connection may be read from, in all
 
-# Set when this worker is asked to stop (SIGTERM): an event stream, which would otherwise run
-# until its client leaves, ends so that the worker stops at once rather than at its graceful
-# timeout; its client resumes with Last-Event-ID from the next worker.
-stopping = threading.Event()
+_worker: BoundedThreadWorker | None = None  # this process's, once gunicorn has made it
+
+
+def stopping() -> bool:
+    """True once this process's worker is told to stop (SIGTERM): an event stream, which would
+    otherwise run until its client leaves, ends so that the worker stops at once rather than at
+    its graceful timeout; its client resumes with Last-Event-ID from the next worker.
+
+    gunicorn's signal handler clears ``alive``; we only read it. Setting a ``threading.Event``
+    from the handler instead deadlocks when a second SIGTERM (the master's, after ``kill`` of
+    the process group) lands inside the first handler while it holds the event's lock."""
+    return _worker is not None and not _worker.alive
 
 
 class BoundedSocket(socket.socket):
@@ -70,9 +77,10 @@ class BoundedSocket(socket.socket):
 class BoundedThreadWorker(ThreadWorker):  # type: ignore[misc]  # an untyped base
     """``gthread``, its accepted sockets bounded (``worker_class`` in gunicorn_conf.py)."""
 
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        stopping.set()
-        super().handle_exit(sig, frame)
+    def init_process(self) -> None:
+        global _worker  # noqa: PLW0603 - one worker per process, read by stopping()
+        _worker = self
+        super().init_process()
 
     def accept(self, listener: socket.socket) -> None:
         try:

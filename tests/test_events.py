@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,10 @@ import pytest
 from service.hook import QUEUE_LIMIT, OnChangeHook
 from service.metrics import Metrics
 from service.settings import ServiceSettings
-from skill.events import Event, emit
+from skill.authfiles import PiAuthFile
+from skill.credentials import Credential
+from skill.events import Event, emit, since
+from skill.tokens import TokenSet
 from tests.conftest import PYTHON, REPO, SWEEP, free_port, wait_until
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
@@ -55,7 +60,11 @@ def one_worker(
 
 
 def serving(
-    tmp_path: Path, login_env: dict[str, str], api: FakeSecretsAPI, workers: int
+    tmp_path: Path,
+    login_env: dict[str, str],
+    api: FakeSecretsAPI,
+    workers: int,
+    **more_env: str,
 ) -> Iterator[dict[str, Any]]:
     port = free_port()
     hook_out = tmp_path / "hook.jsonl"
@@ -65,7 +74,7 @@ def serving(
            "CHATGPT_LOGIN_OPERATOR_TOKEN": TOKEN,
            "CHATGPT_LOGIN_ON_CHANGE": f"{sys.executable} -c \"{HOOK}\" {hook_out}",
            "CHATGPT_LOGIN_ON_CHANGE_TIMEOUT": "5",
-           "CHATGPT_LOGIN_EVENTS_HEARTBEAT": "0.5"}  # fmt: skip
+           "CHATGPT_LOGIN_EVENTS_HEARTBEAT": "0.5", **more_env}  # fmt: skip
     server = subprocess.Popen(
         [PYTHON, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}",
          "--workers", str(workers)], env=env, cwd=REPO,
@@ -122,6 +131,13 @@ def api(service: dict[str, Any], method: str, path: str) -> dict[str, Any]:
         found = json.load(answer)
     assert isinstance(found, dict)
     return found
+
+
+def api_text(service: dict[str, Any], path: str) -> str:
+    request = urllib.request.Request(f"{service['base']}{path}",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return str(answer.read().decode())
 
 
 def cli(service: dict[str, Any], *args: str, stdin: str = "") -> dict[str, Any]:
@@ -347,6 +363,53 @@ def test_a_new_leader_hooks_what_came_while_there_was_none(
         time.sleep(1.5)  # three keep-alive ticks: anything hooked twice would show
     assert hooked() == ["refresh", "adopted"]
     assert (state / "hooked.id").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_hook_runs_once_per_change_and_one_that_hangs_never_delays_a_refresh(
+    tmp_path: Path, login_env: dict[str, str], api: FakeSecretsAPI
+) -> None:
+    """A keep-alive run with 20-second tokens (renewed at 10 s left, so every 10 s or so) and a
+    hook that hangs every time: each run is killed at its 1 s timeout, every credential change
+    is hooked exactly once, and the refreshes keep their schedule."""
+    issuer = FakeIssuer(expires_in=20).start()
+    hook_out = tmp_path / "hangs.jsonl"
+    hangs = ("import json, sys, time; event = json.load(sys.stdin); "
+             "open(sys.argv[1], 'a').write(json.dumps(event) + '\\n'); time.sleep(60)")  # fmt: skip
+    pi = PiAuthFile(tmp_path / "pi" / "auth.json")
+    pi.save(Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token())))
+    seconds = 25
+    try:
+        with contextmanager(serving)(
+            tmp_path, login_env, api, workers=1, CHATGPT_LOGIN_ISSUER=issuer.url,
+            CHATGPT_LOGIN_REFRESH_WINDOW="10", CHATGPT_LOGIN_REFRESH_MIN_INTERVAL="0",
+            CHATGPT_LOGIN_ON_CHANGE=f"{sys.executable} -c \"{hangs}\" {hook_out}",
+            CHATGPT_LOGIN_ON_CHANGE_TIMEOUT="1",
+        ) as service:  # fmt: skip
+            state = Path(service["env"]["CHATGPT_LOGIN_STATE_DIR"])
+            began, expired_seen = time.monotonic(), 0
+            while time.monotonic() - began < seconds:
+                held = pi.load()
+                if held is None or held.expires_at <= datetime.now(UTC):
+                    expired_seen += 1
+                time.sleep(0.5)
+            changes = [e.id for e in since(state, 0) if e.type.startswith("credential.")]
+            wait_until(lambda: len(hook_out.read_text().splitlines()) >= len(changes), 15,
+                       "a hook run for every change")  # fmt: skip
+
+            def killed() -> int:
+                found = re.search(r'hook_runs_total\{outcome="timeout"\} (\d+)',
+                                  api_text(service, "/metrics"))  # fmt: skip
+                return int(found.group(1)) if found else 0
+
+            wait_until(lambda: killed() >= len(changes), 15, "every run killed at its timeout")
+    finally:
+        issuer.stop()
+    refreshes = issuer.calls["/oauth/token"]
+    hooked = [json.loads(line)["id"] for line in hook_out.read_text().splitlines()]
+    print(f"{seconds} s: {refreshes} refreshes, {len(changes)} changes, {len(hooked)} hook runs")
+    assert refreshes >= seconds // 10  # on schedule, the hung hooks notwithstanding
+    assert expired_seen == 0  # the credential on disk was never past its expiry
+    assert hooked[: len(changes)] == changes  # once each, in order
 
 
 def test_a_full_hook_queue_drops_the_oldest_change_not_the_newest(tmp_path: Path) -> None:

@@ -45,13 +45,14 @@ class _Watcher:
     def wait(self, seen: int | None, timeout: float) -> int:
         """The version once it is past ``seen``, or after ``timeout`` seconds."""
         with self.changed:
-            self.changed.wait_for(lambda: self.version != seen or stopping.is_set(),
+            self.changed.wait_for(lambda: self.version != seen or stopping(),
                                   max(0.0, timeout))  # fmt: skip
             return self.version
 
     def _watch(self) -> None:
         looked = _stat(self.journal)
-        while not stopping.wait(POLL):
+        while not stopping():
+            time.sleep(POLL)
             now = _stat(self.journal)
             if now != looked:
                 looked = now
@@ -91,7 +92,7 @@ def stream() -> Response:
         last, quiet_since = after, time.monotonic()
         yield "retry: 2000\n\n"
         seen, version = None, watcher.version  # None: what the client missed is read first
-        while not stopping.is_set():
+        while not stopping():
             if version != seen:  # read and parse the journal only when it changed
                 seen = version
                 for event in since(state_dir, last):
