@@ -89,6 +89,9 @@ def serving(
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(20)
+        # A sign-in a test started and left waiting: its login program and tmux server go too.
+        subprocess.run(["tmux", "-S", env["CHATGPT_LOGIN_STATE_DIR"] + "/tmux.sock", "kill-server"],
+                       capture_output=True, check=False)  # fmt: skip
 
 
 class Follower:
