@@ -13,13 +13,12 @@ import contextlib
 import hashlib
 from typing import Any
 
+from skill import protocol
 from skill.authfiles import CodexAuthFile
 from skill.errors import SkillError
 from skill.files import ensure_private_dir, write_private
 from skill.settings import Settings
 
-# What our login program prints when it saved a key (the runner looks for it on the screen).
-API_KEY_LINE = "API key saved as OPENAI_API_KEY in {path}."
 FINGERPRINT = "api_key.sha256"
 
 
@@ -29,7 +28,7 @@ def note_api_key(settings: Settings) -> str:
     if key:
         ensure_private_dir(settings.state_dir)
         write_private(settings.state_dir / FINGERPRINT, _sha(key).encode())
-    return API_KEY_LINE.format(path=settings.codex_auth_file)
+    return protocol.API_KEY_SAVED.format(path=settings.codex_auth_file)
 
 
 def take_back(settings: Settings) -> bool:

@@ -205,7 +205,9 @@ def _add_agent_commands(commands: Commands) -> None:
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         if name == "start":
             sub.add_argument("--method", choices=("browser", "device"), default="browser")
-            sub.add_argument("--driver", choices=("native", "pi-ai", "codex"), default="native")
+            from skill.drivers import DRIVERS  # noqa: PLC0415 - light: names and patterns
+
+            sub.add_argument("--driver", choices=tuple(DRIVERS), default="native")
             sub.add_argument("--restart", action="store_true", help="replace a live sign-in")
         elif name == "complete":
             sub.add_argument("url", nargs="?", help="the pasted address, or - to read stdin")

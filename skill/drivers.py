@@ -1,14 +1,18 @@
-"""The login programs the runner can drive, and what each one prints.
+"""The login programs the runner can drive: one :class:`Driver` each, owning how its program is
+launched, how a pasted address reaches it and how its verdict is read.
 
-- ``native``: our own login program (``chatgpt-login oauth-login``); browser and device.
-- ``pi-ai``: the real ``@mariozechner/pi-ai`` 0.73.1 CLI; browser only. It writes ``./auth.json``
-  (mode 0644) in its working directory; we move the entry into the configured files at 0600 and
-  remove the stray copy. It ignores typed input while its listener is up (PROTOCOL.md §2).
-- ``codex``: the real ``@openai/codex`` 0.169.0 CLI, browser and device, with file storage
-  forced and a private ``CODEX_HOME``; it completes only after its ``/success`` redirect.
+- :class:`NativeDriver`: our own login program (``chatgpt-login oauth-login``); browser and
+  device. It speaks :mod:`skill.protocol` and writes the configured files itself.
+- :class:`PiAiDriver`: the real ``@mariozechner/pi-ai`` 0.73.1 CLI; browser only. It writes
+  ``./auth.json`` (mode 0644) in its working directory; we move the entry into the configured
+  files at 0600 and remove the stray copy. It ignores typed input while its listener is up
+  (PROTOCOL.md §2).
+- :class:`CodexDriver`: the real ``@openai/codex`` 0.169.0 CLI, browser and device, with file
+  storage forced and a private ``CODEX_HOME``; it completes only after its ``/success`` redirect.
 
-Every driver runs in a private working directory; afterwards :meth:`Driver.collect` reads what
-the program wrote there and returns it as a :class:`~skill.credentials.Credential`.
+The runner never asks a driver's name: it asks what the driver says of itself (the class
+attributes below) and calls its methods. A fourth login program is a new subclass and one line
+in :data:`DRIVERS`; nothing else changes (``tests/test_drivers.py`` adds a toy one).
 """
 
 from __future__ import annotations
@@ -16,35 +20,63 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple
 
-from skill.errors import SkillError
-from skill.relay import READY_LINE
-from skill.settings import Settings
+from skill import protocol
+from skill.errors import CODES, SkillError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # kept out of the import: the CLI reads the drivers' names on every run
+    from skill.attempt import PremadeAttempt
     from skill.credentials import Credential
+    from skill.relay import Answer
+    from skill.settings import Settings
 
-DriverName = Literal["native", "pi-ai", "codex"]
+DriverName = str  # a key of DRIVERS
 Method = Literal["browser", "device"]
 PI_AI_PACKAGE = "@mariozechner/pi-ai@0.73.1"
 
 
-@dataclass(frozen=True)
-class Driver:
-    name: DriverName
-    methods: tuple[Method, ...]
-    success: re.Pattern[str]
-    failure: re.Pattern[str]  # group 1 is the program's own message
-    rejected: re.Pattern[str] | None = None  # a recoverable complaint; the attempt goes on
-    paste_prompt: re.Pattern[str] | None = None
+class Launch(NamedTuple):
+    """How to run a login program: its argv, its whole environment, and for our own program's
+    browser sign-in the attempt made in advance (its link is known before the program runs)."""
 
-    def command(
-        self, settings: Settings, method: Method, workdir: Path
-    ) -> tuple[list[str], dict[str, str]]:
-        """The argv and the complete environment to run the program with."""
+    argv: list[str]
+    env: dict[str, str]
+    premade: PremadeAttempt | None = None
+
+
+class Saved(NamedTuple):
+    """What a successful sign-in left: the files written, notes for the user, and who signed in
+    (``<email> (<plan> plan)``)."""
+
+    paths: list[str]
+    notes: list[str]
+    who: str | None
+
+
+class Driver:
+    name: ClassVar[DriverName]
+    methods: ClassVar[tuple[Method, ...]]
+    success: ClassVar[re.Pattern[str]]  # its success line, on screen
+    failure: ClassVar[re.Pattern[str]]  # its failure line; group 1 is its own message
+    rejected: ClassVar[re.Pattern[str] | None] = None  # a recoverable complaint: it goes on
+    paste_prompt: ClassVar[re.Pattern[str] | None] = None  # where a paste may be typed
+    # It answers a relayed callback only once it is done, with its verdict in the answer; the
+    # others answer the browser with a page and say their verdict on screen.
+    verdict_over_http: ClassVar[bool] = False
+    # Its success line comes once per file written and then it exits: success is the exit.
+    exits_on_success: ClassVar[bool] = False
+    # What is typed at its prompt shows on screen: the pane log stops before a paste is typed,
+    # and the screen is wiped when the attempt goes on after it.
+    echoes_paste: ClassVar[bool] = True
+    # It may still be starting when `complete` comes (its link was made in advance): wait for
+    # its listener or its ready line before relaying.
+    starts_late: ClassVar[bool] = False
+
+    def launch(self, settings: Settings, method: Method, workdir: Path) -> Launch:
+        """The program to run in ``workdir`` (private, made by the runner) for ``method``."""
         if method not in self.methods:
             raise SkillError(
                 "unsupported_method",
@@ -52,33 +84,48 @@ class Driver:
                 f"{self.methods[0]}, or --driver native.",
             )
         env = {**settings.child_env, "HOME": str(Path.home()), "TERM": "xterm-256color"}
-        if self.name == "native":
-            argv = [
-                settings.python_executable,
-                "-m",
-                "skill.cli",
-                "oauth-login",
-                "--method",
-                method,
-            ]
-            return argv, {**env, **_native_env(settings, workdir)}
-        if self.name == "pi-ai":
-            return [*_pi_ai(settings), "login", "openai-codex"], env
-        codex_home = workdir / "codex"
-        codex_home.mkdir(mode=0o700, exist_ok=True)
-        argv = [settings.codex_command, "-c", 'cli_auth_credentials_store="file"', "login"]
-        if method == "device":
-            argv.append("--device-auth")
-        return argv, {**env, "CODEX_HOME": str(codex_home)}
+        return self._launch(settings, method, workdir, env)
+
+    def _launch(
+        self, settings: Settings, method: Method, workdir: Path, env: dict[str, str]
+    ) -> Launch:
+        raise NotImplementedError
+
+    def relay_verdict(self, settings: Settings, answer: Answer) -> Saved | None:
+        """The verdict in the program's answer to a relayed callback, if it gives one there
+        (raises for a rejected address); None: read it from the screen."""
+        return None
+
+    def save(self, settings: Settings, workdir: Path, output: Callable[[], str]) -> Saved:
+        """After its success line: write what the program produced (in ``workdir``) into the
+        configured files, refusing a plan that cannot use Codex. ``output()`` reads its screen,
+        which may show a typed paste: only a driver that needs it reads it."""
+        from skill.authfiles import auth_files  # noqa: PLC0415 - not on the start path
+
+        credential = self.collect(workdir)
+        if credential is None:
+            raise SkillError("internal", f"{self.name} left no credential. Start again.")
+        claims = credential.claims()
+        plan = protocol.refuse_plan(claims.plan_type, settings.refused_plans)
+        saved = Saved([], [], f"{claims.email or 'unknown'} ({plan} plan)")
+        for auth_file in auth_files(settings):
+            try:
+                result = auth_file.save(credential)
+            except SkillError as exc:
+                if exc.code != "credentials_invalid":  # a pi entry cannot make a codex file
+                    raise
+                continue
+            saved.paths.append(str(result.path))
+            if result.moved_aside is not None:
+                saved.notes.append(f"{result.path} was not valid JSON; moved it aside to "
+                                   f"{result.moved_aside}.")  # fmt: skip
+        return saved
 
     def collect(self, workdir: Path) -> Credential | None:
-        """The credential the program wrote in ``workdir`` (None for ``native``, which writes
-        the configured files itself)."""
-        if self.name == "native":
-            return None
-        from skill.credentials import PI_PROVIDER_KEY, Credential  # noqa: PLC0415
+        """The credential the program wrote in ``workdir``."""
+        raise NotImplementedError
 
-        path = workdir / ("auth.json" if self.name == "pi-ai" else "codex/auth.json")
+    def _read_json(self, path: Path) -> dict[str, object]:
         try:
             document = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -86,9 +133,96 @@ class Driver:
                 "internal",
                 f"{self.name} reported success but its credential file is unreadable. Start again.",
             ) from exc
-        if self.name == "pi-ai":
-            return Credential.from_pi_entry(document.get(PI_PROVIDER_KEY))
-        return Credential.from_codex(document)
+        return document if isinstance(document, dict) else {}
+
+
+class NativeDriver(Driver):
+    name = "native"
+    methods = ("browser", "device")
+    success = re.compile(r"^Credentials saved to ", re.MULTILINE)
+    failure = protocol.ERROR_RE
+    rejected = protocol.REJECTED_RE
+    paste_prompt = protocol.READY_RE
+    verdict_over_http = True
+    exits_on_success = True
+    echoes_paste = False  # it turns echo off before its ready line
+    starts_late = True
+
+    def _launch(
+        self, settings: Settings, method: Method, workdir: Path, env: dict[str, str]
+    ) -> Launch:
+        from skill.attempt import PremadeAttempt  # noqa: PLC0415
+
+        argv = [settings.python_executable, "-m", "skill.cli", "oauth-login", "--method", method]
+        premade = None
+        if method == "browser":
+            premade = PremadeAttempt.new(settings)
+            premade.save(workdir / "attempt.json")
+            argv += ["--attempt", str(workdir / "attempt.json")]
+        return Launch(argv, {**env, **_native_env(settings, workdir)}, premade)
+
+    def relay_verdict(self, settings: Settings, answer: Answer) -> Saved | None:
+        if answer.status == 400:
+            # The attempt stays live: a bad paste, or an exchange that failed on the way (the
+            # same address may work again once the network is back).
+            code = answer.error_code if answer.error_code in CODES else "bad_paste"
+            raise SkillError(code, answer.body.strip() or "The address was rejected.")
+        if answer.status == 200:  # it answers only after saving; the answer lists the files
+            return self._said(settings, answer.body)
+        return None  # its verdict is on screen
+
+    def save(self, settings: Settings, workdir: Path, output: Callable[[], str]) -> Saved:
+        return self._said(settings, output())  # it wrote the files itself (echo was off)
+
+    def _said(self, settings: Settings, output: str) -> Saved:
+        notes = protocol.warnings(output)
+        if settings.api_key_exchange and protocol.api_key_saved(output, settings.codex_auth_file):
+            from skill.apikey import note_api_key  # noqa: PLC0415 - rarely used
+
+            notes.append(note_api_key(settings))  # remembered as this sign-in's key
+        return Saved(protocol.saved_paths(output), notes, protocol.signed_in_as(output))
+
+
+class PiAiDriver(Driver):
+    name = "pi-ai"
+    methods = ("browser",)
+    success = re.compile(r"^Credentials saved to auth\.json", re.MULTILINE)
+    failure = re.compile(r"^Error:? (.+)$", re.MULTILINE)
+    paste_prompt = re.compile(r"Paste the authorization code")
+
+    def _launch(
+        self, settings: Settings, method: Method, workdir: Path, env: dict[str, str]
+    ) -> Launch:
+        found = shutil.which(settings.pi_ai_command, path=settings.child_env.get("PATH"))
+        program = [found] if found else ["npx", "-y", PI_AI_PACKAGE]
+        return Launch([*program, "login", "openai-codex"], env)
+
+    def collect(self, workdir: Path) -> Credential | None:
+        from skill.credentials import PI_PROVIDER_KEY, Credential  # noqa: PLC0415
+
+        return Credential.from_pi_entry(self._read_json(workdir / "auth.json").get(PI_PROVIDER_KEY))
+
+
+class CodexDriver(Driver):
+    name = "codex"
+    methods = ("browser", "device")
+    success = re.compile(r"Successfully logged in")
+    failure = re.compile(r"(?:Error logging in|Login failed|Error): (.+)$", re.MULTILINE)
+
+    def _launch(
+        self, settings: Settings, method: Method, workdir: Path, env: dict[str, str]
+    ) -> Launch:
+        codex_home = workdir / "codex"
+        codex_home.mkdir(mode=0o700, exist_ok=True)
+        argv = [settings.codex_command, "-c", 'cli_auth_credentials_store="file"', "login"]
+        if method == "device":
+            argv.append("--device-auth")
+        return Launch(argv, {**env, "CODEX_HOME": str(codex_home)})
+
+    def collect(self, workdir: Path) -> Credential | None:
+        from skill.credentials import Credential  # noqa: PLC0415
+
+        return Credential.from_codex(self._read_json(workdir / "codex" / "auth.json"))
 
 
 def _native_env(settings: Settings, workdir: Path) -> dict[str, str]:
@@ -112,34 +246,4 @@ def _native_env(settings: Settings, workdir: Path) -> dict[str, str]:
     }
 
 
-def _pi_ai(settings: Settings) -> list[str]:
-    found = shutil.which(settings.pi_ai_command, path=settings.child_env.get("PATH"))
-    if found:
-        return [found]
-    return ["npx", "-y", PI_AI_PACKAGE]
-
-
-DRIVERS: dict[str, Driver] = {
-    "native": Driver(
-        name="native",
-        methods=("browser", "device"),
-        success=re.compile(r"^Credentials saved to ", re.MULTILINE),
-        failure=re.compile(r"^Error: (.+)$", re.MULTILINE),
-        # "Rejected: <message> (<error code>)"; the code is optional (a listener rejection).
-        rejected=re.compile(r"^Rejected: (.+?)(?: \(([a-z_]+)\))?$", re.MULTILINE),
-        paste_prompt=re.compile(rf"^{READY_LINE} \(", re.MULTILINE),
-    ),
-    "pi-ai": Driver(
-        name="pi-ai",
-        methods=("browser",),
-        success=re.compile(r"^Credentials saved to auth\.json", re.MULTILINE),
-        failure=re.compile(r"^Error:? (.+)$", re.MULTILINE),
-        paste_prompt=re.compile(r"Paste the authorization code"),
-    ),
-    "codex": Driver(
-        name="codex",
-        methods=("browser", "device"),
-        success=re.compile(r"Successfully logged in"),
-        failure=re.compile(r"(?:Error logging in|Login failed|Error): (.+)$", re.MULTILINE),
-    ),
-}
+DRIVERS: dict[str, Driver] = {d.name: d for d in (NativeDriver(), PiAiDriver(), CodexDriver())}

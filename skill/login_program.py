@@ -10,9 +10,10 @@ either of two sources at once, whichever brings a valid one first:
 - standard input, where a person pastes the address of the page that failed to load (or the
   bare code). Echo is off while reading so the pasted code stays out of the scrollback.
 
-A bad paste or callback prints ``Rejected: <why>`` and the attempt goes on. On success the
-program prints ``Credentials saved to <path>`` once per file and exits 0; on failure it prints
-``Error: <reason>`` and exits with the code from :mod:`skill.errors`.
+A bad paste or callback prints a rejection and the attempt goes on. On success the program
+says who signed in and each file it saved, and exits 0; on failure it prints an error line and
+exits with the code from :mod:`skill.errors`. The lines are :mod:`skill.protocol`'s, which the
+runner reads.
 
 Device method: print the verification URL and one-time code, poll until approved.
 """
@@ -34,12 +35,12 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+from skill import protocol
 from skill.attempt import PremadeAttempt
 from skill.authorize import CALLBACK_PATH, authorize_url, redirect_uri
 from skill.errors import RECOVERABLE, ExitCode, SkillError
 from skill.pkce import Pkce, new_state
 from skill.redirect import Callback, parse_redirect
-from skill.relay import ERROR_HEADER, READY_LINE
 from skill.settings import Settings
 
 if TYPE_CHECKING:
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
     from skill.tokens import TokenSet
 
 Method = Literal["browser", "device"]
-
-SUCCESS_LINE = "Credentials saved to {path}"
 
 
 class _InterruptedError(Exception):
@@ -112,10 +111,10 @@ def run(
             premade = PremadeAttempt.take(attempt) if attempt else None
             saved = _browser_login(settings, console, stdin or sys.stdin, premade)
     except _InterruptedError as stop:
-        console.say("Error: the sign-in was canceled. Start again when ready.")
+        console.say(protocol.error_line("the sign-in was canceled. Start again when ready."))
         return 128 + stop.signum
     except SkillError as exc:
-        console.say(f"Error: {exc.message}")
+        console.say(protocol.error_line(exc.message))
         return exc.exit_code
     finally:
         for sig, handler in previous.items():
@@ -169,8 +168,8 @@ def _browser_login(
     try:
         with _echo_off(stdin), OAuthClient(settings) as client:
             # Said only now that echo is off: the skill runner types a paste after this line
-            # (READY_LINE), and a paste typed earlier would be echoed into the scrollback.
-            console.say(f"{READY_LINE} ({where}; times out in {minutes:.0f} min)...")
+            # (protocol.READY), and a paste typed earlier would be echoed into the scrollback.
+            console.say(protocol.ready_line(where, minutes))
             return _await_code(settings, client, events, console, attempt)
     finally:
         if server:
@@ -221,7 +220,7 @@ def _await_code(
                 event.last_reply(500, exc.message, exc.code)
                 raise
             event.reply(400, exc.message, exc.code)
-            console.say(f"Rejected: {exc.message} ({exc.code})")  # the runner reads the code
+            console.say(protocol.rejected_line(exc.message, exc.code))  # the runner reads it
             console.say("Waiting for another try...")
             continue
         event.last_reply(200, "\n".join(["Signed in. You can close this page.", *saved]))
@@ -351,7 +350,7 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
                 f"http://localhost:{port}{self.path}", state=self.server.state, port=port
             )
         except SkillError as exc:
-            self.server.console.say(f"Rejected: {exc.message}")
+            self.server.console.say(protocol.rejected_line(exc.message))
             self._send(400, exc.message)
             return
         self._ask(_Event("callback", callback=callback))
@@ -371,7 +370,7 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
         body = (message + "\n").encode("utf-8")
         self.send_response(status)
         if code:  # the runner reports our error code, not a generic "bad paste"
-            self.send_header(ERROR_HEADER, code)
+            self.send_header(protocol.ERROR_HEADER, code)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
@@ -414,21 +413,14 @@ def _finish(settings: Settings, tokens: TokenSet) -> list[str]:
 
     credential = Credential.from_tokens(tokens)
     claims = credential.claims()
-    plan = (claims.plan_type or "unknown").lower()
-    if plan in settings.refused_plans:
-        raise SkillError(
-            "plan_not_supported",
-            f"This account is on the ChatGPT {plan} plan, which cannot use Codex models. A Plus, "
-            "Pro, Team, Business, Edu or Enterprise plan is needed: upgrade, or sign in with "
-            "another account.",
-        )
-    lines = [f"Signed in as {claims.email or 'unknown email'} (plan: {plan})."]
+    plan = protocol.refuse_plan(claims.plan_type, settings.refused_plans)
+    lines = [protocol.signed_in_line(claims.email, plan)]
     for auth_file in auth_files(settings):
         result = auth_file.save(credential)
         if result.moved_aside:
-            moved = result.moved_aside
-            lines.append(f"Warning: {result.path} was not valid JSON; moved it aside to {moved}.")
-        lines.append(SUCCESS_LINE.format(path=result.path))
+            moved = f"{result.path} was not valid JSON; moved it aside to {result.moved_aside}."
+            lines.append(protocol.warning_line(moved))
+        lines.append(protocol.saved_line(result.path))
     if settings.api_key_exchange:
         lines.append(_api_key(settings, tokens, claims))
     return lines
@@ -437,24 +429,24 @@ def _finish(settings: Settings, tokens: TokenSet) -> list[str]:
 def _api_key(settings: Settings, tokens: TokenSet, claims: Claims) -> str:
     """Trade the id_token for an API key and keep it where codex reads it; whatever happens,
     the sign-in stands. Returns the line to print (never the key)."""
-    from skill.apikey import API_KEY_LINE  # noqa: PLC0415
     from skill.authfiles import CodexAuthFile  # noqa: PLC0415
     from skill.oauth import OAuthClient  # noqa: PLC0415
 
     if not claims.organization_id or not claims.project_id:
-        return ("Warning: no API key: this account has no OpenAI API organization and project "
-                "(set one up at platform.openai.com to get one). "
-                "The sign-in itself works.")  # fmt: skip
+        return protocol.warning_line(
+            "no API key: this account has no OpenAI API organization and project (set one up "
+            "at platform.openai.com to get one). The sign-in itself works.")  # fmt: skip
     codex = CodexAuthFile(settings.codex_auth_file, timeout=settings.lock_timeout)
     if codex.api_key() is not None:  # a key of the user's (or of an earlier sign-in) stays
-        return (f"Warning: no new API key: {settings.codex_auth_file} holds one already, left "
-                "as it is (remove it to get one from the next sign-in). "
-                "The sign-in itself works.")  # fmt: skip
+        return protocol.warning_line(
+            f"no new API key: {settings.codex_auth_file} holds one already, left as it is "
+            "(remove it to get one from the next sign-in). The sign-in itself works.")  # fmt: skip
     try:
         with OAuthClient(settings) as client:
             key = client.exchange_api_key(tokens.id_token or "")
         codex.set_api_key(key)
     except SkillError as exc:
-        return (f"Warning: no API key: the exchange failed ({exc.code}: {exc.message.rstrip('.')})."
-                " The sign-in itself works.")  # fmt: skip
-    return API_KEY_LINE.format(path=settings.codex_auth_file)
+        return protocol.warning_line(
+            f"no API key: the exchange failed ({exc.code}: {exc.message.rstrip('.')}). "
+            "The sign-in itself works.")  # fmt: skip
+    return protocol.API_KEY_SAVED.format(path=settings.codex_auth_file)

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from skill.drivers import DriverName, Method
+from skill.drivers import DRIVERS, Method
 from skill.errors import SkillError
 from skill.files import ensure_private_dir, read_settled, write_private
 from skill.lock import FlockLock
@@ -28,7 +28,7 @@ LIVE: frozenset[Status] = frozenset({"waiting", "completing"})
 
 class LoginState(BaseModel):
     id: str
-    driver: DriverName
+    driver: str  # a key of skill.drivers.DRIVERS
     method: Method
     status: Status
     session: str
@@ -47,6 +47,13 @@ class LoginState(BaseModel):
     signed_in_as: str | None = None  # "<email> (<plan> plan)": for messages, not a secret
     code_sha256: str | None = None  # which pasted code finished it (for a repeated complete)
     pane_pid: int | None = None
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if value not in DRIVERS:
+            raise ValueError(f"not a login program this version drives: {value!r}")
+        return value
 
     @property
     def live(self) -> bool:

@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from skill.authorize import CALLBACK_PATH
 from skill.errors import SkillError
+from skill.protocol import ERROR_HEADER
 from skill.redirect import LOOPBACK_HOSTS, Callback
 
 MAX_HOPS = 5
@@ -31,17 +32,10 @@ class Answer:
     status: int
     body: str
     location: str | None = None
-    error_code: str | None = None  # our login program's ERROR_HEADER
+    error_code: str | None = None  # our login program's protocol.ERROR_HEADER
 
     def json(self) -> Any:
         return json.loads(self.body)
-
-
-# Our login program names the error code of a failed attempt in this header of its answer.
-ERROR_HEADER = "X-Chatgpt-Login-Error"
-# Our login program starts this line once a typed paste is safe (terminal echo off, so it
-# never reaches the scrollback); the runner types nothing before it appears.
-READY_LINE = "Waiting"
 
 
 def loopback_request(

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import secrets
 import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from skill.attempt import PremadeAttempt, premade_link
+from skill.attempt import premade_link
 from skill.chat import codes_in, extract_callback
-from skill.drivers import DRIVERS, Driver, DriverName, Method
+from skill.drivers import DRIVERS, Driver, DriverName, Method, Saved
 from skill.errors import CODES, RECOVERABLE, SkillError
 from skill.events import emit
 from skill.files import ensure_private_dir
@@ -36,9 +34,6 @@ from skill.relay import callback_url, relay_http
 from skill.screen import find_authorize_link, find_device_code
 from skill.settings import Settings
 from skill.tmux import PaneStatus, TmuxServer
-
-if TYPE_CHECKING:
-    from skill.credentials import Credential
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +54,6 @@ class Runner:
         self.dir = settings.state_dir
         ensure_private_dir(self.dir)
         self.store = StateStore(self.dir)
-        self._who: str | None = None
         env = {**settings.child_env, "HOME": str(Path.home())}
         self.tmux = tmux or TmuxServer(
             self.dir / "tmux.sock", base_env=env, python=settings.python_executable
@@ -194,14 +188,11 @@ class Runner:
         ensure_private_dir(self.dir / "work")
         workdir = self.dir / "work" / login_id
         ensure_private_dir(workdir)
-        argv, env = driver.command(self.settings, method, workdir)
-        premade = None
-        if driver.name == "native" and method == "browser":
-            premade = PremadeAttempt.new(self.settings)
-            premade.save(workdir / "attempt.json")
-            argv += ["--attempt", str(workdir / "attempt.json")]
+        launch = driver.launch(self.settings, method, workdir)
+        premade = launch.premade
         session = f"login-{login_id}"
-        self.tmux.start(session, argv, env=env, cwd=workdir, log_file=self._log(login_id))
+        self.tmux.start(session, launch.argv, env=launch.env, cwd=workdir,
+                        log_file=self._log(login_id))  # fmt: skip
         # A device code lives its own 15 minutes; a browser attempt, login_timeout.
         device = method == "device"
         lifetime = self.settings.device_timeout if device else self.settings.login_timeout
@@ -271,27 +262,15 @@ class Runner:
                 state.redirect_port, callback, timeout=self.settings.complete_timeout
             )
             log.info("relay answered %s", answer.status)
-            if driver.name == "native" and answer.status == 400:
-                # The attempt stays live: a bad paste, or an exchange that failed on the way
-                # (the same address may work again once the network is back).
-                code = answer.error_code if answer.error_code in CODES else "bad_paste"
-                raise SkillError(code, answer.body.strip() or "The address was rejected.")
-            if driver.name == "native" and answer.status == 200:
-                # Our program answers only after saving; its answer lists the files.
-                saved = re.findall(r"^Credentials saved to (.+)$", answer.body, re.MULTILINE)
-                done = state.model_copy(update={
-                    "saved": saved,
-                    "notes": self._native_notes(answer.body),
-                    "code_sha256": _sha(callback.code),
-                    "signed_in_as": _who(answer.body),
-                })  # fmt: skip
-                return self._end(done, "succeeded", message="Signed in.")
-            if driver.name == "native":
-                mark = 0  # its verdict is in its output; read all of it
+            saved = driver.relay_verdict(self.settings, answer)  # raises for a rejected one
+            if saved is not None:
+                return self._succeeded(state, saved, code_sha=_sha(callback.code))
+            if driver.verdict_over_http:
+                mark = 0  # no verdict in its answer: it is in its output; read all of it
         elif driver.paste_prompt is not None and driver.paste_prompt.search(screen):
-            if driver.name != "native":
-                # pi-ai's prompt echoes what is typed (ours turns echo off first): the log must
-                # not take the address, and the screen is wiped if the attempt goes on.
+            if driver.echoes_paste:
+                # The log must not take the address, and the screen is wiped if the attempt
+                # goes on.
                 self.tmux.stop_log(state.session)
             self.tmux.type_line(
                 state.session, _typeable(callback_url(state.redirect_port, callback))
@@ -306,7 +285,7 @@ class Runner:
             )
         verdict = self._await_verdict(state, driver, mark, deadline, on_tick)
         if isinstance(verdict, SkillError) and verdict.code in RECOVERABLE:
-            if driver.name != "native":
+            if driver.echoes_paste:
                 self.tmux.wipe(state.session)  # an echoed address must not stay on screen
             raise verdict  # the attempt stays live for another try
         return self._conclude(state, driver, verdict, code_sha=_sha(callback.code))
@@ -323,11 +302,11 @@ class Runner:
         while True:
             pids = descendants(state.pane_pid) if state.pane_pid else set()
             owned = listener_pids(port, pids)
-            if owned and driver.name == "native":
+            if owned and driver.verdict_over_http:
                 return owned, ""  # its HTTP answer is the verdict: no need to load libtmux
             screen = self.tmux.screen(state.session)
             ready = driver.paste_prompt is not None and driver.paste_prompt.search(screen)
-            if owned or ready or driver.name != "native":
+            if owned or ready or not driver.starts_late:
                 return owned, screen
             self._raise_if_dead(state, driver, screen)
             if time.monotonic() >= deadline:
@@ -356,8 +335,8 @@ class Runner:
             screen = self.tmux.screen(state.session)
             fresh = "\n".join(screen.split("\n")[mark:])
             if driver.success.search(fresh):
-                if driver.name != "native" or not self.tmux.status(state.session).alive:
-                    return True  # native prints one line per file: wait for it to exit
+                if not driver.exits_on_success or not self.tmux.status(state.session).alive:
+                    return True
             elif driver.rejected is not None and (match := driver.rejected.search(fresh)):
                 code = match.group(2) if match.group(2) in CODES else "bad_paste"
                 return SkillError(code, match.group(1).strip())
@@ -380,56 +359,19 @@ class Runner:
             self._end(state, "failed", error=verdict.code, message=verdict.message)
             raise verdict
         try:
-            saved, notes = self._save_credential(state, driver)
+            saved = driver.save(self.settings, self.dir / "work" / state.id,
+                                lambda: self.tmux.screen(state.session))  # fmt: skip
         except SkillError as exc:
             self._end(state, "failed", error=exc.code, message=exc.message)
             raise
+        return self._succeeded(state, saved, code_sha=code_sha)
+
+    def _succeeded(self, state: LoginState, saved: Saved, *, code_sha: str | None) -> LoginState:
         done = state.model_copy(update={
-            "saved": saved, "notes": notes, "code_sha256": code_sha, "signed_in_as": self._who,
+            "saved": saved.paths, "notes": saved.notes, "code_sha256": code_sha,
+            "signed_in_as": saved.who,
         })  # fmt: skip
         return self._end(done, "succeeded", message="Signed in.")
-
-    def _save_credential(self, state: LoginState, driver: Driver) -> tuple[list[str], list[str]]:
-        """Write what a pi-ai or codex program produced into the configured files; the files
-        written, and what there is to say about them (an unreadable one moved aside)."""
-        workdir = self.dir / "work" / state.id
-        if driver.name == "native":
-            screen = self.tmux.screen(state.session)
-            self._who = _who(screen)
-            saved = re.findall(r"^Credentials saved to (.+)$", screen, re.MULTILINE)
-            return saved, self._native_notes(screen)
-        from skill.authfiles import auth_files  # noqa: PLC0415 - not on the start path
-
-        credential = driver.collect(workdir)
-        if credential is None:
-            raise SkillError("internal", f"{driver.name} left no credential. Start again.")
-        _refuse_plan(credential, self.settings)
-        claims = credential.claims()
-        self._who = f"{claims.email or 'unknown'} ({claims.plan_type or 'unknown'} plan)"
-        saved, notes = [], []
-        for auth_file in auth_files(self.settings):
-            try:
-                result = auth_file.save(credential)
-            except SkillError as exc:
-                if exc.code != "credentials_invalid":  # a pi entry cannot make a codex file
-                    raise
-                continue
-            saved.append(str(result.path))
-            if result.moved_aside is not None:
-                notes.append(f"{result.path} was not valid JSON; moved it aside to "
-                             f"{result.moved_aside}.")  # fmt: skip
-        return saved, notes
-
-    def _native_notes(self, output: str) -> list[str]:
-        """What our login program had to say beside success: a file moved aside, and whether
-        it saved an API key (which is then remembered as this sign-in's, see skill/apikey)."""
-        notes = _warnings(output)
-        if self.settings.api_key_exchange:
-            from skill.apikey import API_KEY_LINE, note_api_key  # noqa: PLC0415 - rarely used
-
-            if API_KEY_LINE.format(path=self.settings.codex_auth_file) in output:
-                notes.append(note_api_key(self.settings))
-        return notes
 
     # Ending ---------------------------------------------------------------------------------
 
@@ -495,7 +437,7 @@ class Runner:
         driver = DRIVERS[state.driver]
         if not driver.success.search(self.tmux.screen(state.session)):
             return False
-        return driver.name != "native" or not pane.alive  # native: one line per file, then exit
+        return not driver.exits_on_success or not pane.alive
 
     def _caught_up_status(self, state: LoginState) -> PaneStatus:
         """The pane's status once tmux has noticed its program's end. A program killed a moment
@@ -537,16 +479,6 @@ def _with_link(exc: SkillError, state: LoginState) -> SkillError:
     return exc
 
 
-def _refuse_plan(credential: Credential, settings: Settings) -> None:
-    plan = (credential.claims().plan_type or "unknown").lower()
-    if plan in settings.refused_plans:
-        raise SkillError(
-            "plan_not_supported",
-            f"This account is on the ChatGPT {plan} plan, which cannot use Codex models. A Plus, "
-            "Pro, Team, Business, Edu or Enterprise plan is needed.",
-        )
-
-
 def _typeable(text: str) -> str:
     """Refuse anything that could act as more than text at a prompt."""
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text) or text.startswith("-"):
@@ -554,17 +486,6 @@ def _typeable(text: str) -> str:
     if text.rstrip().endswith(";"):
         raise SkillError("bad_paste")
     return text
-
-
-def _warnings(output: str) -> list[str]:
-    """Our login program's "Warning: ..." lines (a credential file it moved aside)."""
-    return re.findall(r"^Warning: (.+)$", output, re.MULTILINE)
-
-
-def _who(output: str) -> str | None:
-    """ "<email> (<plan> plan)" from our login program's "Signed in as ..." line."""
-    found = re.search(r"^Signed in as (.+) \(plan: (.+)\)\.$", output, re.MULTILINE)
-    return f"{found.group(1)} ({found.group(2)} plan)" if found else None
 
 
 def _sha(value: str) -> str:
