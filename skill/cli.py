@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from skill.errors import ExitCode
+from skill.errors import ExitCode, exit_code_help
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -30,20 +30,6 @@ Handler = Callable[[argparse.Namespace], int]
 DESCRIPTION = """\
 Sign in with a ChatGPT Plus/Pro subscription from inside a container, and keep the sign-in
 alive. Unofficial: reuses the Codex CLI's public OAuth client.
-"""
-
-EXIT_CODES = """\
-exit codes:
-  0    success
-  1    unexpected failure
-  2    bad input (a wrong paste, a bad option)
-  3    the sign-in was refused (declined, plan, entitlement)
-  4    network or server trouble: try again
-  5    the sign-in is dead: sign in again
-  6    timed out
-  7    a local file or lock problem
-  10   signed in on this machine, but persisting to the secrets store is pending
-  128+N  stopped by signal N
 """
 
 
@@ -98,7 +84,7 @@ def build_parser(extend: Callable[[Commands], None] | None = None) -> argparse.A
     parser = argparse.ArgumentParser(
         prog="chatgpt-login",
         description=DESCRIPTION,
-        epilog=EXIT_CODES,
+        epilog=exit_code_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -133,7 +119,9 @@ def build_parser(extend: Callable[[Commands], None] | None = None) -> argparse.A
         type=Path,
         default=None,
         metavar="FILE",
-        help="take the attempt the skill runner prepared in FILE (0600; deleted once read)",
+        # Internal: the skill runner's prepared attempt (0600; deleted once read). Not a
+        # person's option, so not in --help.
+        help=argparse.SUPPRESS,
     )
     login.set_defaults(handler=_oauth_login)
     _add_agent_commands(commands)

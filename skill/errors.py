@@ -43,6 +43,28 @@ class ExitCode:
     CANCELED = 130
 
 
+# What each exit code means: `--help` prints these, README.md's table says the same
+# (tests/test_docs.py keeps them in step). CANCELED is one case of "stopped by signal N".
+MEANINGS: dict[int, str] = {
+    ExitCode.OK: "success",
+    ExitCode.FAILED: "unexpected failure",
+    ExitCode.USAGE: "bad input (a wrong paste, a bad option or setting)",
+    ExitCode.REFUSED: "the sign-in was refused (declined, plan, entitlement)",
+    ExitCode.TRANSIENT: "network or server trouble: try again",
+    ExitCode.RELOGIN: "the sign-in is dead: sign in again",
+    ExitCode.TIMEOUT: "timed out",
+    ExitCode.LOCAL: "a local file or lock problem",
+    ExitCode.PERSIST_PENDING: "signed in on this machine, but persisting to the secrets store "
+    "is pending",
+}
+
+
+def exit_code_help() -> str:
+    """The ``exit codes:`` section of ``--help``."""
+    lines = [f"  {code:<4} {meaning}" for code, meaning in MEANINGS.items()]
+    return "\n".join(["exit codes:", *lines, "  128+N  stopped by signal N", ""])
+
+
 @dataclass(frozen=True)
 class _Spec:
     kind: Kind

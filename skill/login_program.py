@@ -228,7 +228,9 @@ def _await_code(
 
 
 def _parse_paste(text: str, attempt: _Attempt, console: _Console) -> Callback:
-    console.say(f"Received a pasted address ({len(text.strip())} characters); checking it...")
+    pasted = text.strip()
+    what = "address" if "://" in pasted or "?" in pasted else "code"  # a bare code is allowed here
+    console.say(f"Received a pasted {what} ({len(pasted)} characters); checking it...")
     # A person at this terminal pastes the address (or the bare code) and nothing else; the
     # runner types only the address it rebuilt. Chat replies are read by `complete`.
     return parse_redirect(text, state=attempt.state, port=attempt.port, allow_bare_code=True)

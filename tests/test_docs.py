@@ -6,7 +6,7 @@ import re
 import typing
 
 from service.cli import build_parser
-from skill.errors import CODES, ExitCode, Next
+from skill.errors import CODES, MEANINGS, ExitCode, Next
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
@@ -52,6 +52,7 @@ def test_exit_code_table_matches_the_code() -> None:
     assert {int(k) for k in table} == values
     assert "128+N" in README
     assert {spec.exit_code for spec in CODES.values()} <= values | {ExitCode.CANCELED}
+    assert {int(k): v.strip() for k, v in table.items()} == MEANINGS  # --help says the same
 
 
 def test_every_error_message_says_what_to_do() -> None:
