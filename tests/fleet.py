@@ -11,7 +11,10 @@ container's pi file holds a refresh token the issuer would still take (``live``)
 its service says it needs a new sign-in. A follower holds a spent token from the moment the
 issuer rotates it until it adopts the rotation (15-35 ms here, measured); sampling every 50 ms
 measures that share of time twenty times as precisely as once a second, where a 45-sample run
-would fail on one unlucky sample. Both figures are reported (:meth:`Fleet.live_ratio`).
+would fail on one unlucky sample. Both figures are reported (:meth:`Fleet.live_ratio`), and
+the longest such stretch (:meth:`Fleet.longest_dead`): in a 30-second run one stretch slowed to
+0.3 s by a loaded machine is already 1% of it, so short runs bound the stretch, long ones the
+share.
 """
 
 from __future__ import annotations
@@ -265,6 +268,22 @@ class Fleet:
                 seen.append(sample.live[name])
                 last = sample.at
         return sum(seen) / len(seen) if seen else 0.0
+
+    def longest_dead(self, name: str) -> float:
+        """The longest stretch, in seconds, in which ``name`` held a refresh token the issuer no
+        longer takes: from the first sample that saw it so to the next that saw it live (a
+        rotation made by another container, not yet adopted here)."""
+        longest, since = 0.0, None
+        for sample in self.samples:
+            if name not in sample.live:
+                continue
+            if not sample.live[name] and since is None:
+                since = sample.at
+            elif sample.live[name] and since is not None:
+                longest, since = max(longest, sample.at - since), None
+        if since is not None:
+            longest = max(longest, self.samples[-1].at - since)
+        return longest
 
     def relogin_samples(self) -> int:
         return sum(any(s.relogin.values()) for s in self.samples)
