@@ -44,6 +44,7 @@ from skill.events import last_id, since
 from skill.files import ensure_private_dir
 from skill.lock import FlockLock
 from skill.loginstate import StateStore
+from skill.waiting import backoff
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class KeepAlive:
 
     def _back_off(self, code: str, *, cap: float = _BACKOFF_CAP) -> None:
         self._failures += 1
-        delay = min(cap, 0.5 * 2 ** min(self._failures, 8)) * (0.5 + random.random())  # noqa: S311
+        delay = backoff(self._failures, base=1.0, cap=cap)
         self._retry_at = time.monotonic() + delay
         log.info("keep-alive step failed (%s); retrying in %.1fs", code, delay)
 

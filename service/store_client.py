@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import random
 import socket
 import ssl
 import threading
@@ -43,6 +42,7 @@ from skill.outbound import (
     parse_json,
     read_capped,
 )
+from skill.waiting import backoff
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ class StoreClient:
                 if not isinstance(judged, ServiceError):
                     return judged
                 error, retry_after = judged, _retry_after(response)
-            delay = retry_after if retry_after is not None else _backoff(attempt)
+            delay = (retry_after if retry_after is not None
+                     else backoff(attempt, base=_BACKOFF_BASE, cap=_BACKOFF_CAP))  # fmt: skip
             if attempt == self.attempts or time.monotonic() + delay > deadline:
                 break
             log.info("%s %s failed (attempt %d), retrying in %.2fs", self.label, method, attempt,
@@ -256,8 +257,3 @@ def _retry_after(response: Response) -> float | None:
         return min(max(float(value), 0.0), 60.0)
     except ValueError:
         return None
-
-
-def _backoff(attempt: int) -> float:
-    jitter = 0.5 + random.random()  # noqa: S311 - spreading retries, not cryptography
-    return float(min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0 ** (attempt - 1)) * jitter)

@@ -18,7 +18,6 @@ Protocol facts are in ../shared/PROTOCOL.md §2-5. Rules this module keeps:
 from __future__ import annotations
 
 import logging
-import random
 import ssl
 import threading
 import time
@@ -33,6 +32,7 @@ from skill.errors import SkillError
 from skill.outbound import AnswerError, Watchdog, parse_json, read_capped
 from skill.settings import Settings
 from skill.tokens import TokenSet
+from skill.waiting import backoff
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class OAuthClient:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 log.info("connect to %s failed (attempt %d): %s", path, attempt + 1, type(exc))
                 if attempt + 1 < _CONNECT_ATTEMPTS:
-                    self._sleep(0.25 * 2**attempt * (0.5 + random.random()))  # noqa: S311
+                    self._sleep(backoff(attempt + 1, base=0.25, cap=2.0))
             except httpx.TimeoutException as exc:
                 raise SkillError("response_timeout") from exc
             except httpx.HTTPError as exc:

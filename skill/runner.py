@@ -34,6 +34,7 @@ from skill.relay import callback_url, relay_http
 from skill.screen import find_authorize_link, find_device_code
 from skill.settings import Settings
 from skill.tmux import PaneStatus, TmuxServer
+from skill.waiting import poll_until
 
 log = logging.getLogger(__name__)
 
@@ -217,36 +218,27 @@ class Runner:
         )
 
     def _wait_for_link(self, state: LoginState, driver: Driver) -> LoginState:
-        deadline = time.monotonic() + self.settings.start_timeout
-        while True:
+        def look() -> LoginState | None:
             screen = self.tmux.screen(state.session)
             if state.method == "browser":
-                link = find_authorize_link(screen)
-                if link is not None:
-                    return state.model_copy(
-                        update={
-                            "auth_url": link.url,
-                            "state": link.state,
-                            "redirect_port": link.redirect_port,
-                        }
-                    )
-            else:
-                device = find_device_code(screen)
-                if device is not None:
-                    return state.model_copy(
-                        update={
-                            "verification_url": device.verification_url,
-                            "user_code": device.user_code,
-                        }
-                    )
+                if (link := find_authorize_link(screen)) is not None:
+                    return state.model_copy(update={
+                        "auth_url": link.url, "state": link.state,
+                        "redirect_port": link.redirect_port})  # fmt: skip
+            elif (device := find_device_code(screen)) is not None:
+                return state.model_copy(update={"verification_url": device.verification_url,
+                                                "user_code": device.user_code})  # fmt: skip
             self._raise_if_dead(state, driver, screen)
-            if time.monotonic() >= deadline:
-                raise SkillError(
-                    "program_timeout",
-                    f"The {driver.name} login program printed no sign-in link within "
-                    f"{self.settings.start_timeout:.0f} s. Try again, or use --driver native.",
-                )
-            time.sleep(POLL)
+            return None
+
+        found = poll_until(self.settings.start_timeout, look, every=POLL)
+        if found is None:
+            raise SkillError(
+                "program_timeout",
+                f"The {driver.name} login program printed no sign-in link within "
+                f"{self.settings.start_timeout:.0f} s. Try again, or use --driver native.",
+            )
+        return found
 
     # Completing -----------------------------------------------------------------------------
 
@@ -299,7 +291,8 @@ class Runner:
         ``complete`` can find it still starting: wait for its listener or its ready line, since
         a paste typed before the program turns echo off would land in the scrollback.
         """
-        while True:
+
+        def look() -> tuple[set[int], str] | None:
             pids = descendants(state.pane_pid) if state.pane_pid else set()
             owned = listener_pids(port, pids)
             if owned and driver.verdict_over_http:
@@ -309,14 +302,17 @@ class Runner:
             if owned or ready or not driver.starts_late:
                 return owned, screen
             self._raise_if_dead(state, driver, screen)
-            if time.monotonic() >= deadline:
-                raise SkillError(
-                    "program_timeout",
-                    f"The login program was not ready for the address within "
-                    f"{self.settings.complete_timeout:.0f} s. Start a new sign-in with "
-                    "`chatgpt-login start`.",
-                )
-            time.sleep(POLL)
+            return None
+
+        found = poll_until(deadline - time.monotonic(), look, every=POLL)
+        if found is None:
+            raise SkillError(
+                "program_timeout",
+                f"The login program was not ready for the address within "
+                f"{self.settings.complete_timeout:.0f} s. Start a new sign-in with "
+                "`chatgpt-login start`.",
+            )
+        return found
 
     def _await_verdict(
         self,
@@ -331,7 +327,8 @@ class Runner:
         """True on the program's success line; a SkillError for its failure, a recoverable
         rejection (``bad_paste``), its death, or the deadline. Looks every ``poll`` seconds."""
         started = time.monotonic()
-        while True:
+
+        def look() -> bool | SkillError | None:
             screen = self.tmux.screen(state.session)
             fresh = "\n".join(screen.split("\n")[mark:])
             if driver.success.search(fresh):
@@ -345,10 +342,11 @@ class Runner:
                     self._raise_if_dead(state, driver, screen)
                 except SkillError as exc:
                     return exc
-            if time.monotonic() >= deadline:
-                return SkillError("program_timeout")
             on_tick(time.monotonic() - started)
-            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            return None
+
+        found = poll_until(deadline - time.monotonic(), look, every=poll)
+        return SkillError("program_timeout") if found is None else found
 
     def _conclude(
         self, state: LoginState, driver: Driver, verdict: bool | SkillError, *, code_sha: str | None
@@ -443,14 +441,15 @@ class Runner:
         """The pane's status once tmux has noticed its program's end. A program killed a moment
         ago stays a zombie until tmux's event loop reaps it, and until then tmux still calls the
         pane alive; a single look (``status``) must not report such an attempt as waiting."""
-        pane = self.tmux.status(state.session)
-        deadline = time.monotonic() + 1
-        while pane.alive and state.pane_pid and not alive(state.pane_pid):
-            if time.monotonic() >= deadline:  # tmux never caught up; the program is gone anyway
-                return PaneStatus(alive=False, exit_status=None, pid=state.pane_pid)
-            time.sleep(0.02)
+
+        def caught_up() -> PaneStatus | None:
             pane = self.tmux.status(state.session)
-        return pane
+            gone = pane.alive and state.pane_pid and not alive(state.pane_pid)
+            return None if gone else pane
+
+        # tmux never catching up within a second: the program is gone anyway.
+        return poll_until(1.0, caught_up, every=0.02) or PaneStatus(
+            alive=False, exit_status=None, pid=state.pane_pid)  # fmt: skip
 
     def _raise_if_dead(self, state: LoginState, driver: Driver, screen: str) -> None:
         status = self.tmux.status(state.session)
