@@ -9,14 +9,22 @@ store's token). Each run has a timeout after which it is killed; a failure is lo
 counted, never retried. Runs happen on a thread of their own, one at a time, in order: a hook
 that hangs holds up the next hook, never the keep-alive.
 
+Hooked are the changes of the credential this machine holds: ``credential.updated``,
+``credential.needs_relogin`` and ``credential.logged_out``; not ``credential.persisted``, which
+says the stored copy caught up with it (nothing here changed).
+
 The id of the last event hooked is kept in the state directory (``hooked.id``), so that when the
 keep-alive's leader changes (its worker died, the service restarted) the new leader hooks what
-came since, not only what comes next. An event whose run was cut short by the old leader's death
-is hooked again: a hook is told to reload, which is safe to do twice.
+came since, not only what comes next; with no hook set it still moves on, so that a hook set
+later does not replay old changes. A run is one at a time across leaders too: its process group
+is named in ``hook.pid`` while it runs, killed when its worker stops, and killed by the next
+leader if its worker died before it could (that event is then hooked again: a hook is told to
+reload, which is safe to do twice).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -25,6 +33,7 @@ import shlex
 import signal
 import subprocess
 import threading
+from pathlib import Path
 
 from service.metrics import Metrics
 from service.settings import ServiceSettings
@@ -35,6 +44,9 @@ log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 100  # changes waiting for the hook; beyond this, the oldest are not hooked
 HOOKED_FILE = "hooked.id"
+RUNNING_FILE = "hook.pid"  # "<pgid> <start time>" of the run in progress
+HOOKED = frozenset({"credential.updated", "credential.needs_relogin", "credential.logged_out"})
+TERM_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for a run past its timeout
 
 
 class OnChangeHook:
@@ -49,8 +61,11 @@ class OnChangeHook:
             "CHATGPT_LOGIN_STATE_DIR": str(settings.state_dir),
         }
         self.cursor = settings.state_dir / HOOKED_FILE
+        self.running = settings.state_dir / RUNNING_FILE
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=QUEUE_LIMIT)
         self._thread: threading.Thread | None = None
+        self._child: subprocess.Popen[bytes] | None = None
+        atexit.register(self._stop_child)  # a worker that stops takes its run with it
 
     def resume_after(self, newest: int) -> int:
         """The id after which a new leader hooks events: the last one hooked (by any leader
@@ -58,7 +73,9 @@ class OnChangeHook:
         a change made before the first run is hooked by the next leader if this one dies), or a
         record from another journal (ids past the newest)."""
         if not self.argv:
+            self._record(newest)
             return newest
+        _kill_leftover(self.running)  # a run whose worker died before it could end it
         try:
             hooked = int(self.cursor.read_text().strip())
         except (OSError, ValueError):
@@ -70,7 +87,10 @@ class OnChangeHook:
 
     def __call__(self, event: Event) -> None:
         """Hook ``event`` (a credential change) soon; returns at once."""
-        if not self.argv or not event.type.startswith("credential."):
+        if not self.argv:
+            self._record(event.id)  # nothing to run: a hook set later starts from here
+            return
+        if event.type not in HOOKED:
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run_forever, name="on-change",
@@ -110,20 +130,69 @@ class OnChangeHook:
                 stderr=subprocess.DEVNULL, env=self.env, cwd="/", start_new_session=True,
             )  # fmt: skip
         except OSError as exc:
-            log.warning("on-change hook could not start (%s): %s", type(exc).__name__,
-                        exc.strerror or exc)  # fmt: skip
+            log.warning("on-change hook (CHATGPT_LOGIN_ON_CHANGE) %r could not start: %s",
+                        self.argv[0], exc.strerror or type(exc).__name__)  # fmt: skip
             self.metrics.count("hook_runs", "not_started")
             return "not_started"
+        self._child = child
+        with contextlib.suppress(OSError):
+            write_private(self.running, f"{child.pid} {_started(child.pid)}".encode())
         try:
             child.communicate(event.to_json().encode(), timeout=self.timeout)
             outcome = "ok" if child.returncode == 0 else "failed"
             if outcome == "failed":
-                log.warning("on-change hook for event %d exited %d", event.id, child.returncode)
+                log.warning("on-change hook %r exited %d for event %d (its output is not kept: "
+                            "run it by hand with the event on stdin to see why)", self.argv[0],
+                            child.returncode, event.id)  # fmt: skip
         except subprocess.TimeoutExpired:
             outcome = "timeout"
-            with contextlib.suppress(OSError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            log.warning("on-change hook for event %d killed after %gs", event.id, self.timeout)
+            _end_group(child)
+            log.warning("on-change hook %r stopped after CHATGPT_LOGIN_ON_CHANGE_TIMEOUT (%gs) "
+                        "for event %d", self.argv[0], self.timeout, event.id)  # fmt: skip
+        finally:
+            self._child = None
+            self.running.unlink(missing_ok=True)
         self.metrics.count("hook_runs", outcome)
         return outcome
+
+    def _stop_child(self) -> None:
+        child = self._child
+        if child is not None and child.poll() is None:
+            _end_group(child)
+            self.running.unlink(missing_ok=True)
+
+
+def _end_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the run's whole process group, SIGKILL to what is left after a grace."""
+    with contextlib.suppress(OSError):
+        os.killpg(child.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(TERM_GRACE)
+    with contextlib.suppress(OSError):
+        os.killpg(child.pid, signal.SIGKILL)  # its children too, if the leader already exited
+    child.wait()
+
+
+def _started(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with
+    the pid, it names one process; a pid used again later has another."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _kill_leftover(running: Path) -> None:
+    """Kill the process group a dead leader's run left, if it is still that run."""
+    try:
+        pgid_text, started = running.read_text().split()
+        pgid = int(pgid_text)
+    except (OSError, ValueError):
+        return
+    if pgid > 1 and started and _started(pgid) == started:
+        log.warning("on-change hook: killing the run a stopped worker left (process group %d)",
+                    pgid)  # fmt: skip
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)
+    running.unlink(missing_ok=True)

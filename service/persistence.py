@@ -519,9 +519,12 @@ class Persistence:
 
     # Logging out ------------------------------------------------------------------------------
 
-    def log_out(self, account_id: str | None, *, at: datetime | None = None) -> Tombstone | None:
+    def log_out(
+        self, account_id: str | None, *, at: datetime | None = None, announce: bool = True
+    ) -> Tombstone | None:
         """Replace the stored copy with a tombstone; None when another account (or a sign-in
-        made after ``at``) is stored, which is left alone."""
+        made after ``at``) is stored, which is left alone. ``announce``: emit the logout event
+        (not for a logout made earlier, which was announced when it was made)."""
         at = at or self.now()
         for _ in range(_WRITE_ATTEMPTS):
             record = self.pull()
@@ -561,7 +564,8 @@ class Persistence:
         with self.state.updating() as state:
             _forget(state, tombstone)
         self._forget_history()
-        emit(self.settings.state_dir, "credential.logged_out", by="this holder")
+        if announce:
+            emit(self.settings.state_dir, "credential.logged_out", by="this holder")
         return tombstone
 
     def _forget_history(self) -> None:
@@ -591,12 +595,14 @@ class Persistence:
         pending = read_pending(self.settings)
         if pending is None:
             return False
-        self.log_out(pending.account_id, at=pending.at)
+        self.log_out(pending.account_id, at=pending.at, announce=False)
         local = self.local()
         issued = local.issued_at() if local else None
         if local is not None and (issued is None or issued <= pending.at.timestamp()):
             for auth_file in auth_files(self.settings):  # restored meanwhile: it goes too
                 auth_file.remove()
+            emit(self.settings.state_dir, "credential.logged_out", by="this holder")
+        # A sign-in made since is newer than the logout: it stays, and nothing is announced.
         clear_pending(self.settings)
         return True
 

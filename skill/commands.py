@@ -232,6 +232,10 @@ def logout(settings: Settings, out: Output) -> int:
     credential = _local_credential(settings)
     note_pending(settings, credential.account_id if credential else None)
     local = sign_out_locally(settings, credential=credential)
+    if credential is not None or local.removed:
+        from skill.events import emit  # noqa: PLC0415
+
+        emit(settings.state_dir, "credential.logged_out", by="this holder", stored="pending")
     lines = ["Signed out on this machine." if local.removed else "No local ChatGPT credential."]
     lines += [f"{path} could not be read: moved aside, not deleted." for path in local.moved_aside]
     if credential is not None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from service.hook import QUEUE_LIMIT, OnChangeHook
+from service.hook import HOOKED, QUEUE_LIMIT, OnChangeHook
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 from skill.authfiles import PiAuthFile
@@ -59,6 +59,20 @@ def one_worker(
     yield from serving(tmp_path, login_env, api, workers=1)
 
 
+def service_env(
+    tmp_path: Path, login_env: dict[str, str], api: FakeSecretsAPI, **more_env: str
+) -> dict[str, str]:
+    hook_out = tmp_path / "hook.jsonl"
+    env = {**login_env, "CHATGPT_LOGIN_STATE_DIR": str(tmp_path / "state"),
+           "CHATGPT_LOGIN_SECRETS_DIR": str(tmp_path / "no-secrets"),
+           "CHATGPT_LOGIN_SECRETS_API_URL": api.url, "FAT_TOOLS_TOKEN": api.token,
+           "CHATGPT_LOGIN_OPERATOR_TOKEN": TOKEN,
+           "CHATGPT_LOGIN_ON_CHANGE": f"{sys.executable} -c \"{HOOK}\" {hook_out}",
+           "CHATGPT_LOGIN_ON_CHANGE_TIMEOUT": "5",
+           "CHATGPT_LOGIN_EVENTS_HEARTBEAT": "0.5", **more_env}  # fmt: skip
+    return env
+
+
 def serving(
     tmp_path: Path,
     login_env: dict[str, str],
@@ -68,13 +82,7 @@ def serving(
 ) -> Iterator[dict[str, Any]]:
     port = free_port()
     hook_out = tmp_path / "hook.jsonl"
-    env = {**login_env, "CHATGPT_LOGIN_STATE_DIR": str(tmp_path / "state"),
-           "CHATGPT_LOGIN_SECRETS_DIR": str(tmp_path / "no-secrets"),
-           "CHATGPT_LOGIN_SECRETS_API_URL": api.url, "FAT_TOOLS_TOKEN": api.token,
-           "CHATGPT_LOGIN_OPERATOR_TOKEN": TOKEN,
-           "CHATGPT_LOGIN_ON_CHANGE": f"{sys.executable} -c \"{HOOK}\" {hook_out}",
-           "CHATGPT_LOGIN_ON_CHANGE_TIMEOUT": "5",
-           "CHATGPT_LOGIN_EVENTS_HEARTBEAT": "0.5", **more_env}  # fmt: skip
+    env = service_env(tmp_path, login_env, api, **more_env)
     server = subprocess.Popen(
         [PYTHON, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}",
          "--workers", str(workers)], env=env, cwd=REPO,
@@ -182,7 +190,7 @@ def test_a_follower_sees_sign_in_refresh_and_logout_in_order_once_each(
     for secret in [*issuer.refresh_tokens, *issuer.used_refresh_tokens, *issuer.issued_access]:
         assert secret not in stream
     # The hook ran once per credential event, with none of the service's environment.
-    changes = [e for e in follower.events if e["type"].startswith("credential.")]
+    changes = [e for e in follower.events if e["type"] in HOOKED]  # not persisted
 
     def hooked() -> int:
         out = service["hook_out"]
@@ -395,7 +403,7 @@ def test_a_hook_runs_once_per_change_and_one_that_hangs_never_delays_a_refresh(
                 if held is None or held.expires_at <= datetime.now(UTC):
                     expired_seen += 1
                 time.sleep(0.5)
-            changes = [e.id for e in since(state, 0) if e.type.startswith("credential.")]
+            changes = [e.id for e in since(state, 0) if e.type in HOOKED]
             wait_until(lambda: len(hook_out.read_text().splitlines()) >= len(changes), 15,
                        "a hook run for every change")  # fmt: skip
 
@@ -413,6 +421,67 @@ def test_a_hook_runs_once_per_change_and_one_that_hangs_never_delays_a_refresh(
     assert refreshes >= seconds // 10  # on schedule, the hung hooks notwithstanding
     assert expired_seen == 0  # the credential on disk was never past its expiry
     assert hooked[: len(changes)] == changes  # once each, in order
+
+
+def test_a_logout_made_while_the_service_was_down_is_announced_then_not_after_a_new_sign_in(
+    tmp_path: Path, login_env: dict[str, str], api: FakeSecretsAPI, issuer: FakeIssuer
+) -> None:
+    """The service, when back, signs the stored copy out; a sign-in made since stays, and no
+    event says "logged out" after it (a hook acting on the last event would drop it)."""
+    state = tmp_path / "state"
+    pi = PiAuthFile(tmp_path / "pi" / "auth.json")
+    pi.save(Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token())))
+    down = {**service_env(tmp_path, login_env, api),
+            "CHATGPT_LOGIN_SERVICE_URL": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
+    done = subprocess.run([PYTHON, "-m", "service.cli", "logout", "--json"], env=down, cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert json.loads(done.stdout)["stored"] == "pending", done.stdout + done.stderr
+    logged_out = since(state, 0)[-1]
+    assert (logged_out.type, logged_out.body.get("stored")) == ("credential.logged_out", "pending")
+    time.sleep(1.1)  # the new sign-in is issued in a later second than the logout
+    newer = Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    pi.save(newer)
+    with contextmanager(serving)(tmp_path, login_env, api, workers=1):
+        wait_until(lambda: not (state / "logout.pending").exists(), 15, "the pending logout")
+        wait_until(lambda: api.record.get("codex_credentials", {}).get("refresh")
+                   == newer.refresh_token, 15, "the newer sign-in stored")  # fmt: skip
+    after = [e.type for e in since(state, logged_out.id)]
+    assert "credential.logged_out" not in after, after
+    held = pi.load()
+    assert held is not None and held.refresh_token == newer.refresh_token
+
+
+def test_a_run_never_outlives_its_worker_and_two_never_run_at_once(
+    tmp_path: Path, login_env: dict[str, str], api: FakeSecretsAPI
+) -> None:
+    """A hook still running when its worker is SIGKILLed is killed by the next leader, which
+    runs that change again; one running at a graceful stop goes with the service."""
+    pids = tmp_path / "hook.pids"
+    slow = ("import os, sys, time; sys.stdin.read(); "
+            "open(sys.argv[1], 'a').write(f'{os.getpid()}\\n'); time.sleep(60)")  # fmt: skip
+    env = {"CHATGPT_LOGIN_ON_CHANGE": f"{sys.executable} -c \"{slow}\" {pids}",
+           "CHATGPT_LOGIN_ON_CHANGE_TIMEOUT": "120"}  # fmt: skip
+
+    def started() -> list[int]:
+        return [int(line) for line in pids.read_text().split()] if pids.exists() else []
+
+    def gone(pid: int) -> bool:  # exited (a zombie waiting for init to reap it is gone)
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    with contextmanager(serving)(tmp_path, login_env, api, workers=1, **env) as service:
+        emit(Path(service["env"]["CHATGPT_LOGIN_STATE_DIR"]), "credential.updated", why="test")
+        wait_until(lambda: len(started()) == 1, 15, "the hook running")
+        first = started()[0]
+        worker = int(Path(f"/proc/{service['pid']}/task/{service['pid']}/children").read_text()
+                     .split()[0])  # fmt: skip
+        os.kill(worker, signal.SIGKILL)  # no chance to end its run
+        wait_until(lambda: len(started()) == 2, 30, "the next leader running it again")
+        assert gone(first)  # killed before the second run began
+        second = started()[1]
+    wait_until(lambda: gone(second), 10, "the run gone with the service")
 
 
 def test_a_full_hook_queue_drops_the_oldest_change_not_the_newest(tmp_path: Path) -> None:
