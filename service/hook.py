@@ -38,7 +38,7 @@ from pathlib import Path
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 from skill.events import Event
-from skill.files import write_private
+from skill.files import read_small, write_private
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ class OnChangeHook:
             return newest
         _kill_leftover(self.running)  # a run whose worker died before it could end it
         try:
-            hooked = int(self.cursor.read_text().strip())
-        except (OSError, ValueError):
+            hooked = int((read_small(self.cursor, 32) or "").strip())
+        except ValueError:
             hooked = -1
         if 0 <= hooked <= newest:
             return hooked
@@ -110,7 +110,10 @@ class OnChangeHook:
     def _run_forever(self) -> None:
         while True:
             event = self._queue.get()
-            self.run(event)
+            try:
+                self.run(event)
+            except Exception:  # the thread must outlive any one run, or nothing is hooked again
+                log.exception("on-change hook: the run for event %d failed", event.id)
             self._record(event.id)
 
     def _record(self, hooked: int) -> None:
@@ -151,7 +154,8 @@ class OnChangeHook:
                         "for event %d", self.argv[0], self.timeout, event.id)  # fmt: skip
         finally:
             self._child = None
-            self.running.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.running.unlink(missing_ok=True)
         self.metrics.count("hook_runs", outcome)
         return outcome
 
@@ -159,7 +163,8 @@ class OnChangeHook:
         child = self._child
         if child is not None and child.poll() is None:
             _end_group(child)
-            self.running.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.running.unlink(missing_ok=True)
 
 
 def _end_group(child: subprocess.Popen[bytes]) -> None:
@@ -186,13 +191,16 @@ def _started(pid: int) -> str:
 def _kill_leftover(running: Path) -> None:
     """Kill the process group a dead leader's run left, if it is still that run."""
     try:
-        pgid_text, started = running.read_text().split()
+        pgid_text, started = (read_small(running, 64) or "").split()
         pgid = int(pgid_text)
-    except (OSError, ValueError):
+    except ValueError:
+        with contextlib.suppress(OSError):
+            running.unlink(missing_ok=True)
         return
     if pgid > 1 and started and _started(pgid) == started:
         log.warning("on-change hook: killing the run a stopped worker left (process group %d)",
                     pgid)  # fmt: skip
         with contextlib.suppress(OSError):
             os.killpg(pgid, signal.SIGKILL)
-    running.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        running.unlink(missing_ok=True)

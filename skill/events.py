@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from skill.errors import SkillError
 from skill.files import ensure_private_dir, write_private
 from skill.lock import FlockLock
 
@@ -57,20 +56,20 @@ def emit(state_dir: Path, type_: str, **body: Any) -> Event | None:
     try:
         ensure_private_dir(state_dir)
         with FlockLock(path, timeout=5):
-            found = _read(path)
+            found, lines = _read_counting(path)
             event = Event(
-                (found[-1].id if found else 0) + 1,
+                max((e.id for e in found), default=0) + 1,  # the largest: a line may be forged
                 type_,
                 datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                 body,
             )
-            if len(found) + 1 >= TRIM_AT:
+            if lines + 1 >= TRIM_AT:  # lines, not events: foreign ones count too
                 kept = [*found[-(KEEP - 1) :], event]
                 write_private(path, "".join(e.to_json() + "\n" for e in kept).encode())
             else:
                 _append(path, event.to_json() + "\n")
         return event
-    except (OSError, SkillError) as exc:
+    except Exception as exc:
         log.warning("event %s not recorded: %s", type_, exc)
         return None
 
@@ -79,42 +78,66 @@ def since(state_dir: Path, after: int) -> list[Event]:
     """The events after id ``after``; all of them when ``after`` is beyond the last (the
     journal started over: a client resuming from before must not wait for ids to catch up)."""
     found = _read(state_dir / EVENTS_FILE)
-    if found and after > found[-1].id:
+    if found and after > max(e.id for e in found):
         return found
     return [event for event in found if event.id > after]
 
 
 def last_id(state_dir: Path) -> int:
-    found = _read(state_dir / EVENTS_FILE)
-    return found[-1].id if found else 0
+    return max((e.id for e in _read(state_dir / EVENTS_FILE)), default=0)
 
 
 def _append(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    # Non-blocking: a FIFO put in the journal's place must not hang the writer (with no
+    # reader the open fails; with one, it is not a regular file and is refused).
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    fd = os.open(path, flags, 0o600)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
         os.write(fd, line.encode())
     finally:
         os.close(fd)
 
 
 def _read(path: Path) -> list[Event]:
-    """The journal's events; lines that are not events (cut short, foreign) are skipped."""
+    return _read_counting(path)[0]
+
+
+def _read_counting(path: Path) -> tuple[list[Event], int]:
+    """The journal's events, and how many lines it has (a file too large to be ours counts
+    as full, so the next event trims it). Lines that are not events (cut short, foreign,
+    longer than an event can be) are skipped; only the journal's tail is read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return []
+    except OSError as exc:  # missing; or a symlink in its place, which is not followed
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("the event journal %s cannot be read: %s", path, exc.strerror or exc)
+        return [], 0
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # a FIFO or device: not ours
-            return []
-        raw = file.read((TRIM_AT + 1) * MAX_LINE)
+        found = os.fstat(file.fileno())
+        if not stat.S_ISREG(found.st_mode):  # a FIFO or device: not ours
+            return [], 0
+        limit = TRIM_AT * MAX_LINE
+        if found.st_size > limit:
+            file.seek(found.st_size - limit)
+        raw = file.read(limit)
+    lines = raw.splitlines()
+    if found.st_size > limit:
+        lines = lines[1:]  # the first was cut by where the read began
     events = []
-    for line in raw.splitlines():
+    for line in lines:
+        if len(line) > MAX_LINE:
+            continue
         try:
             data = json.loads(line)
-            event = Event(int(data["id"]), str(data["type"]), str(data["at"]),
+            ident = data["id"]
+            if type(ident) is not int or ident <= 0:  # not a bool, a float or a huge one
+                continue
+            event = Event(ident, str(data["type"]), str(data["at"]),
                           dict(data.get("body") or {}))  # fmt: skip
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             continue
         if TYPE.fullmatch(event.type):  # its type goes on an SSE line as it is: no newline
             events.append(event)
-    return events
+    return events, (TRIM_AT if found.st_size > limit else len(lines))

@@ -45,11 +45,8 @@ def write_private(path: Path, data: bytes) -> bool:
     holds exactly ``data`` (so its mtime does not change).
     """
     ensure_private_dir(path.parent)
-    with contextlib.suppress(FileNotFoundError):
-        if path.read_bytes() == data:
-            if stat.S_IMODE(path.stat().st_mode) != PRIVATE_FILE:
-                path.chmod(PRIVATE_FILE)
-            return False
+    if _holds(path, data):
+        return False
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, PRIVATE_FILE)
@@ -71,6 +68,42 @@ def write_private(path: Path, data: bytes) -> bool:
         raise
     _fsync_dir(path.parent)
     return True
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether ``path`` is a regular file (not a symlink, not a FIFO) holding exactly ``data``;
+    its mode is made 0600 if so. Never follows a link, never waits, never reads more than it
+    compares."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False  # missing, or a link: the write replaces it
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_size != len(data):
+            return False
+        if os.read(fd, len(data) + 1) != data:
+            return False
+        if stat.S_IMODE(found.st_mode) != PRIVATE_FILE:
+            os.fchmod(fd, PRIVATE_FILE)
+        return True
+    finally:
+        os.close(fd)
+
+
+def read_small(path: Path, limit: int = 4096) -> str | None:
+    """The text of a small file of ours (a recorded id), or None: missing, not a regular file
+    (a FIFO put there would hang a plain read; a device would never end), or a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
 
 
 def read_settled(

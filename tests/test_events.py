@@ -520,3 +520,96 @@ def test_a_hook_that_hangs_with_children_is_killed_with_them(tmp_path: Path) -> 
 def test_an_on_change_command_line_that_does_not_parse_is_refused() -> None:
     with pytest.raises(ValueError, match="not a command line"):
         ServiceSettings(on_change='notify "unterminated')
+
+
+def _in_time(call: Any, seconds: float = 5.0) -> Any:
+    """``call()``'s result, failing the test if it takes longer than ``seconds`` (a hang)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(call).result(timeout=seconds)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    ["huge id", "id zero at the end", "float id", "bool id", "over-long line", "fifo", "symlink",
+     "17 MB line"],
+)  # fmt: skip
+def test_a_hostile_journal_neither_hangs_nor_breaks_the_ids(tmp_path: Path, planted: str) -> None:
+    """Whoever can write the state directory (the agent, in a container) may plant anything
+    in the journal: writers and readers go on, never hang, never raise, never go back."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    journal = state / "events.jsonl"
+    emit(state, "login.started", login_id="a")
+    emit(state, "login.canceled", login_id="a")  # ids 1 and 2
+    victim = tmp_path / "victim"
+    lines = {"huge id": '{"id":1e999,"type":"credential.updated","at":"x","body":{}}',
+             "id zero at the end": '{"id":0,"type":"login.started","at":"x","body":{}}',
+             "float id": '{"id":7.5,"type":"login.started","at":"x","body":{}}',
+             "bool id": '{"id":true,"type":"login.started","at":"x","body":{}}',
+             "over-long line": '{"id":9,"type":"login.started","at":"x","body":{"x":"'
+                               + "y" * 20000 + '"}}'}  # fmt: skip
+    if planted in lines:
+        with journal.open("a") as file:
+            file.write(lines[planted] + "\n")
+    elif planted == "17 MB line":
+        with journal.open("a") as file:
+            file.write('{"id":3,"pad":"' + "z" * (17 * 2**20) + '"}\n')
+    elif planted == "fifo":
+        journal.unlink()
+        os.mkfifo(journal)
+    else:
+        victim.write_text("someone else's\n")
+        journal.unlink()
+        journal.symlink_to(victim)
+    made = _in_time(lambda: emit(state, "login.started", login_id="b"))
+    seen = _in_time(lambda: since(state, 0))
+    if planted in ("fifo", "symlink"):
+        assert made is None and seen == []  # not written through, not read through
+        if planted == "symlink":
+            assert victim.read_text() == "someone else's\n"
+        return
+    if planted == "17 MB line":  # what came before it is out of reach: the journal starts over
+        assert made is not None and journal.stat().st_size < 10_000
+        again = _in_time(lambda: emit(state, "login.started", login_id="c"))
+        assert again is not None and again.id == made.id + 1
+        assert [e.id for e in _in_time(lambda: since(state, made.id))] == [again.id]
+        return
+    assert made is not None and made.id == 3, made
+    assert [e.id for e in seen][-1] == 3
+    assert [e.id for e in _in_time(lambda: since(state, 2))] == [3]  # no replay from the start
+
+
+@pytest.mark.parametrize("planted", ["fifo", "dev zero", "directory", "junk", "symlink"])
+def test_a_hostile_hook_cursor_neither_hangs_nor_stops_the_hook(
+    tmp_path: Path, planted: str
+) -> None:
+    cursor = tmp_path / "hooked.id"
+    if planted == "fifo":
+        os.mkfifo(cursor)
+    elif planted == "dev zero":
+        cursor.symlink_to("/dev/zero")
+    elif planted == "directory":
+        cursor.mkdir()
+    elif planted == "junk":
+        cursor.write_text("1e999\n")
+    else:
+        (tmp_path / "elsewhere").write_text("3")
+        cursor.symlink_to(tmp_path / "elsewhere")
+    settings = ServiceSettings(state_dir=tmp_path, on_change="true")
+    hook = OnChangeHook(settings, Metrics(tmp_path / "metrics.json"))
+    assert _in_time(lambda: hook.resume_after(7)) == 7  # no record it can trust: from now on
+    if planted != "directory":
+        assert cursor.is_file() and not cursor.is_symlink() and cursor.read_text() == "7"
+
+
+def test_write_private_does_not_touch_what_a_symlink_points_at(tmp_path: Path) -> None:
+    from skill.files import write_private  # noqa: PLC0415
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"same")
+    victim.chmod(0o644)
+    link = tmp_path / "link"
+    link.symlink_to(victim)
+    assert write_private(link, b"same") is True  # written: the link was not a file of ours
+    assert victim.stat().st_mode & 0o777 == 0o644 and victim.read_bytes() == b"same"
+    assert not link.is_symlink() and link.read_bytes() == b"same"
