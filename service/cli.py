@@ -128,9 +128,8 @@ def _events(args: argparse.Namespace) -> int:
 
 def _doctor(args: argparse.Namespace) -> int:
     from service.doctor import run_checks, settings_or_defaults  # noqa: PLC0415
-    from service.settings import ServiceSettings  # noqa: PLC0415
 
-    settings, first = settings_or_defaults(ServiceSettings.from_env)
+    settings, first = settings_or_defaults()
     checks = [first]
     if not args.json:
         print(first.line, flush=True)

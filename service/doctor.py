@@ -18,7 +18,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +32,7 @@ from skill.loginstate import StateStore
 from skill.procs import descendants, listener_inodes, listener_pids
 from skill.relay import loopback_request
 from skill.service_client import call, json_body, service_url
+from skill.settings import ENV_ALIASES, ENV_PREFIX
 
 Status = Literal["ok", "warn", "fail", "skip"]
 TMUX_MINIMUM = (3, 0)  # load-buffer from stdin, pipe-pane -o, display -p formats
@@ -55,15 +56,22 @@ class Check:
         return asdict(self)
 
 
-def run_checks(settings: ServiceSettings) -> Iterator[Check]:
+def run_checks(settings: ServiceSettings | None) -> Iterator[Check]:
     """Each check's findings as soon as it has them. A check runs in a thread of its own with
     a deadline: a store, issuer or listener that answers a byte at a time, or a FIFO where a
-    file should be, costs that check and not the report."""
+    file should be, costs that check and not the report. Without settings (they could not be
+    read), only the checks that need none run."""
     checks: list[Callable[[ServiceSettings], Iterator[Check]]] = [
         _tmux, _node, _state_dir, _ports, _credential_files, _service, _store, _issuer,
     ]  # fmt: skip
     for each in checks:
         name = each.__name__.strip("_").replace("_", " ")
+        if settings is None:
+            if each in (_tmux, _node):
+                yield from (_clean(check) for check in each(ServiceSettings.model_construct()))
+            else:
+                yield Check(name, "skip", "the settings could not be read")
+            continue
         found: list[Check] = []
         worker = threading.Thread(target=_collect, args=(each, settings, found, name),
                                   daemon=True)  # fmt: skip
@@ -110,20 +118,34 @@ def _safe_url(url: str | None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def settings_or_defaults(load: Callable[[], ServiceSettings]) -> tuple[ServiceSettings, Check]:
-    """The settings, or (when one is not valid) the defaults, so that the other checks still
-    run; the check says which."""
+def settings_or_defaults(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[ServiceSettings | None, Check]:
+    """The settings; when one is not valid, the settings with that one at its default (said
+    in the check), so that every other check still looks at the setup the user configured; None
+    when even that fails (the checks that need settings are then skipped, not run against a
+    setup that is not the user's)."""
     from pydantic import ValidationError  # noqa: PLC0415 - the settings' own error
 
+    env = dict(os.environ if environ is None else environ)
     try:
-        return load(), Check("settings", "ok", "every setting is valid")
+        return ServiceSettings.from_env(env), Check("settings", "ok", "every setting is valid")
     except (ValidationError, SkillError) as exc:
         from skill.cli import setting_problem  # noqa: PLC0415
 
         why = setting_problem(exc) if isinstance(exc, ValidationError) else _message(exc)
-        return ServiceSettings(), Check(
-            "settings", "fail", f"{why.rstrip('.')}; the checks below use the defaults instead",
-            "fix that setting (README, Settings)")  # fmt: skip
+        bad = {str(e["loc"][0]) for e in exc.errors() if e.get("loc")} if isinstance(
+            exc, ValidationError) else set()  # fmt: skip
+    names = {ENV_PREFIX + field.upper() for field in bad} | {
+        ENV_ALIASES[field] for field in bad if field in ENV_ALIASES}  # fmt: skip
+    fix = "fix that setting (README, Settings)"
+    try:
+        kept = ServiceSettings.from_env({k: v for k, v in env.items() if k not in names})
+    except (ValidationError, SkillError):
+        skipped = f"{why.rstrip('.')}; the checks that need the settings were skipped"
+        return None, Check("settings", "fail", skipped, fix)
+    used = f"{why.rstrip('.')}; the checks below use its default, and the rest as set"
+    return kept, Check("settings", "fail", used, fix)
 
 
 def _tmux(settings: ServiceSettings) -> Iterator[Check]:
@@ -352,7 +374,8 @@ def _issuer(settings: ServiceSettings) -> Iterator[Check]:
                     "tokens would be judged expired at the wrong time",
                     "sync the clock (NTP)")  # fmt: skip
         return
-    yield Check("issuer", "ok", f"answers over TLS we trust; clocks within "
+    how = "over TLS we trust" if settings.issuer.startswith("https://") else "(plain HTTP)"
+    yield Check("issuer", "ok", f"{_safe_url(settings.issuer)} answers {how}; clocks within "
                 f"{max(abs(skew), 1):.0f} s")  # fmt: skip
 
 

@@ -317,3 +317,16 @@ def test_addresses_are_printed_without_their_secrets(setup: dict[str, str]) -> N
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert "SvcPassw0rd" not in done.stdout + done.stderr
     assert "SIGNEDSECRET123" not in done.stdout + done.stderr
+
+
+def test_an_invalid_setting_leaves_every_other_as_configured(setup: dict[str, str]) -> None:
+    """One bad value must not make doctor look at another setup: the issuer it asks is the
+    configured one (not auth.openai.com), the state directory the configured one."""
+    setup["CHATGPT_LOGIN_ON_CHANGE_TIMEOUT"] = "abc"
+    code, report = doctor(setup)
+    checks = {check["name"]: check for check in report["checks"]}
+    assert (code, list(failed(report))) == (1, ["settings"]), report
+    assert "CHATGPT_LOGIN_ON_CHANGE_TIMEOUT" in checks["settings"]["detail"]
+    assert "its default" in checks["settings"]["detail"]
+    assert checks["issuer"]["status"] == "ok", checks["issuer"]  # the fake one answered
+    assert "auth.openai.com" not in json.dumps(report)
