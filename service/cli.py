@@ -111,19 +111,23 @@ def _leave_address(settings: ServiceSettings) -> None:
 
 
 def _events(args: argparse.Namespace) -> int:
-    """Follow the service's events until interrupted (or the service stops)."""
+    """Follow the service's events until interrupted; through its restarts too."""
     from service.settings import ServiceSettings  # noqa: PLC0415
     from skill.service_client import follow_events  # noqa: PLC0415
 
-    for event in follow_events(ServiceSettings.from_env(), after=args.after):
+    def gap(why: str) -> None:
+        print(f"({why})", file=sys.stderr, flush=True)
+
+    for event in follow_events(ServiceSettings.from_env(), after=args.after, on_gap=gap):
         if args.json:
             print(json.dumps(event), flush=True)
         else:
             body = event.get("body") or {}
-            said = " ".join(f"{k}={v}" for k, v in body.items()) if isinstance(body, dict) else ""
+            said = " ".join(f"{k}={json.dumps(v)}" for k, v in body.items() if v is not None) if (
+                isinstance(body, dict)) else ""  # fmt: skip
             print(f"{event.get('at')} #{event.get('id')} {event.get('type')} {said}".rstrip(),
                   flush=True)  # fmt: skip
-    return ExitCode.TRANSIENT  # the stream ended: the service went away
+    return ExitCode.OK
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -14,16 +14,18 @@ import http.client
 import json
 import os
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from skill.errors import SkillError
+from skill.errors import CODES, SkillError
 from skill.procs import listener_uids, peer_uid
 from skill.redirect import LOOPBACK_HOSTS
 from skill.relay import Answer, loopback_request
 from skill.settings import Settings
+from skill.waiting import backoff
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_FILE = "service.url"  # written by `chatgpt-login serve`: where it listens
@@ -73,10 +75,41 @@ EVENTS_PATH = "/v1/events"
 MAX_EVENT_LINE = 64 * 1024
 
 
-def follow_events(settings: Settings, *, after: int = 0) -> Iterator[dict[str, Any]]:
-    """The service's events after id ``after``, as they come (Server-Sent Events), until the
-    service goes away; ``service_unavailable`` if it is not there."""
-    token = _local_token(settings)
+def follow_events(
+    settings: Settings, *, after: int = 0, on_gap: Callable[[str], None] = lambda _: None
+) -> Iterator[dict[str, Any]]:
+    """The service's events after id ``after``, as they come (Server-Sent Events), for as long
+    as the caller reads. When the stream breaks (the service restarted, a worker was replaced,
+    every stream slot was taken), it reconnects from the last event seen, as a browser's
+    EventSource does, and tells ``on_gap`` why; ``service_unavailable`` if no service answers
+    to begin with."""
+    last, connected_once, attempt = after, False, 0
+    while True:
+        try:
+            for event in _stream(settings, last):
+                connected_once, attempt = True, 0
+                if isinstance(event.get("id"), int):
+                    last = event["id"]
+                yield event
+            why = "the service closed the stream"
+        except SkillError as exc:
+            status = exc.details.get("status")
+            # 503 (every stream slot taken) and 401 (a restarted service's new token, read
+            # next time) pass; another answer is for the user to fix; no answer at all is,
+            # unless the service was there before (then it is restarting).
+            if status not in (None, "401", "503") or (status is None and not connected_once):
+                raise
+            why = exc.message
+        connected_once = True  # from here on, wait for it to come back
+        attempt += 1
+        wait = backoff(attempt, base=0.5, cap=5.0)
+        on_gap(f"{why.rstrip('.')}; reconnecting from event {last} in {wait:.0f} s")
+        time.sleep(wait)
+
+
+def _stream(settings: Settings, after: int) -> Iterator[dict[str, Any]]:
+    """One connection's events; ends when the service ends the stream."""
+    token = _local_token(settings)  # read again each time: a restarted service made another
     url = service_url(settings)
     parts = urlsplit(url)
     if parts.hostname not in LOOPBACK_HOSTS:
@@ -84,7 +117,11 @@ def follow_events(settings: Settings, *, after: int = 0) -> Iterator[dict[str, A
     _refuse_a_stranger(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=60)
     try:
-        connection.connect()
+        try:
+            connection.connect()
+        except OSError:
+            raise SkillError("service_unavailable", f"nothing answers at {url}: start the "
+                             "service (`chatgpt-login serve`)") from None  # fmt: skip
         assert connection.sock is not None  # noqa: S101 - connect() made it
         ours_or_refuse(connection.sock)
         connection.request("GET", EVENTS_PATH, headers={
@@ -92,8 +129,7 @@ def follow_events(settings: Settings, *, after: int = 0) -> Iterator[dict[str, A
             "Accept": "text/event-stream"})  # fmt: skip
         answer = connection.getresponse()
         if answer.status != 200:
-            why = f"the chatgpt-login service answered HTTP {answer.status}"
-            raise SkillError("service_unavailable", why)
+            raise _refusal(answer)
         while line := answer.readline(MAX_EVENT_LINE):
             text = line.decode(errors="replace").rstrip("\n")
             if text.startswith("data: "):
@@ -102,10 +138,24 @@ def follow_events(settings: Settings, *, after: int = 0) -> Iterator[dict[str, A
                     if isinstance(event, dict):
                         yield event
     except OSError as exc:  # it stopped, or went quiet past the heartbeat
-        raise SkillError("service_unavailable", "the chatgpt-login service stopped answering"
-                         ) from exc  # fmt: skip
+        raise SkillError("service_unavailable", "the service stopped answering") from exc
     finally:
         connection.close()
+
+
+def _refusal(answer: http.client.HTTPResponse) -> SkillError:
+    """What the service said instead of a stream: its own error code and message, and the
+    HTTP status (``details["status"]``)."""
+    try:
+        said = json.loads(answer.read(MAX_EVENT_LINE))
+    except (OSError, ValueError):
+        said = {}
+    said = said if isinstance(said, dict) else {}
+    code = str(said.get("error") or "service_unavailable")
+    message = str(said.get("message") or f"the service answered HTTP {answer.status}")
+    refused = SkillError(code if code in CODES else "service_unavailable", message)
+    refused.details["status"] = str(answer.status)
+    return refused
 
 
 def ours_or_refuse(sock: socket.socket) -> None:

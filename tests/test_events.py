@@ -306,6 +306,49 @@ def test_the_cli_follows_the_stream(service: dict[str, Any]) -> None:
         follower.wait(10)
 
 
+def test_the_cli_follows_through_a_restart_of_the_service(
+    tmp_path: Path, login_env: dict[str, str], api: FakeSecretsAPI
+) -> None:
+    """`chatgpt-login events` reconnects from the last event it saw, as an EventSource does:
+    what happened while the service was down comes when it is back, nothing twice."""
+    state = tmp_path / "state"
+    with contextmanager(serving)(tmp_path, login_env, api, workers=1) as first:
+        follower = subprocess.Popen([PYTHON, "-m", "service.cli", "events", "--json"],
+                                    env=first["env"], cwd=REPO, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(1)  # connected
+        emit(state, "login.canceled", login_id="before")
+        assert follower.stdout is not None and follower.stderr is not None
+        assert json.loads(follower.stdout.readline())["body"]["login_id"] == "before"
+    try:
+        emit(state, "login.canceled", login_id="while down")
+        gap = follower.stderr.readline()
+        assert "reconnecting from event 1" in gap, gap
+        with contextmanager(serving)(tmp_path, login_env, api, workers=1):
+            came = json.loads(follower.stdout.readline())
+            assert (came["id"], came["body"]["login_id"]) == (2, "while down")
+            emit(state, "login.canceled", login_id="after")
+            assert json.loads(follower.stdout.readline())["id"] == 3
+        assert follower.poll() is None  # still following, through both restarts
+    finally:
+        follower.kill()
+        follower.wait(10)
+
+
+def test_the_cli_says_when_no_service_answers(
+    tmp_path: Path, login_env: dict[str, str], api: FakeSecretsAPI
+) -> None:
+    env = {**service_env(tmp_path, login_env, api),
+           "CHATGPT_LOGIN_SERVICE_URL": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "service.token").write_text("x" * 43)
+    done = subprocess.run([PYTHON, "-m", "service.cli", "events", "--json"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    error = json.loads(done.stdout)
+    assert done.returncode == 4 and error["error"] == "service_unavailable", done
+    assert "chatgpt-login serve" in error["message"]
+
+
 def test_a_hook_that_hangs_is_killed_at_its_timeout_without_holding_anyone(
     tmp_path: Path,
 ) -> None:
