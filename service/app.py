@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 PUBLIC = frozenset({"health.healthz", "health.readyz"})
+RETRY_AFTER = 2  # seconds, on a 503 that passes (a busy store, every stream slot taken)
 
 
 def create_app(settings: ServiceSettings, *, store: SecretsStore | None = None) -> Flask:
@@ -74,7 +75,10 @@ def _no_store(response: Response) -> Response:
 
 def _service_error(exc: ServiceError) -> tuple[Response, int]:
     extra = {"next": exc.next, **exc.details} if exc.next else dict(exc.details)
-    return jsonify(error=exc.code, message=exc.message, **extra), exc.status
+    answer = jsonify(error=exc.code, message=exc.message, **extra)
+    if exc.status == 503 and exc.transient:  # HTTP clients (and proxies) know this header
+        answer.headers["Retry-After"] = str(RETRY_AFTER)
+    return answer, exc.status
 
 
 def _validation_error(exc: ValidationError) -> tuple[Response, int]:

@@ -4,11 +4,13 @@ secrets API."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -109,6 +111,7 @@ class Follower:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         self.connection.request("GET", "/v1/events", headers={
             "Authorization": f"Bearer {TOKEN}", "Last-Event-ID": str(after)})  # fmt: skip
+        self.sock = self.connection.sock  # the response keeps it open after the connection lets go
         self.answer = self.connection.getresponse()
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -129,6 +132,10 @@ class Follower:
         return [event["type"] for event in self.events]
 
     def close(self) -> None:
+        """Hang up for real: the service sees the connection end (closing the connection alone
+        leaves the socket open while the response holds it)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.connection.close()
         SWEEP.add("event stream", f"GET /v1/events on port {self.connection.port}",
                   "".join(self.raw))  # fmt: skip
@@ -251,7 +258,7 @@ def test_fifty_idle_streams_leave_the_api_answering_and_more_are_refused(
     try:
         assert [s.answer.status for s in streams] == [200] * 50
         extra = Follower(service["port"])
-        assert extra.answer.status == 503
+        assert extra.answer.status == 503 and extra.answer.getheader("Retry-After") == "2"
         assert json.loads(extra.answer.read())["error"] == "too_many_streams"
         extra.close()
         during = latencies()  # every one answered, none waiting for a thread a stream holds
@@ -272,6 +279,33 @@ def test_fifty_idle_streams_leave_the_api_answering_and_more_are_refused(
     finally:
         for stream in streams:
             stream.close()
+
+
+def test_a_stream_whose_client_hung_up_gives_its_slot_back_within_seconds(
+    tmp_path: Path, login_env: dict[str, str], api: FakeSecretsAPI
+) -> None:
+    """With heartbeats 30 s apart, a failed write would free the slot only then; the stream
+    looks at its client every second."""
+    with contextmanager(serving)(tmp_path, login_env, api, workers=1,
+                                 CHATGPT_LOGIN_EVENTS_HEARTBEAT="30") as service:  # fmt: skip
+        streams = [Follower(service["port"]) for _ in range(50)]
+        try:
+            assert [s.answer.status for s in streams] == [200] * 50
+            streams.pop().close()
+            started = time.monotonic()
+
+            def a_stream_opens() -> bool:
+                attempt = Follower(service["port"])
+                attempt.close()
+                return attempt.answer.status == 200
+
+            wait_until(a_stream_opens, 10, "the freed slot")
+            took = time.monotonic() - started
+            print(f"slot back {took:.2f} s after its client hung up")
+            assert took < 5, took
+        finally:
+            for stream in streams:
+                stream.close()
 
 
 def test_an_open_stream_does_not_hold_up_a_stop(one_worker: dict[str, Any]) -> None:

@@ -12,6 +12,8 @@ to stop, so that a stop is not held up by a client that never leaves.
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from skill.events import EVENTS_FILE, since
 bp = Blueprint("events", __name__)
 
 POLL = 0.25  # seconds between looks at the journal
+LOOK = 1.0  # seconds between looks at whether a stream's client is still there
 _open = threading.BoundedSemaphore(STREAMS)
 
 
@@ -87,12 +90,13 @@ def stream() -> Response:
         )
     state_dir, heartbeat = context().settings.state_dir, context().settings.events_heartbeat
     watcher = _watcher(state_dir / EVENTS_FILE)
+    client = request.environ.get("gunicorn.socket")  # absent under Flask's test client
 
     def events() -> Iterator[str]:
         last, quiet_since = after, time.monotonic()
         yield "retry: 2000\n\n"
         seen, version = None, watcher.version  # None: what the client missed is read first
-        while not stopping():
+        while not stopping() and not _hung_up(client):
             if version != seen:  # read and parse the journal only when it changed
                 seen = version
                 for event in since(state_dir, last):
@@ -102,7 +106,9 @@ def stream() -> Response:
             if time.monotonic() - quiet_since >= heartbeat:
                 yield ": heartbeat\n\n"
                 quiet_since = time.monotonic()
-            version = watcher.wait(seen, quiet_since + heartbeat - time.monotonic())
+            # A look at the client at least every LOOK seconds: one that hung up gives its
+            # slot back then, not at the next heartbeat.
+            version = watcher.wait(seen, min(LOOK, quiet_since + heartbeat - time.monotonic()))
 
     response = Response(events(), mimetype="text/event-stream",
                         headers={"X-Accel-Buffering": "no"})  # fmt: skip
@@ -117,6 +123,18 @@ def stream() -> Response:
 
     response.call_on_close(release)
     return response
+
+
+def _hung_up(client: socket.socket | None) -> bool:
+    """Whether the stream's client closed its end: its socket reads as ended. (The base class's
+    recv: the worker's own gives up on a client after a while, which is not a hang-up here.)"""
+    if client is None:
+        return False
+    try:
+        readable, _, _ = select.select([client], [], [], 0)
+        return bool(readable) and socket.socket.recv(client, 1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):  # closed under us
+        return True
 
 
 def _stat(path: Path) -> tuple[int, int, int] | None:
