@@ -216,7 +216,22 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     if handler is None:
         parser.print_help()
         return ExitCode.USAGE
-    return _guarded(handler, args)
+    try:
+        code = _guarded(handler, args)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback
+    except BrokenPipeError:
+        return _reader_gone()
+    return code
+
+
+def _reader_gone() -> int:
+    """Whoever read our output stopped (``| head``): say nothing more, as a program killed by
+    SIGPIPE would, and exit as one (128 + 13)."""
+    import os  # noqa: PLC0415
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+    return 128 + 13
 
 
 def _guarded(handler: Handler, args: argparse.Namespace) -> int:
@@ -230,6 +245,8 @@ def _guarded(handler: Handler, args: argparse.Namespace) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return ExitCode.CANCELED
+    except BrokenPipeError:
+        raise  # not a failure to report (on the pipe that just closed): main() ends quietly
     except SkillError as exc:
         return fail(args, exc)
     except ValidationError as exc:

@@ -388,3 +388,19 @@ def test_the_owner_of_the_other_end_is_checked_after_connecting() -> None:
     finally:
         stranger.kill()
         stranger.wait(10)
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(env: dict[str, str]) -> None:
+    """`chatgpt-login status --json | head -c 10`: when the reader is gone, the command ends
+    as a program killed by SIGPIPE would, saying nothing (it printed a traceback)."""
+    import os  # noqa: PLC0415
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([PYTHON, "-m", "skill.cli", "status", "--json"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, timeout=60,
+                              check=False)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
