@@ -95,6 +95,12 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return ExitCode.USAGE
+    if settings.state_dir.exists() and settings.state_dir.stat().st_uid != os.geteuid():
+        # Its owner could plant files the service trusts (the journal, the hook's records).
+        print(f"Error: the state directory {settings.state_dir} belongs to another user. Use a "
+              "directory of this user's (CHATGPT_LOGIN_STATE_DIR), or run as its owner.",
+              file=sys.stderr)  # fmt: skip
+        return ExitCode.USAGE
     local_token(settings, new=True)  # made at every start, before the workers read it
     _leave_address(settings)
     _exec_gunicorn(settings.bind, "service.wsgi:app", worker_timeout(settings), args.workers)

@@ -484,3 +484,18 @@ def test_clients_that_never_close_do_not_freeze_the_service(
             sock.close()
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
+
+
+def test_serve_refuses_a_state_directory_of_another_user(
+    login_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Its owner could plant what the service trusts there (the journal, the hook's records)."""
+    state = tmp_path / "theirs"
+    state.mkdir(mode=0o700)
+    os.chown(state, 65534, 65534)  # nobody's (the tests run as root)
+    done = subprocess.run([PYTHON, "-m", "service.cli", "serve", "--bind",
+                           f"127.0.0.1:{free_port()}"], env={**login_env,
+                          "CHATGPT_LOGIN_STATE_DIR": str(state)}, cwd=REPO, capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+    assert done.returncode == 2 and "belongs to another user" in done.stderr, done.stderr
+    assert list(state.iterdir()) == []  # nothing written into it
