@@ -13,6 +13,7 @@ from __future__ import annotations
 import email.utils
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -63,6 +64,7 @@ def run_checks(settings: ServiceSettings | None) -> Iterator[Check]:
     read), only the checks that need none run."""
     checks: list[Callable[[ServiceSettings], Iterator[Check]]] = [
         _tmux, _node, _state_dir, _ports, _credential_files, _service, _store, _issuer,
+        _on_change_hook,
     ]  # fmt: skip
     for each in checks:
         name = each.__name__.strip("_").replace("_", " ")
@@ -336,6 +338,21 @@ def _store(settings: ServiceSettings) -> Iterator[Check]:
     status: Status = "ok" if said.startswith("ok") else "fail"
     fix = "" if status == "ok" else "see the service's log and its store settings"
     yield Check("secrets store", status, f"the service says: {said}", fix)
+
+
+def _on_change_hook(settings: ServiceSettings) -> Iterator[Check]:
+    if not settings.on_change:
+        yield Check("on-change hook", "skip", "none set (CHATGPT_LOGIN_ON_CHANGE)")
+        return
+    program = shlex.split(settings.on_change)[0]  # the settings made sure it splits
+    found = shutil.which(program, path=os.environ.get("PATH"))  # the service's PATH is the hook's
+    if found is None:
+        yield Check("on-change hook", "fail", f"{program!r} is not a program on PATH: no change "
+                    "would reach it", "fix CHATGPT_LOGIN_ON_CHANGE (a command line, run without "
+                    "a shell)")  # fmt: skip
+        return
+    yield Check("on-change hook", "ok", f"runs {found} after each change (stopped after "
+                f"{settings.on_change_timeout:g} s)")  # fmt: skip
 
 
 def _issuer(settings: ServiceSettings) -> Iterator[Check]:

@@ -52,6 +52,14 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, dict[int, type[BaseMod
     ("get", "/v1/openapi.json", "This document", None, {200: None}),
 ]  # fmt: skip
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Where a stream resumes: the last event id its client saw (either; the header wins). An id
+# past the newest means the journal started over: the stream sends it all.
+EVENTS_PARAMETERS = [
+    {"name": "Last-Event-ID", "in": "header", "required": False,
+     "schema": {"type": "integer", "minimum": 0}},
+    {"name": "after", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 0}},
+]  # fmt: skip
 
 
 def document() -> dict[str, Any]:
@@ -70,6 +78,12 @@ def document() -> dict[str, Any]:
         if "{login_id}" in path:
             operation["parameters"] = [{"name": "login_id", "in": "path", "required": True,
                                         "schema": {"type": "string"}}]  # fmt: skip
+        if path == "/v1/events":
+            operation["parameters"] = EVENTS_PARAMETERS
+            operation["responses"]["200"] = {
+                "description": "A stream of events: `id`, `event` (the type) and `data` (the "
+                "event as JSON: id, type, at, body) per event, a comment line as heartbeat",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}}  # fmt: skip
         if request is not None:
             operation["requestBody"] = {
                 "required": False,

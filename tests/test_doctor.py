@@ -148,6 +148,10 @@ def bad_setting(env: dict[str, str], _: list[Any]) -> None:
     env["CHATGPT_LOGIN_CALLBACK_PORTS"] = "abc"
 
 
+def missing_hook(env: dict[str, str], _: list[Any]) -> None:
+    env["CHATGPT_LOGIN_ON_CHANGE"] = "/nonexistent/reload --now"
+
+
 def clock_off(env: dict[str, str], held: list[Any]) -> None:
     """An issuer whose clock is two hours behind this machine's."""
 
@@ -183,6 +187,8 @@ BROKEN: list[tuple[str, Break, str, str, str]] = [
     ("a setting that is not valid", bad_setting, "settings", "CHATGPT_LOGIN_CALLBACK_PORTS",
      "fix that setting"),
     ("the clock two hours off", clock_off, "clock", "s ahead of the issuer", "NTP"),
+    ("an on-change hook that is not a program", missing_hook, "on-change hook",
+     "'/nonexistent/reload' is not a program", "CHATGPT_LOGIN_ON_CHANGE"),
 ]  # fmt: skip
 
 
