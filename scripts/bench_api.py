@@ -46,6 +46,22 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or "wrk"
 
 
+def signed_in_home(venv: Path, issuer: FakeIssuer, prefix: str) -> tuple[Path, dict[str, str]]:
+    """A fresh HOME signed in with a credential from ``issuer``, and the service's environment
+    for it (the operator token is :data:`TOKEN`)."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    env = {
+        "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "HOME": str(home),
+        "CHATGPT_LOGIN_SECRETS_DIR": str(home / "no-secrets"),
+        "CHATGPT_LOGIN_OPERATOR_TOKEN": TOKEN,
+        "CHATGPT_LOGIN_ISSUER": issuer.url,
+    }
+    credential = Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    PiAuthFile(home / ".pi" / "agent" / "auth.json").save(credential)
+    return home, env
+
+
 def wrk(binary: str, url: str, connections: int, seconds: int) -> tuple[float, float, float]:
     """(requests/s, p50 ms, p99 ms)."""
     threads = max(1, min(2, connections))
@@ -74,17 +90,8 @@ def main() -> int:
     args = parser.parse_args()
     binary = ensure_wrk()
     venv = bench_venv()
-    home = Path(tempfile.mkdtemp(prefix="cgl-bench-api-"))
     issuer = FakeIssuer().start()
-    settings_env = {
-        "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "HOME": str(home),
-        "CHATGPT_LOGIN_SECRETS_DIR": str(home / "no-secrets"),
-        "CHATGPT_LOGIN_OPERATOR_TOKEN": TOKEN,
-        "CHATGPT_LOGIN_ISSUER": issuer.url,
-    }
-    credential = Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
-    PiAuthFile(home / ".pi" / "agent" / "auth.json").save(credential)
+    home, settings_env = signed_in_home(venv, issuer, "cgl-bench-api-")
     ours_port, bare_port = free_port(), free_port()
     serve = [str(venv / "bin" / "chatgpt-login"), "serve", "--bind", f"127.0.0.1:{ours_port}"]
     ours = Served(serve, settings_env, ours_port)

@@ -20,23 +20,17 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.bench_api import ensure_wrk, wrk  # noqa: E402
+from scripts.bench_api import TOKEN, ensure_wrk, signed_in_home, wrk  # noqa: E402
 from scripts.bench_memory import pss_by_process  # noqa: E402
 from scripts.benchlib import Served, bench_venv  # noqa: E402
-from skill.authfiles import PiAuthFile  # noqa: E402
-from skill.credentials import Credential  # noqa: E402
-from skill.tokens import TokenSet  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
-
-TOKEN = "bench-operator-token-0123456789"  # noqa: S105 - a throwaway for this run
 
 
 def open_streams(port: int, count: int) -> list[http.client.HTTPConnection]:
@@ -67,18 +61,9 @@ def main() -> int:
     args = parser.parse_args()
     binary = ensure_wrk()
     venv = bench_venv()
-    home = Path(tempfile.mkdtemp(prefix="cgl-bench-events-"))
     issuer = FakeIssuer().start()
-    env = {
-        "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "HOME": str(home),
-        "CHATGPT_LOGIN_SECRETS_DIR": str(home / "no-secrets"),
-        "CHATGPT_LOGIN_OPERATOR_TOKEN": TOKEN,
-        "CHATGPT_LOGIN_ISSUER": issuer.url,
-        "CHATGPT_LOGIN_EVENTS_HEARTBEAT": "1",
-    }
-    credential = Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
-    PiAuthFile(home / ".pi" / "agent" / "auth.json").save(credential)
+    home, env = signed_in_home(venv, issuer, "cgl-bench-events-")
+    env["CHATGPT_LOGIN_EVENTS_HEARTBEAT"] = "1"
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1/credentials"
     server = Served([str(venv / "bin" / "chatgpt-login"), "serve", "--bind",

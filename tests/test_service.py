@@ -10,6 +10,8 @@ import stat
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -414,12 +416,12 @@ def test_status_follows_every_change_of_the_files_at_once(
     assert client.get("/v1/credentials", headers=auth()).json["status"] == "not_logged_in"
 
 
-def test_clients_that_never_finish_a_request_do_not_hold_the_service(
-    login_env: dict[str, str], state_dir: Path
-) -> None:
-    """Thirty-two connections that send half a request and stop (four times the service's
-    threads): before, every request after them waited for as long as they stayed (here: past
-    30 s); now each is dropped after 2 s of silence and the operator's request is answered."""
+@contextmanager
+def held_by_clients(
+    login_env: dict[str, str], state_dir: Path, count: int, sent: bytes
+) -> Iterator[int]:
+    """The service (its port) with ``count`` connections that sent ``sent`` and then neither
+    send more nor close."""
     import socket  # noqa: PLC0415
 
     port = free_port()
@@ -429,26 +431,36 @@ def test_clients_that_never_finish_a_request_do_not_hold_the_service(
     server = subprocess.Popen([PYTHON, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}"],
                               env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    stalled = []
+    held = []
     try:
         wait_until(lambda: status_of(f"http://127.0.0.1:{port}/healthz", timeout=1) == 200, 20,
                    "gunicorn up")  # fmt: skip
-        for _ in range(32):
+        for _ in range(count):
             sock = socket.create_connection(("127.0.0.1", port))
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and nothing more
-            stalled.append(sock)
+            sock.sendall(sent)
+            held.append(sock)
         time.sleep(0.5)
+        yield port
+    finally:
+        for sock in held:
+            sock.close()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+
+
+def test_clients_that_never_finish_a_request_do_not_hold_the_service(
+    login_env: dict[str, str], state_dir: Path
+) -> None:
+    """Thirty-two connections that send half a request and stop (four times the service's
+    threads): before, every request after them waited for as long as they stayed (here: past
+    30 s); now each is dropped after 2 s of silence and the operator's request is answered."""
+    with held_by_clients(login_env, state_dir, 32, b"GET /healthz HTTP/1.1\r\nHost: x\r\n") as port:
         started = time.monotonic()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/credentials",
                                          headers=auth())  # fmt: skip
         assert status_of(request, timeout=30) == 200
         took = time.monotonic() - started
         assert took < 20, f"{took:.1f} s"
-    finally:
-        for sock in stalled:
-            sock.close()
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
 
 
 def test_clients_that_never_close_do_not_freeze_the_service(
@@ -457,33 +469,13 @@ def test_clients_that_never_close_do_not_freeze_the_service(
     """Ten clients that send a whole request and then keep their socket open: gunicorn 27's
     graceful close waited 2 s for each on the worker's main loop, so the next request waited
     about 20 s; now a close drains what was sent without waiting, and it is answered at once."""
-    import socket  # noqa: PLC0415
-
-    port = free_port()
-    env = {**login_env, "CHATGPT_LOGIN_STATE_DIR": str(state_dir),
-           "CHATGPT_LOGIN_SECRETS_DIR": str(state_dir / "no-secrets")}  # fmt: skip
-    server = subprocess.Popen([PYTHON, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}"],
-                              env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    lingering = []
-    try:
-        wait_until(lambda: status_of(f"http://127.0.0.1:{port}/healthz", timeout=1) == 200, 20,
-                   "gunicorn up")  # fmt: skip
-        for _ in range(10):
-            sock = socket.create_connection(("127.0.0.1", port))
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            lingering.append(sock)  # never read, never closed
-        time.sleep(0.5)
+    whole = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with held_by_clients(login_env, state_dir, 10, whole) as port:
         started = time.monotonic()
         assert status_of(f"http://127.0.0.1:{port}/healthz", timeout=30) == 200
         took = time.monotonic() - started
         print(f"GET /healthz after 10 clients that never close: {took:.2f} s")
         assert took < 5, f"{took:.1f} s"
-    finally:
-        for sock in lingering:
-            sock.close()
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
 
 
 def test_serve_refuses_a_state_directory_of_another_user(
