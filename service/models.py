@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from service.record import HolderView, LeaseView
+from skill.drivers import DRIVERS
+from skill.loginstate import PUBLIC_FIELDS, LoginState
 
 
 class Request(BaseModel):
@@ -17,7 +19,14 @@ class Request(BaseModel):
 
 class LoginRequest(Request):
     method: Literal["browser", "device"] = "browser"
-    driver: Literal["native", "pi-ai", "codex"] = "native"
+    driver: str = Field(default="native", description="a login program: native, pi-ai or codex")
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if value not in DRIVERS:
+            raise ValueError(f"not a login program this version drives; one of {sorted(DRIVERS)}")
+        return value
 
 
 class RedirectRequest(Request):
@@ -28,23 +37,13 @@ class RedirectRequest(Request):
     )
 
 
-class Login(BaseModel):
-    id: str
-    status: Literal["waiting", "completing", "succeeded", "failed", "canceled", "expired"]
-    driver: str
-    method: str
-    started_at: datetime
-    expires_at: datetime
-    finished_at: datetime | None = None
-    auth_url: str | None = Field(default=None, description="while waiting: the link for the user")
-    verification_url: str | None = None
-    user_code: str | None = None
-    error: str | None = None
-    message: str | None = None
-    saved: list[str] = Field(default_factory=list)
-    notes: list[str] = Field(
-        default_factory=list, description="e.g. an unreadable file moved aside"
-    )
+# A sign-in as the API shows it: the user-facing fields of the runner's own record, so the
+# two cannot drift apart.
+Login = create_model(
+    "Login",
+    **{name: (LoginState.model_fields[name].annotation, LoginState.model_fields[name])
+       for name in PUBLIC_FIELDS},
+)  # type: ignore[call-overload]  # fmt: skip
 
 
 class CredentialStatus(BaseModel):

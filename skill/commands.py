@@ -51,13 +51,10 @@ def _json_value(value: object) -> str:
 
 
 def _public(state: LoginState) -> dict[str, Any]:
-    data = state.model_dump(
-        include={"id", "driver", "method", "status", "started_at", "expires_at", "finished_at",
-                 "verification_url", "user_code", "error", "message", "saved", "notes",
-                 "redirect_port"}
-    )  # fmt: skip
-    if state.live and state.auth_url:
-        data["auth_url"] = state.auth_url  # the user needs it; it dies with the attempt
+    data = state.public()
+    data["redirect_port"] = state.redirect_port  # where `complete` relays (the agent's view)
+    if data["auth_url"] is None:
+        del data["auth_url"]
     return data
 
 

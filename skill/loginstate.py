@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -26,6 +26,14 @@ Status = Literal["waiting", "completing", "succeeded", "failed", "canceled", "ex
 LIVE: frozenset[Status] = frozenset({"waiting", "completing"})
 
 
+# What a user (the CLI's --json, the API's Login) is shown of an attempt: never its `state`,
+# its session or pids; the sign-in link only while it is live.
+PUBLIC_FIELDS = (
+    "id", "driver", "method", "status", "started_at", "expires_at", "finished_at", "auth_url",
+    "verification_url", "user_code", "error", "message", "saved", "notes",
+)  # fmt: skip
+
+
 class LoginState(BaseModel):
     id: str
     driver: str  # a key of skill.drivers.DRIVERS
@@ -34,7 +42,8 @@ class LoginState(BaseModel):
     session: str
     started_at: datetime
     expires_at: datetime
-    auth_url: str | None = Field(default=None, repr=False)
+    auth_url: str | None = Field(default=None, repr=False,
+                                 description="while waiting: the link for the user")  # fmt: skip
     state: str | None = Field(default=None, repr=False)
     redirect_port: int | None = None
     verification_url: str | None = None
@@ -43,7 +52,8 @@ class LoginState(BaseModel):
     error: str | None = None
     message: str | None = None
     saved: list[str] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)  # e.g. an unreadable file moved aside
+    notes: list[str] = Field(default_factory=list,
+                             description="e.g. an unreadable file moved aside")  # fmt: skip
     signed_in_as: str | None = None  # "<email> (<plan> plan)": for messages, not a secret
     code_sha256: str | None = None  # which pasted code finished it (for a repeated complete)
     pane_pid: int | None = None
@@ -58,6 +68,13 @@ class LoginState(BaseModel):
     @property
     def live(self) -> bool:
         return self.status in LIVE
+
+    def public(self) -> dict[str, Any]:
+        """What a user is shown of it (:data:`PUBLIC_FIELDS`)."""
+        shown = self.model_dump(include=set(PUBLIC_FIELDS))
+        if not self.live:
+            shown["auth_url"] = None  # the link died with the attempt
+        return shown
 
     @property
     def expired_now(self) -> bool:

@@ -4,6 +4,7 @@ the CLI (a login started from either is visible and completable from the other).
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel
 
 from service.context import body, context
 from service.errors import ServiceError
@@ -15,11 +16,8 @@ from skill.runner import Runner
 bp = Blueprint("logins", __name__)
 
 
-def view(state: LoginState) -> Login:
-    data = state.model_dump()
-    if not state.live:
-        data["auth_url"] = None
-    return Login.model_validate(data, from_attributes=False)
+def view(state: LoginState) -> BaseModel:
+    return Login.model_validate(state.public())
 
 
 def _runner() -> Runner:
