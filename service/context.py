@@ -15,6 +15,7 @@ from service.metrics import Metrics
 from service.persistence import Holder, LocalStateFile, Persistence, holder_of
 from service.secrets import SecretsStore
 from service.settings import ServiceSettings
+from skill import statedir
 from skill.files import ensure_private_dir, write_private
 from skill.lock import FlockLock
 
@@ -28,8 +29,8 @@ class Context:
     def __init__(self, settings: ServiceSettings, store: SecretsStore) -> None:
         self.settings = settings
         self.store = store
-        self.state = LocalStateFile(settings.state_dir / "service.json")
-        self.metrics = Metrics(settings.state_dir / "metrics.json")
+        self.state = LocalStateFile(settings.state_dir / statedir.SERVICE_STATE)
+        self.metrics = Metrics(settings.state_dir / statedir.METRICS)
         self.holder: Holder = holder_of(settings)
         self.tokens = [t.encode() for t in (settings.operator_token, local_token(settings)) if t]
         # /readyz's own look at the store, when the keep-alive has not read it lately: one at a
@@ -52,7 +53,7 @@ def local_token(settings: ServiceSettings, *, new: bool = False) -> str:
     """The token local callers (the agent's commands) read from the state directory. ``serve``
     makes a new one at every start (``new``), so a token that ever leaked dies with the
     service that issued it; its workers then read that one."""
-    path = settings.state_dir / "service.token"
+    path = settings.state_dir / statedir.SERVICE_TOKEN
     ensure_private_dir(settings.state_dir)
     with FlockLock(path, timeout=10):  # every gunicorn worker must end up with the same one
         try:

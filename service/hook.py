@@ -37,14 +37,15 @@ from pathlib import Path
 
 from service.metrics import Metrics
 from service.settings import ServiceSettings
+from skill import statedir
 from skill.events import Event
 from skill.files import read_small, write_private
 
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 100  # changes waiting for the hook; beyond this, the oldest are not hooked
-HOOKED_FILE = "hooked.id"
-RUNNING_FILE = "hook.pid"  # "<pgid> <start time>" of the run in progress
+HOOKED_FILE = statedir.HOOKED
+RUNNING_FILE = statedir.HOOK_RUNNING  # "<pgid> <start time>" of the run in progress
 HOOKED = frozenset({"credential.updated", "credential.needs_relogin", "credential.logged_out"})
 TERM_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for a run past its timeout
 

@@ -38,6 +38,7 @@ from service.record import fingerprint
 from service.refresher import Refresher, refresh_due_at
 from service.secrets import SecretsStore
 from service.settings import ServiceSettings
+from skill import statedir
 from skill.credentials import Credential
 from skill.errors import SkillError
 from skill.events import last_id, since
@@ -264,7 +265,7 @@ class KeepAlive:
         if self._leader is not None:
             return True
         ensure_private_dir(self.settings.state_dir)
-        lock = FlockLock(self.settings.state_dir / "keepalive", timeout=0.0)
+        lock = FlockLock(self.settings.state_dir / statedir.KEEPALIVE_LOCK, timeout=0.0)
         try:
             lock.acquire()
         except SkillError:

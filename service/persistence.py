@@ -59,6 +59,7 @@ from service.record import (
 from service.refresher import Refresher, refresh_due_at
 from service.secrets import SecretsStore, Snapshot
 from service.settings import ServiceSettings
+from skill import statedir
 from skill.apikey import take_back
 from skill.authfiles import CodexAuthFile, PiAuthFile, auth_files
 from skill.credentials import Credential
@@ -114,7 +115,7 @@ def holder_of(settings: ServiceSettings) -> Holder:
     host = socket.gethostname()
     if settings.holder_id:
         return Holder(settings.holder_id, host)
-    path = settings.state_dir / "holder.id"
+    path = settings.state_dir / statedir.HOLDER_ID
     ensure_private_dir(settings.state_dir)
     with FlockLock(path, timeout=10):  # every worker must end up with the same one
         try:
@@ -160,8 +161,8 @@ class Persistence:
         self.settings, self.store = settings, store
         self.keys = Keys(settings.secrets_key)
         self.holder = holder or holder_of(settings)
-        self.state = LocalStateFile(settings.state_dir / "service.json")
-        self.metrics = metrics or Metrics(settings.state_dir / "metrics.json")
+        self.state = LocalStateFile(settings.state_dir / statedir.SERVICE_STATE)
+        self.metrics = metrics or Metrics(settings.state_dir / statedir.METRICS)
         self.pi = PiAuthFile(
             settings.pi_auth_file, stale=settings.lock_stale, timeout=settings.lock_timeout
         )

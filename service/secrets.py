@@ -38,6 +38,7 @@ from typing import Any, Literal, Protocol
 from service.errors import ServiceError, unreachable
 from service.settings import ServiceSettings
 from service.store_client import Response, StoreClient
+from skill import statedir
 from skill.files import ensure_private_dir, read_settled, write_private
 from skill.lock import FlockLock
 from skill.outbound import (
@@ -105,7 +106,7 @@ def secrets_store(settings: ServiceSettings, **kwargs: Any) -> SecretsStore:
             cadata=settings.proxy_ca,
             **kwargs,
         )
-    return FileSecretsStore(settings.secrets_file or settings.state_dir / "secrets.json")
+    return FileSecretsStore(settings.secrets_file or settings.state_dir / statedir.SECRETS_FILE)
 
 
 def conflict() -> ServiceError:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from skill import statedir
 from skill.settings import Settings
 
 TINYFAT_SECRETS_URL = "https://tinyfat.com/api/agent/secrets"
@@ -138,7 +139,7 @@ class ServiceSettings(Settings):
         if self.secrets_api_url is None and self.secrets_api_token:
             object.__setattr__(self, "secrets_api_url", TINYFAT_SECRETS_URL)
         if self.secrets_file is None:
-            object.__setattr__(self, "secrets_file", self.state_dir / "secrets.json")
+            object.__setattr__(self, "secrets_file", self.state_dir / statedir.SECRETS_FILE)
         if self.vault_path is None:
             object.__setattr__(self, "vault_path", f"chatgpt-login/{self.secrets_key}")
         if self.secrets_backend == "http" and not self.uses_secrets_api:

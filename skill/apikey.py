@@ -13,13 +13,13 @@ import contextlib
 import hashlib
 from typing import Any
 
-from skill import protocol
+from skill import protocol, statedir
 from skill.authfiles import CodexAuthFile
 from skill.errors import SkillError
 from skill.files import ensure_private_dir, write_private
 from skill.settings import Settings
 
-FINGERPRINT = "api_key.sha256"
+FINGERPRINT = statedir.API_KEY_FINGERPRINT
 
 
 def note_api_key(settings: Settings) -> str:

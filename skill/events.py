@@ -26,12 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from skill import statedir
 from skill.files import ensure_private_dir, write_private
 from skill.lock import FlockLock
 
 log = logging.getLogger(__name__)
 
-EVENTS_FILE = "events.jsonl"
+EVENTS_FILE = statedir.EVENTS
 KEEP, TRIM_AT = 500, 1000  # events kept when the journal reaches TRIM_AT lines
 MAX_LINE = 16 * 1024  # an event body is small; a longer line is not ours
 TYPE = re.compile(r"[a-z_]+\.[a-z_]+")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from skill import statedir
 from skill.drivers import DRIVERS, Method
 from skill.errors import SkillError
 from skill.files import ensure_private_dir, read_settled, write_private
@@ -101,7 +102,7 @@ class StateStore:
 
     def __init__(self, state_dir: Path, *, timeout: float = 30.0) -> None:
         self.dir = state_dir
-        self.path = state_dir / "login.json"
+        self.path = state_dir / statedir.LOGIN
         self.timeout = timeout
 
     @contextmanager

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from skill import statedir
 from skill.attempt import premade_link
 from skill.chat import codes_in, extract_callback
 from skill.drivers import DRIVERS, Driver, DriverName, Method, Saved
@@ -57,7 +58,7 @@ class Runner:
         self.store = StateStore(self.dir)
         env = {**settings.child_env, "HOME": str(Path.home())}
         self.tmux = tmux or TmuxServer(
-            self.dir / "tmux.sock", base_env=env, python=settings.python_executable
+            self.dir / statedir.TMUX_SOCKET, base_env=env, python=settings.python_executable
         )
 
     # Commands -------------------------------------------------------------------------------
@@ -186,8 +187,8 @@ class Runner:
 
     def _launch(self, driver: Driver, method: Method) -> LoginState:
         login_id = secrets.token_hex(4)
-        ensure_private_dir(self.dir / "work")
-        workdir = self.dir / "work" / login_id
+        ensure_private_dir(self.dir / statedir.WORK)
+        workdir = self.dir / statedir.WORK / login_id
         ensure_private_dir(workdir)
         launch = driver.launch(self.settings, method, workdir)
         premade = launch.premade
@@ -357,7 +358,7 @@ class Runner:
             self._end(state, "failed", error=verdict.code, message=verdict.message)
             raise verdict
         try:
-            saved = driver.save(self.settings, self.dir / "work" / state.id,
+            saved = driver.save(self.settings, self.dir / statedir.WORK / state.id,
                                 lambda: self.tmux.screen(state.session))  # fmt: skip
         except SkillError as exc:
             self._end(state, "failed", error=exc.code, message=exc.message)
@@ -379,7 +380,7 @@ class Runner:
         self.tmux.kill(state.session)
         end_processes(pids)
         self._log(state.id).unlink(missing_ok=True)
-        shutil.rmtree(self.dir / "work" / state.id, ignore_errors=True)
+        shutil.rmtree(self.dir / statedir.WORK / state.id, ignore_errors=True)
         ended = state.ended(status, **outcome)  # type: ignore[arg-type]
         self.store.save(ended)
         if status == "canceled":
@@ -464,7 +465,7 @@ class Runner:
         )
 
     def _log(self, login_id: str) -> Path:
-        logs = self.dir / "logs"
+        logs = self.dir / statedir.LOGS
         ensure_private_dir(logs)
         return logs / f"{login_id}.log"
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from skill import statedir
 from skill.errors import CODES, SkillError
 from skill.procs import listener_uids, peer_uid
 from skill.redirect import LOOPBACK_HOSTS
@@ -28,7 +29,7 @@ from skill.settings import Settings
 from skill.waiting import backoff
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-URL_FILE = "service.url"  # written by `chatgpt-login serve`: where it listens
+URL_FILE = statedir.SERVICE_URL  # written by `chatgpt-login serve`: where it listens
 PERSIST_PATH = "/v1/credentials/persist"
 CREDENTIALS_PATH = "/v1/credentials"
 REFRESH_PATH = "/v1/credentials/refresh"
@@ -63,7 +64,7 @@ def call(
 def _local_token(settings: Settings) -> str:
     """The token `serve` wrote for this machine's callers; ``service_unavailable`` without."""
     try:
-        token = (settings.state_dir / "service.token").read_text().strip()
+        token = (settings.state_dir / statedir.SERVICE_TOKEN).read_text().strip()
     except OSError:
         token = ""
     if not token:

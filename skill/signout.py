@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 
+from skill import statedir
 from skill.errors import SkillError
 from skill.files import read_settled, write_private
 from skill.settings import Settings
@@ -27,7 +28,7 @@ from skill.settings import Settings
 if TYPE_CHECKING:
     from skill.credentials import Credential
 
-PENDING_FILE = "logout.pending"
+PENDING_FILE = statedir.LOGOUT_PENDING
 
 
 @dataclass(frozen=True)
