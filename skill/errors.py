@@ -374,7 +374,15 @@ class SkillError(Exception):
 
     ``message`` defaults to the table's text; callers may pass a more specific one, which must
     still say what to do next and must not contain secrets.
+
+    ``SkillError(code)`` makes an instance of the code's family (:data:`FAMILIES`), so that a
+    caller catches a class (``except LockError``) rather than comparing code strings; the code
+    stays the stable name an agent or a script reads.
     """
+
+    def __new__(cls, code: str, *args: object, **kwargs: object) -> SkillError:
+        family = FAMILIES.get(code, cls) if cls is SkillError else cls
+        return super().__new__(family)
 
     def __init__(
         self,
@@ -405,7 +413,55 @@ class SkillError(Exception):
         return self.kind == "permanent"
 
     def __repr__(self) -> str:
-        return f"SkillError({self.code!r})"
+        return f"{type(self).__name__}({self.code!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Copied or pickled, it is made again from its code (the default would pass the
+        # message where the code goes).
+        return (SkillError, (self.code, self.message),
+                {"status": self.status, "details": self.details})  # fmt: skip
+
+
+class NetworkError(SkillError):
+    """The issuer, the service or the secrets store could not be reached, or answered badly:
+    the same call may work later."""
+
+
+class SignInError(SkillError):
+    """The sign-in itself: refused, expired, its program failed, or the sign-in is dead and
+    must be done again."""
+
+
+class PasteError(SkillError):
+    """What the user pasted is not the address of this sign-in (or its code was refused)."""
+
+
+class CredentialFileError(SkillError):
+    """A credential file is missing, cannot be read, or holds another account."""
+
+
+class LockError(SkillError):
+    """A lock or a port is held by someone else."""
+
+
+_FAMILY_CODES: dict[type[SkillError], tuple[str, ...]] = {
+    NetworkError: ("network_error", "response_timeout", "server_error", "rate_limited",
+                   "invalid_response", "service_unavailable", "store_unavailable"),
+    SignInError: ("refresh_token_reused", "refresh_token_expired", "refresh_token_invalidated",
+                  "invalid_grant", "refresh_rejected", "refresh_busy", "access_denied",
+                  "missing_codex_entitlement", "plan_not_supported", "device_auth_disabled",
+                  "device_code_expired", "approval_pending", "login_timeout", "canceled",
+                  "already_signed_in", "unsupported_method", "no_login", "login_ended",
+                  "program_failed", "program_timeout", "listener_not_ours"),
+    PasteError: ("state_mismatch", "bad_paste", "code_rejected"),
+    CredentialFileError: ("credentials_corrupt", "credentials_missing", "credentials_invalid",
+                          "account_mismatch"),
+    LockError: ("lock_timeout", "port_unavailable"),
+}  # fmt: skip
+# Each code's class; codes in none (a bad setting, a local or internal fault) are SkillError.
+FAMILIES: dict[str, type[SkillError]] = {
+    code: family for family, codes in _FAMILY_CODES.items() for code in codes
+}
 
 
 def from_os_error(exc: OSError) -> SkillError:

@@ -25,7 +25,7 @@ from skill import statedir
 from skill.attempt import premade_link
 from skill.chat import codes_in, extract_callback
 from skill.drivers import DRIVERS, Driver, DriverName, Method, Saved
-from skill.errors import CODES, RECOVERABLE, SkillError
+from skill.errors import CODES, RECOVERABLE, LockError, SkillError
 from skill.events import emit
 from skill.files import ensure_private_dir
 from skill.loginstate import LoginState, StateStore
@@ -170,9 +170,7 @@ class Runner:
         try:
             with self.store.locked(timeout=0.2):
                 return self._settle(self.store.load())
-        except SkillError as exc:
-            if exc.code != "lock_timeout":
-                raise
+        except LockError:
             return self.store.load()
 
     def cancel(self) -> LoginState | None:
