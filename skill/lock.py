@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from skill.errors import SkillError
 
@@ -46,7 +47,26 @@ def _backoff(delay: float, deadline: float) -> float:
     return min(delay * 1.5, _POLL_MAX)
 
 
-class DirLock:
+class _Held:
+    """``with lock:`` for both locks: acquire on entry, release on exit."""
+
+    def acquire(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class DirLock(_Held):
     """pi's ``proper-lockfile`` lock on ``target`` (the lock is ``<target>.lock/``)."""
 
     def __init__(self, target: Path, *, stale: float = 30.0, timeout: float = 60.0) -> None:
@@ -161,15 +181,6 @@ class DirLock:
         self._keeper = threading.Thread(target=keep, name="chatgpt-login-lock", daemon=True)
         self._keeper.start()
 
-    def __enter__(self) -> DirLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
-
 
 def _holder_died(fd: int, seen: os.stat_result) -> bool:
     """True if the lock open on ``fd`` is one of ours whose holder is gone (its flock with it).
@@ -183,7 +194,7 @@ def _holder_died(fd: int, seen: os.stat_result) -> bool:
     return True
 
 
-class FlockLock:
+class FlockLock(_Held):
     """An exclusive ``flock`` on ``<target>.lock`` (a regular file, kept 0600)."""
 
     def __init__(self, target: Path, *, timeout: float = 60.0) -> None:
@@ -212,12 +223,3 @@ class FlockLock:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
-
-    def __enter__(self) -> FlockLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()

@@ -80,7 +80,7 @@ class _Device:
 
 
 @dataclass
-class FakeIssuer:
+class FakeIssuer(loopback.LoopbackFake):
     """Configure the fields, then ``start()``; ``url`` is the issuer base URL."""
 
     account: Account = field(default_factory=Account)
@@ -123,22 +123,13 @@ class FakeIssuer:
     ) -> FakeIssuer:
         """Serve on 127.0.0.1:``port``; with ``tls``, over HTTPS, known as ``public_url``
         (for example https://auth.openai.com inside a test network namespace)."""
-        issuer = self
-
-        class Handler(_Handler):
-            fake = issuer
-
-        self._server = loopback.serve(Handler, port=port, tls=tls)
+        self._serve(_Handler, port=port, tls=tls)
         self._public_url = public_url
         return self
 
-    def stop(self) -> None:
-        loopback.stop(self._server)
-
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return self._public_url or f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._public_url or f"http://127.0.0.1:{self.port}"
 
     # What a browser and a user do ---------------------------------------------------------------
 

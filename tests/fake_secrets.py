@@ -30,7 +30,7 @@ TOKEN = "fat-tools-canary-7c1e"
 
 
 @dataclass
-class FakeSecretsAPI:
+class FakeSecretsAPI(loopback.LoopbackFake):
     token: str = TOKEN
     record: dict[str, Any] = field(default_factory=dict)
     faults: list[str] = field(default_factory=list)
@@ -43,22 +43,13 @@ class FakeSecretsAPI:
     _server: ThreadingHTTPServer | None = None
 
     def start(self) -> FakeSecretsAPI:
-        api = self
-
-        class Handler(_Handler):
-            fake = api
-
         register(self.token, "secrets API token")
-        self._server = loopback.serve(Handler)
+        self._serve(_Handler)
         return self
-
-    def stop(self) -> None:
-        loopback.stop(self._server)
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}/api/agent/secrets"
+        return f"http://127.0.0.1:{self.port}/api/agent/secrets"
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -36,3 +36,24 @@ def status_of(request: str | urllib.request.Request, *, timeout: float = 5) -> i
         return answer.code
     except OSError:
         return 0
+
+
+class LoopbackFake:
+    """What the fakes share: their request handler bound to them (as ``fake``), served on
+    127.0.0.1 in a thread, stopped with :meth:`stop`."""
+
+    _server: ThreadingHTTPServer | None
+
+    def _serve(
+        self, handler: type[BaseHTTPRequestHandler], *, port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:  # fmt: skip
+        self._server = serve(type("Handler", (handler,), {"fake": self}), port=port, tls=tls)
+
+    def stop(self) -> None:
+        stop(self._server)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
