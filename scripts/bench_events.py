@@ -35,7 +35,7 @@ from tests.fake_issuer import FakeIssuer  # noqa: E402
 
 def open_streams(port: int, count: int) -> list[http.client.HTTPConnection]:
     """``count`` streams, each past its first line (served, not queued). The last run's streams
-    give their slots back at their next heartbeat: until then, 503 is retried."""
+    give their slots back within a second of hanging up: until then, 503 is retried."""
     opened: list[http.client.HTTPConnection] = []
     deadline = time.monotonic() + 10
     while len(opened) < count:

@@ -33,7 +33,6 @@ from skill.loginstate import StateStore
 from skill.procs import descendants, listener_inodes, listener_pids
 from skill.relay import loopback_request
 from skill.service_client import call, json_body, service_url
-from skill.settings import ENV_ALIASES, ENV_PREFIX
 
 Status = Literal["ok", "warn", "fail", "skip"]
 TMUX_MINIMUM = (3, 0)  # load-buffer from stdin, pipe-pane -o, display -p formats
@@ -68,19 +67,17 @@ def run_checks(settings: ServiceSettings | None) -> Iterator[Check]:
     ]  # fmt: skip
     for each in checks:
         name = each.__name__.strip("_").replace("_", " ")
-        if settings is None:
-            if each in (_tmux, _node):
-                yield from (_clean(check) for check in each(ServiceSettings.model_construct()))
-            else:
-                yield Check(name, "skip", "the settings could not be read")
+        if settings is None and each not in (_tmux, _node):
+            yield Check(name, "skip", "the settings could not be read")
             continue
         found: list[Check] = []
-        worker = threading.Thread(target=_collect, args=(each, settings, found, name),
+        used = settings or ServiceSettings.model_construct()  # tmux and node need none
+        worker = threading.Thread(target=_collect, args=(each, used, found, name),
                                   daemon=True)  # fmt: skip
         worker.start()
-        worker.join(settings.doctor_deadline)
+        worker.join(used.doctor_deadline)
         if worker.is_alive():
-            found.append(Check(name, "fail", f"no answer within {settings.doctor_deadline:g} s",
+            found.append(Check(name, "fail", f"no answer within {used.doctor_deadline:g} s",
                                "see the other checks; something it waits on hangs"))  # fmt: skip
         yield from (_clean(check) for check in found)
 
@@ -132,18 +129,20 @@ def settings_or_defaults(
     env = dict(os.environ if environ is None else environ)
     try:
         return ServiceSettings.from_env(env), Check("settings", "ok", "every setting is valid")
-    except (ValidationError, SkillError) as exc:
+    except (ValueError, SkillError) as exc:  # ValidationError, and a dict setting not JSON
         from skill.cli import setting_problem  # noqa: PLC0415
 
         why = setting_problem(exc) if isinstance(exc, ValidationError) else _message(exc)
         bad = {str(e["loc"][0]) for e in exc.errors() if e.get("loc")} if isinstance(
             exc, ValidationError) else set()  # fmt: skip
-    names = {ENV_PREFIX + field.upper() for field in bad} | {
-        ENV_ALIASES[field] for field in bad if field in ENV_ALIASES}  # fmt: skip
     fix = "fix that setting (README, Settings)"
+    # Overrides win over the environment and the file secrets alike: wherever it came from,
+    # the bad value is put back to its default.
+    defaults = {name: ServiceSettings.model_fields[name].get_default(call_default_factory=True)
+                for name in bad if name in ServiceSettings.model_fields}  # fmt: skip
     try:
-        kept = ServiceSettings.from_env({k: v for k, v in env.items() if k not in names})
-    except (ValidationError, SkillError):
+        kept = ServiceSettings.from_env(env, **defaults)
+    except (ValueError, SkillError):
         skipped = f"{why.rstrip('.')}; the checks that need the settings were skipped"
         return None, Check("settings", "fail", skipped, fix)
     used = f"{why.rstrip('.')}; the checks below use its default, and the rest as set"

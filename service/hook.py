@@ -33,6 +33,7 @@ import shlex
 import signal
 import subprocess
 import threading
+import weakref
 from pathlib import Path
 
 from service.metrics import Metrics
@@ -66,7 +67,8 @@ class OnChangeHook:
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=QUEUE_LIMIT)
         self._thread: threading.Thread | None = None
         self._child: subprocess.Popen[bytes] | None = None
-        atexit.register(self._stop_child)  # a worker that stops takes its run with it
+        self._stopping = False
+        _HOOKS.add(self)  # a worker that stops takes its run with it (_stop_all, at exit)
 
     def resume_after(self, newest: int) -> int:
         """The id after which a new leader hooks events: the last one hooked (by any leader
@@ -115,6 +117,8 @@ class OnChangeHook:
                 self.run(event)
             except Exception:  # the thread must outlive any one run, or nothing is hooked again
                 log.exception("on-change hook: the run for event %d failed", event.id)
+            if self._stopping:  # the run was cut short by the stop: the next leader runs it
+                return
             self._record(event.id)
 
     def _record(self, hooked: int) -> None:
@@ -161,11 +165,21 @@ class OnChangeHook:
         return outcome
 
     def _stop_child(self) -> None:
+        self._stopping = True
         child = self._child
         if child is not None and child.poll() is None:
             _end_group(child)
             with contextlib.suppress(OSError):
                 self.running.unlink(missing_ok=True)
+
+
+_HOOKS: weakref.WeakSet[OnChangeHook] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for hook in list(_HOOKS):
+        hook._stop_child()
 
 
 def _end_group(child: subprocess.Popen[bytes]) -> None:

@@ -4,12 +4,12 @@ model has a field for a token value."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from service.record import HolderView, LeaseView
-from skill.drivers import DRIVERS
+from skill.drivers import known_driver
 from skill.loginstate import PUBLIC_FIELDS, LoginState
 
 
@@ -19,14 +19,9 @@ class Request(BaseModel):
 
 class LoginRequest(Request):
     method: Literal["browser", "device"] = "browser"
-    driver: str = Field(default="native", description="a login program: native, pi-ai or codex")
-
-    @field_validator("driver")
-    @classmethod
-    def _known_driver(cls, value: str) -> str:
-        if value not in DRIVERS:
-            raise ValueError(f"not a login program this version drives; one of {sorted(DRIVERS)}")
-        return value
+    driver: Annotated[str, AfterValidator(known_driver)] = Field(
+        default="native", description="a login program (skill/drivers.py): native, pi-ai, codex"
+    )
 
 
 class RedirectRequest(Request):

@@ -95,7 +95,9 @@ class BoundedConn(TConn):  # type: ignore[misc]  # an untyped base
             self.sock.setblocking(False)  # with a timeout set, even MSG_DONTWAIT would wait
             drained = 0
             while drained < DRAIN_LIMIT:
-                data = self.sock.recv(4096)  # BlockingIOError once nothing more is there
+                # The base class's recv: BoundedSocket's gives up on an old connection, and
+                # this one may be old (a stream); BlockingIOError once nothing more is there.
+                data = socket.socket.recv(self.sock, 4096)
                 if not data:
                     break
                 drained += len(data)

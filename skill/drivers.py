@@ -247,3 +247,11 @@ def _native_env(settings: Settings, workdir: Path) -> dict[str, str]:
 
 
 DRIVERS: dict[str, Driver] = {d.name: d for d in (NativeDriver(), PiAiDriver(), CodexDriver())}
+
+
+def known_driver(name: str) -> str:
+    """``name`` if it is a registered driver (a pydantic validator of the state file and the
+    API's start); a ValueError naming the ones there are otherwise."""
+    if name not in DRIVERS:
+        raise ValueError(f"not a login program this version drives; one of {sorted(DRIVERS)}")
+    return name

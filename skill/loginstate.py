@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from skill import statedir
-from skill.drivers import DRIVERS, Method
+from skill.drivers import Method, known_driver
 from skill.errors import SkillError
 from skill.files import ensure_private_dir, read_settled, write_private
 from skill.lock import FlockLock
@@ -37,7 +37,7 @@ PUBLIC_FIELDS = (
 
 class LoginState(BaseModel):
     id: str
-    driver: str  # a key of skill.drivers.DRIVERS
+    driver: Annotated[str, AfterValidator(known_driver)]
     method: Method
     status: Status
     session: str
@@ -58,13 +58,6 @@ class LoginState(BaseModel):
     signed_in_as: str | None = None  # "<email> (<plan> plan)": for messages, not a secret
     code_sha256: str | None = None  # which pasted code finished it (for a repeated complete)
     pane_pid: int | None = None
-
-    @field_validator("driver")
-    @classmethod
-    def _known_driver(cls, value: str) -> str:
-        if value not in DRIVERS:
-            raise ValueError(f"not a login program this version drives: {value!r}")
-        return value
 
     @property
     def live(self) -> bool:

@@ -95,10 +95,12 @@ def follow_events(
             why = "the service closed the stream"
         except SkillError as exc:
             status = exc.details.get("status")
-            # 503 (every stream slot taken) and 401 (a restarted service's new token, read
-            # next time) pass; another answer is for the user to fix; no answer at all is,
-            # unless the service was there before (then it is restarting).
-            if status not in (None, "401", "503") or (status is None and not connected_once):
+            # What passes: every stream slot taken (503); once the service was there, a 401
+            # (it restarted with a new token, read next time) or no answer (it is restarting).
+            # Anything else is for the user to fix, and said at once.
+            restarting = status == "401" or (status is None and exc.code == "service_unavailable")
+            passes = status == "503" or (connected_once and restarting)
+            if not passes:
                 raise
             why = exc.message
         connected_once = True  # from here on, wait for it to come back

@@ -23,6 +23,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from skill.errors import SkillError
+
 # The Codex CLI's public PKCE client (no secret). Reusing it is what every third-party tool
 # does; it is unofficial (see README).
 CODEX_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
@@ -170,8 +172,15 @@ class Settings(BaseModel):
             raw = next((env[k] for k in (ENV_PREFIX + name.upper(), alias) if k and k in env), None)
             if raw is None:
                 raw = _file_secret(secrets_dir, name, alias)
-            if raw is not None:
-                values[name] = json.loads(raw) if field.annotation == dict[str, str] else raw
+            if raw is not None and field.annotation == dict[str, str]:
+                try:
+                    values[name] = json.loads(raw)
+                except ValueError:
+                    raise SkillError("invalid_setting", f"Invalid setting {ENV_PREFIX}"
+                                     f"{name.upper()}: not a JSON object. Fix it and retry."
+                                     ) from None  # fmt: skip
+            elif raw is not None:
+                values[name] = raw
         return cls.model_validate({**values, **overrides})
 
     @field_validator("callback_ports", "refused_plans", "credential_files", mode="before")

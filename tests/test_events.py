@@ -28,6 +28,7 @@ import pytest
 from service.hook import HOOKED, QUEUE_LIMIT, OnChangeHook
 from service.metrics import Metrics
 from service.settings import ServiceSettings
+from skill import statedir
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
 from skill.events import Event, emit, since
@@ -100,7 +101,8 @@ def serving(
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(20)
         # A sign-in a test started and left waiting: its login program and tmux server go too.
-        subprocess.run(["tmux", "-S", env["CHATGPT_LOGIN_STATE_DIR"] + "/tmux.sock", "kill-server"],
+        socket_path = str(Path(env["CHATGPT_LOGIN_STATE_DIR"]) / statedir.TMUX_SOCKET)
+        subprocess.run(["tmux", "-S", socket_path, "kill-server"],
                        capture_output=True, check=False)  # fmt: skip
 
 
@@ -346,15 +348,17 @@ def test_the_cli_follows_through_a_restart_of_the_service(
     """`chatgpt-login events` reconnects from the last event it saw, as an EventSource does:
     what happened while the service was down comes when it is back, nothing twice."""
     state = tmp_path / "state"
-    with contextmanager(serving)(tmp_path, login_env, api, workers=1) as first:
-        follower = subprocess.Popen([PYTHON, "-m", "service.cli", "events", "--json"],
-                                    env=first["env"], cwd=REPO, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
-        time.sleep(1)  # connected
-        emit(state, "login.canceled", login_id="before")
-        assert follower.stdout is not None and follower.stderr is not None
-        assert json.loads(follower.stdout.readline())["body"]["login_id"] == "before"
-    try:
+    with contextlib.ExitStack() as cleanup:
+        with contextmanager(serving)(tmp_path, login_env, api, workers=1) as first:
+            follower = subprocess.Popen([PYTHON, "-m", "service.cli", "events", "--json"],
+                                        env=first["env"], cwd=REPO, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)  # fmt: skip
+            cleanup.callback(follower.wait, 10)
+            cleanup.callback(follower.kill)  # whatever happens below (callbacks run last first)
+            assert follower.stdout is not None and follower.stderr is not None
+            time.sleep(1)  # connected
+            emit(state, "login.canceled", login_id="before")
+            assert json.loads(follower.stdout.readline())["body"]["login_id"] == "before"
         emit(state, "login.canceled", login_id="while down")
         gap = follower.stderr.readline()
         assert "reconnecting from event 1" in gap, gap
@@ -364,9 +368,6 @@ def test_the_cli_follows_through_a_restart_of_the_service(
             emit(state, "login.canceled", login_id="after")
             assert json.loads(follower.stdout.readline())["id"] == 3
         assert follower.poll() is None  # still following, through both restarts
-    finally:
-        follower.kill()
-        follower.wait(10)
 
 
 def test_the_cli_says_when_no_service_answers(
@@ -600,9 +601,15 @@ def test_an_on_change_command_line_that_does_not_parse_is_refused() -> None:
 
 
 def _in_time(call: Any, seconds: float = 5.0) -> Any:
-    """``call()``'s result, failing the test if it takes longer than ``seconds`` (a hang)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(call).result(timeout=seconds)
+    """``call()``'s result, failing the test if it takes longer than ``seconds`` (a hang; the
+    hung call is left in a daemon thread, which nothing waits for)."""
+    found: list[Any] = []
+    worker = threading.Thread(target=lambda: found.append(call()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still waiting after {seconds} s"
+    assert found, "it raised (see the thread's traceback above)"
+    return found[0]
 
 
 @pytest.mark.parametrize(

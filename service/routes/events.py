@@ -88,6 +88,14 @@ def stream() -> Response:
             status=503,
             transient=True,
         )
+    try:
+        return _stream(after)
+    except BaseException:  # no response to give the slot back when it closes: give it now
+        _open.release()
+        raise
+
+
+def _stream(after: int) -> Response:
     state_dir, heartbeat = context().settings.state_dir, context().settings.events_heartbeat
     watcher = _watcher(state_dir / EVENTS_FILE)
     client = request.environ.get("gunicorn.socket")  # absent under Flask's test client
@@ -131,8 +139,10 @@ def _hung_up(client: socket.socket | None) -> bool:
     if client is None:
         return False
     try:
-        readable, _, _ = select.select([client], [], [], 0)
-        return bool(readable) and socket.socket.recv(client, 1, socket.MSG_PEEK) == b""
+        looking = select.poll()  # not select(): it cannot take a descriptor past 1023
+        looking.register(client, select.POLLIN)
+        readable = bool(looking.poll(0))
+        return readable and socket.socket.recv(client, 1, socket.MSG_PEEK) == b""
     except (OSError, ValueError):  # closed under us
         return True
 
