@@ -50,7 +50,7 @@ def machine() -> list[str]:
     venv_python = str(bench_venv() / "bin" / "python")
     versions = subprocess.run(
         [venv_python, "-c", "import importlib.metadata as m; print(', '.join(f'{p} ' + "
-         "m.version(p) for p in ('flask', 'gunicorn', 'pydantic', 'httpx', 'libtmux')))"],
+         "m.version(p) for p in ('flask', 'gunicorn', 'pydantic', 'libtmux')))"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

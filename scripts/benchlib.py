@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def bench_venv() -> Path:
     """A regular, runtime-only install, as users get it (``scripts/install --bench``): the test
-    venv's extras change import costs (schemathesis brings rich, which makes httpx import its
-    own CLI), and an editable install adds a path finder to every start."""
+    venv's extras change import costs (schemathesis brings rich and more), and an editable
+    install adds a path finder to every start."""
     subprocess.run([str(REPO / "scripts" / "install"), "--bench"], check=True)
     return REPO / ".cache" / "bench-venv"
 

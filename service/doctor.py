@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import ssl
 import stat
 import subprocess
 import threading
@@ -356,15 +357,15 @@ def _on_change_hook(settings: ServiceSettings) -> Iterator[Check]:
 
 def _issuer(settings: ServiceSettings) -> Iterator[Check]:
     """The issuer answers over TLS this machine trusts, and its clock agrees with ours."""
-    import httpx  # noqa: PLC0415 - only this check talks to the issuer
+    from http.client import HTTPException  # noqa: PLC0415 - only this check talks to the issuer
 
-    from skill.oauth import http_client  # noqa: PLC0415
+    from skill.oauth import outbound  # noqa: PLC0415
+    from skill.outbound import describe  # noqa: PLC0415
 
     try:
-        with http_client(settings) as client:
-            answer = client.head(settings.issuer + "/", timeout=10)
-    except httpx.HTTPError as exc:
-        if "CERTIFICATE_VERIFY_FAILED" in repr(exc) or "certificate verify failed" in str(exc):
+        answer = outbound(settings).send("HEAD", settings.issuer + "/", seconds=10)
+    except (OSError, HTTPException, ValueError) as exc:
+        if _untrusted(exc):
             untrusted = (f"{_safe_url(settings.issuer)} presents a certificate this machine "
                          "does not trust (a TLS-intercepting proxy?): the sign-in and every "
                          "renewal would fail")  # fmt: skip
@@ -373,7 +374,7 @@ def _issuer(settings: ServiceSettings) -> Iterator[Check]:
                         "container)")  # fmt: skip
             return
         yield Check("issuer", "warn", f"could not reach {_safe_url(settings.issuer)} "
-                    f"({type(exc).__name__}): the clock was not compared",
+                    f"({describe(exc)}): the clock was not compared",
                     "check the network or the proxy settings")  # fmt: skip
         return
     try:
@@ -393,6 +394,15 @@ def _issuer(settings: ServiceSettings) -> Iterator[Check]:
     how = "over TLS we trust" if settings.issuer.startswith("https://") else "(plain HTTP)"
     yield Check("issuer", "ok", f"{_safe_url(settings.issuer)} answers {how}; clocks within "
                 f"{max(abs(skew), 1):.0f} s")  # fmt: skip
+
+
+def _untrusted(exc: BaseException | None) -> bool:
+    """Whether connecting failed on a certificate this machine does not trust."""
+    while exc is not None:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _store_fix(code: str) -> str:

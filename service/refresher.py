@@ -139,7 +139,7 @@ class Refresher:
 
 
 def _oauth_client(settings: ServiceSettings) -> OAuthClient:
-    # httpx is imported only when a refresh is spent: restore and status stay quick.
+    # The OAuth client and its models are imported only when a refresh is spent.
     from skill.oauth import OAuthClient  # noqa: PLC0415
 
     return OAuthClient(settings)

@@ -37,13 +37,14 @@ from typing import Any, Literal, Protocol
 
 from service.errors import ServiceError, unreachable
 from service.settings import ServiceSettings
-from service.store_client import Response, StoreClient
+from service.store_client import StoreClient
 from skill import statedir
 from skill.files import ensure_private_dir, read_settled, write_private
 from skill.lock import FlockLock
 from skill.outbound import (
     MAX_ANSWER_BYTES,
     MAX_JSON_DEPTH,
+    Answer,
     AnswerError,
 )
 
@@ -196,7 +197,7 @@ class HttpSecretsStore:
             headers=headers,
         )  # fmt: skip
 
-    def _judge(self, method: str, response: Response) -> _Answer | ServiceError:
+    def _judge(self, method: str, response: Answer) -> _Answer | ServiceError:
         """The answer to return, or the error to retry on; raises what is not retried."""
         status, etag = response.status, response.headers.get("ETag")
         if status in (401, 403):

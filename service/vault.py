@@ -37,8 +37,8 @@ from typing import Any
 from service.errors import ServiceError, unreachable
 from service.secrets import Document, Snapshot, conflict
 from service.settings import ServiceSettings
-from service.store_client import Response, StoreClient
-from skill.outbound import AnswerError
+from service.store_client import StoreClient
+from skill.outbound import Answer, AnswerError
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ class VaultSecretsStore:
         self._mount_checked = True
 
 
-def _lenient(client: StoreClient, response: Response) -> Any | ServiceError:
+def _lenient(client: StoreClient, response: Answer) -> Any | ServiceError:
     """The mount lookup's JSON, or {} for an answer that says nothing (403, 404, not JSON)."""
     if response.status == 429 or response.status >= 500:
         return unreachable(f"HTTP {response.status}", LABEL)
@@ -380,7 +380,7 @@ def _parse_read(answer: Any) -> _Version:
 
 def _judge(
     client: StoreClient,
-    response: Response,
+    response: Answer,
     *,
     where: str,
     mount: str | None = None,
@@ -438,7 +438,7 @@ def _judge(
     )
 
 
-def _errors(client: StoreClient, response: Response) -> str:
+def _errors(client: StoreClient, response: Answer) -> str:
     """Vault's error strings, printable and on one line (they never hold our data)."""
     parsed = client.json(response) if response.body else None
     found = parsed.get("errors") if isinstance(parsed, dict) else None

@@ -1,7 +1,7 @@
 """The sign-in link and its redirect URI.
 
-Kept apart from :mod:`skill.oauth` (which needs httpx) so the login program can print the link
-before importing anything heavy.
+Kept apart from :mod:`skill.oauth` (its client, its models) so the login program can print the
+link before importing anything more.
 """
 
 from __future__ import annotations

@@ -156,8 +156,8 @@ def _browser_login(
     minutes = settings.login_timeout / 60
     where = f"listening on 127.0.0.1:{port}" if server else "no listener: paste only"
 
-    # Imported only now: the link is already on screen, so the user never waits for httpx;
-    # the credential-file modules are loaded here too, while the user is still signing in.
+    # Imported only now: the link is already on screen, so the user never waits for the OAuth
+    # client; the credential-file modules are loaded here too, while the user is still signing in.
     import skill.authfiles  # noqa: F401, PLC0415
     from skill.oauth import OAuthClient  # noqa: PLC0415
 

@@ -10,26 +10,34 @@ Protocol facts are in ../shared/PROTOCOL.md §2-5. Rules this module keeps:
 - A request is retried only when the connection failed before anything was sent: a code is
   single use and a refresh token rotates on use, so a request the server may have seen is
   never sent twice.
-- Environment proxies and CA files apply (``trust_env``), except that loopback is never proxied.
+- Requests go through :class:`skill.outbound.Outbound`, the one client for other machines:
+  environment proxies (never for loopback), a proxy's CA beside the system's, no redirects.
 - Errors are :class:`~skill.errors.SkillError` with a stable code; no token value ever appears
   in a message.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
+from http.client import HTTPException
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from skill.errors import SkillError
-from skill.outbound import AnswerError, Watchdog, parse_json, read_capped
+from skill.outbound import (
+    Answer,
+    AnswerError,
+    NotSentError,
+    Outbound,
+    ProxySettingError,
+    parse_json,
+)
 from skill.settings import Settings
 from skill.tokens import TokenSet
 from skill.waiting import backoff
@@ -48,7 +56,6 @@ DEVICE_CODE_LIFETIME = 15 * 60.0
 PERMANENT_REFRESH_CODES = frozenset(
     {"refresh_token_reused", "refresh_token_expired", "refresh_token_invalidated", "invalid_grant"}
 )
-_LOOPBACK_PATTERNS = ("all://127.0.0.1", "all://localhost", "all://[::1]")
 _CONNECT_ATTEMPTS = 3
 
 
@@ -72,46 +79,27 @@ class DeviceGrant(BaseModel):
     code_verifier: str = Field(repr=False)
 
 
-def http_client(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """An httpx client with our timeouts, env proxies and CAs, and unproxied loopback."""
-    timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
-    if transport is not None:
-        return httpx.Client(transport=transport, timeout=timeout)
-    # No connection is kept: each call's watchdog then sees its socket from the start.
-    limits = httpx.Limits(max_keepalive_connections=0)
-    # A mount per loopback host overrides any HTTP(S)_PROXY for it.
-    verify: ssl.SSLContext | bool = settings.tls_context() or True  # a proxy's CA, if given
-    mounts: dict[str, httpx.BaseTransport | None] = {
-        pattern: httpx.HTTPTransport(limits=limits, verify=verify) for pattern in _LOOPBACK_PATTERNS
-    }
+def outbound(settings: Settings) -> Outbound:
+    """The client for the issuer: our timeouts, answer cap and proxy CA."""
     try:
-        return httpx.Client(timeout=timeout, trust_env=True, mounts=mounts, limits=limits,
-                            verify=verify)  # fmt: skip
-    except (httpx.InvalidURL, ValueError, ImportError):  # a proxy variable httpx cannot use
-        raise SkillError(
-            "invalid_setting",
-            "A proxy setting (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) is not a proxy this tool "
-            "can use: an http:// or https:// address with a valid port is needed (SOCKS is "
-            "not supported). Fix it, then retry.",
-        ) from None  # its value is not said: a proxy address can hold a password
+        return Outbound(
+            connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+            max_bytes=settings.answer_max_bytes, cadata=settings.proxy_ca,
+        )  # fmt: skip
+    except ProxySettingError as exc:
+        raise SkillError("invalid_setting", str(exc)) from None
 
 
 class OAuthClient:
     """Talks to the issuer named by ``settings.issuer``."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
-        self._http = http_client(settings, transport)
+        self._outbound = outbound(settings)
         self._sleep = sleep
 
     def close(self) -> None:
-        self._http.close()
+        """Nothing to close (no connection outlives its request); kept for ``with``."""
 
     def __enter__(self) -> OAuthClient:
         return self
@@ -131,7 +119,7 @@ class OAuthClient:
             "code_verifier": verifier,
         }
         response = self._post(TOKEN_PATH, form=form)
-        if response.status_code != 200:
+        if response.status != 200:
             raise _exchange_error(response)
         tokens = _token_set(response)
         if not tokens.refresh_token or not tokens.id_token:
@@ -152,11 +140,11 @@ class OAuthClient:
             "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
         }
         response = self._post(TOKEN_PATH, form=form)
-        if response.status_code != 200:
+        if response.status != 200:
             raise _status_error(response, "The sign-in server gave no API key.")
         key = _json_object(response).get("access_token")
         if not isinstance(key, str) or not key:
-            raise SkillError("invalid_response", status=response.status_code)
+            raise SkillError("invalid_response", status=response.status)
         return key
 
     # Refresh and revoke ---------------------------------------------------------------------
@@ -173,7 +161,7 @@ class OAuthClient:
             "client_id": self.settings.client_id,
         }
         response = self._post(TOKEN_PATH, form=form)
-        if response.status_code != 200:
+        if response.status != 200:
             raise _refresh_error(response)
         return _token_set(response)
 
@@ -184,7 +172,7 @@ class OAuthClient:
             "client_id": self.settings.client_id,
         }
         response = self._post(REVOKE_PATH, json_body=body)
-        if response.status_code >= 400:
+        if response.status >= 400:
             raise _status_error(response, "The sign-in server refused to revoke the token.")
 
     # Device-code flow -----------------------------------------------------------------------
@@ -193,9 +181,9 @@ class OAuthClient:
         response = self._post(
             DEVICE_USERCODE_PATH, json_body={"client_id": self.settings.client_id}
         )
-        if response.status_code == 404:
+        if response.status == 404:
             raise SkillError("device_auth_disabled", status=404)
-        if response.status_code != 200:
+        if response.status != 200:
             raise _status_error(response, "Could not start a device-code sign-in.")
         body = _json_object(response)
         try:
@@ -224,9 +212,9 @@ class OAuthClient:
                     raise
                 log.info("device poll failed transiently (%s); polling on", exc.code)
             else:
-                if response.status_code == 200:
+                if response.status == 200:
                     return _device_grant(response)
-                if response.status_code not in (403, 404) and response.status_code < 500:
+                if response.status not in (403, 404) and response.status < 500:
                     raise _status_error(response, "The device-code sign-in failed.")
             if cancel.wait(min(device.interval, max(0.0, deadline - time.monotonic()))):
                 raise SkillError("canceled")
@@ -247,64 +235,48 @@ class OAuthClient:
         *,
         form: dict[str, str] | None = None,
         json_body: dict[str, Any] | None = None,
-    ) -> httpx.Response:
-        """POST, retrying only connections that failed before the request was sent."""
+    ) -> Answer:
+        """POST, retrying only connections that failed before the request was sent; each
+        attempt over within ``request_deadline``, its answer read up to ``answer_max_bytes``."""
+        if form is not None:
+            body, kind = urlencode(form).encode(), "application/x-www-form-urlencoded"
+        else:
+            body, kind = json.dumps(json_body or {}).encode(), "application/json"
+        headers = {"Content-Type": kind, "Accept": "application/json"}
         url = self.settings.issuer + path
-        for attempt in range(_CONNECT_ATTEMPTS):
+        for attempt in range(1, _CONNECT_ATTEMPTS + 1):
             try:
-                return self._exchange(url, form, json_body)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                log.info("connect to %s failed (attempt %d): %s", path, attempt + 1, type(exc))
-                if attempt + 1 < _CONNECT_ATTEMPTS:
-                    self._sleep(backoff(attempt + 1, base=0.25, cap=2.0))
-            except httpx.TimeoutException as exc:
+                return self._outbound.send("POST", url, body=body, headers=headers,
+                                           seconds=self.settings.request_deadline)  # fmt: skip
+            except NotSentError as exc:
+                log.info("connect to %s failed (attempt %d): %s", path, attempt, exc)
+                if attempt < _CONNECT_ATTEMPTS:
+                    self._sleep(backoff(attempt, base=0.25, cap=2.0))
+            except TimeoutError as exc:
                 raise SkillError("response_timeout") from exc
-            except httpx.HTTPError as exc:
-                raise SkillError("network_error") from exc
-        raise SkillError("network_error")
-
-    def _exchange(
-        self, url: str, form: dict[str, str] | None, json_body: dict[str, Any] | None
-    ) -> httpx.Response:
-        """One request, over within ``request_deadline`` whatever the server does; its answer
-        read up to ``answer_max_bytes``."""
-        with Watchdog(self.settings.request_deadline) as watchdog:
-            try:
-                with self._http.stream(
-                    "POST", url, data=form, json=json_body, extensions={"trace": watchdog.trace}
-                ) as response:
-                    body = read_capped(
-                        response.iter_bytes(), max_bytes=self.settings.answer_max_bytes
-                    )
             except AnswerError as exc:
                 raise SkillError(
                     "invalid_response",
                     f"The sign-in server sent an answer this tool does not take ({exc.reason}).",
                 ) from None
-            except httpx.HTTPError as exc:
-                if watchdog.fired:
-                    raise SkillError("response_timeout") from exc
-                raise
-        if watchdog.fired:
-            raise SkillError("response_timeout")
-        return httpx.Response(
-            response.status_code, headers=response.headers, content=body, request=response.request
-        )
+            except (OSError, HTTPException, ValueError) as exc:
+                raise SkillError("network_error") from exc
+        raise SkillError("network_error")
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
+def _json_object(response: Answer) -> dict[str, Any]:
     """The body as a dict; accepts form-encoded answers too (some servers send them)."""
     text = response.text
     try:
-        body = parse_json(response.content)
+        body = parse_json(response.body)
     except AnswerError:
         body = dict(parse_qsl(text)) if "=" in text and "[" not in text else None
     if not isinstance(body, dict):
-        raise SkillError("invalid_response", status=response.status_code)
+        raise SkillError("invalid_response", status=response.status)
     return body
 
 
-def _token_set(response: httpx.Response) -> TokenSet:
+def _token_set(response: Answer) -> TokenSet:
     body = _json_object(response)
     expires_in = body.get("expires_in")
     try:
@@ -315,23 +287,23 @@ def _token_set(response: httpx.Response) -> TokenSet:
             expires_in=int(expires_in) if expires_in not in (None, "") else None,
         )
     except (ValueError, TypeError, ValidationError) as exc:
-        raise SkillError("invalid_response", status=response.status_code) from exc
+        raise SkillError("invalid_response", status=response.status) from exc
 
 
-def _device_grant(response: httpx.Response) -> DeviceGrant:
+def _device_grant(response: Answer) -> DeviceGrant:
     body = _json_object(response)
     try:
         return DeviceGrant(
             authorization_code=body["authorization_code"], code_verifier=body["code_verifier"]
         )
     except (KeyError, ValidationError) as exc:
-        raise SkillError("invalid_response", status=response.status_code) from exc
+        raise SkillError("invalid_response", status=response.status) from exc
 
 
-def error_code_of(response: httpx.Response) -> str | None:
+def error_code_of(response: Answer) -> str | None:
     """The machine code in an OAuth error body: ``{"error": {"code"}}`` or ``{"error": str}``."""
     try:
-        body = parse_json(response.content)
+        body = parse_json(response.body)
     except AnswerError:
         return None
     error = body.get("error") if isinstance(body, dict) else None
@@ -343,8 +315,8 @@ def error_code_of(response: httpx.Response) -> str | None:
     return None
 
 
-def _status_error(response: httpx.Response, what: str) -> SkillError:
-    status = response.status_code
+def _status_error(response: Answer, what: str) -> SkillError:
+    status = response.status
     if status == 429:
         return SkillError("rate_limited", status=status)
     if status >= 500:
@@ -356,9 +328,9 @@ def _status_error(response: httpx.Response, what: str) -> SkillError:
     )
 
 
-def _refresh_error(response: httpx.Response) -> SkillError:
+def _refresh_error(response: Answer) -> SkillError:
     code = error_code_of(response)
-    status = response.status_code
+    status = response.status
     if code in PERMANENT_REFRESH_CODES:
         return SkillError(code or "refresh_rejected", status=status)
     if status == 401:
@@ -366,8 +338,8 @@ def _refresh_error(response: httpx.Response) -> SkillError:
     return _status_error(response, "Renewing the sign-in failed; it will be retried.")
 
 
-def _exchange_error(response: httpx.Response) -> SkillError:
-    status = response.status_code
+def _exchange_error(response: Answer) -> SkillError:
+    status = response.status
     if status == 429 or status >= 500:
         return _status_error(response, "")
     return SkillError("code_rejected", status=status)

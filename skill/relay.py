@@ -4,9 +4,9 @@ Over HTTP when the program listens on the attempt's port: the request is rebuilt
 parsed ``code`` and ``state`` (never the pasted text), sent to 127.0.0.1 only, and redirects are
 followed only while they stay on loopback (codex finishes only after its ``/success`` page).
 
-These calls never leave the machine and never use TLS or a proxy, so they use the standard
-library's ``http.client``: httpx would add 0.12 s (its import and a TLS context) to
-``chatgpt-login complete``, whose budget is 0.4 s.
+These calls never leave the machine and never use TLS or a proxy, so they use ``http.client``
+directly (the library :class:`skill.outbound.Outbound` is built on) without its proxy handling
+and TLS context.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -210,14 +209,6 @@ class Settings(BaseModel):
         if "-----BEGIN CERTIFICATE-----" not in value:
             raise ValueError("it is not a PEM certificate (-----BEGIN CERTIFICATE----- ...)")
         return value
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        """The system's CAs and the proxy's, for clients that talk TLS; None without one."""
-        if self.proxy_ca is None:
-            return None
-        context = ssl.create_default_context()
-        context.load_verify_locations(cadata=self.proxy_ca)
-        return context
 
     @model_validator(mode="after")
     def _api_key_has_a_home(self) -> Settings:

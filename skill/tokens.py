@@ -1,5 +1,5 @@
 """What the token endpoint returns, kept apart from the HTTP client so that modules which only
-handle tokens (credential files, the runner) do not pay for importing httpx."""
+handle tokens (credential files, the runner) do not load the client."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
 from skill.authorize import authorize_url, redirect_uri
@@ -24,6 +23,7 @@ from skill.settings import Settings
 from skill.tokens import TokenSet
 from tests.conftest import free_port, wait_until
 from tests.fake_issuer import FakeIssuer, make_jwt
+from tests.fault_proxy import FaultProxy
 
 
 @pytest.fixture
@@ -198,37 +198,88 @@ def test_connect_failures_are_retried_then_reported(settings: Settings) -> None:
 
 
 def test_connect_failure_then_success(issuer: FakeIssuer, settings: Settings) -> None:
-    """Injected transport: a refused connection cannot be made to recover on cue with a real
-    socket, so the first attempt's ConnectError is simulated, the second goes to the issuer."""
-    real = httpx.HTTPTransport()
-    attempts: list[str] = []
+    """The first connection is refused (nothing listens); during the backoff the proxy in front
+    of the issuer comes back, and the second attempt gets the tokens. Nothing reached the issuer
+    twice: only a request that never left is sent again."""
+    proxy = FaultProxy(upstream_port=urlsplit(issuer.url).port or 80).start()
+    try:
+        proxy.stop()
+        slept: list[float] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        attempts.append(request.url.path)
-        if len(attempts) == 1:
-            raise httpx.ConnectError("refused", request=request)
-        response = real.handle_request(request)
-        response.read()
-        return response
+        def come_back(seconds: float) -> None:
+            slept.append(seconds)
+            proxy.start()
 
-    seeded = issuer.seed_refresh_token()
-    with OAuthClient(settings, transport=httpx.MockTransport(handler), sleep=lambda _: None) as c:
-        assert c.refresh(seeded["refresh_token"]).access_token
-    assert len(attempts) == 2
+        via_proxy = settings.model_copy(update={"issuer": proxy.url})
+        seeded = issuer.seed_refresh_token()
+        with OAuthClient(via_proxy, sleep=come_back) as client:
+            assert client.refresh(seeded["refresh_token"]).access_token
+        assert len(slept) == 1 and issuer.calls["/oauth/token"] == 1
+    finally:
+        proxy.stop()
 
 
-def test_refresh_accepts_a_form_encoded_answer(settings: Settings) -> None:
+def test_a_connection_that_breaks_after_sending_is_not_sent_again(
+    issuer: FakeIssuer, settings: Settings
+) -> None:
+    """A refresh token rotates on use: once the request may have reached the issuer, it is
+    never sent a second time (the answer is lost: a network error, not a retry)."""
+    proxy = FaultProxy(upstream_port=urlsplit(issuer.url).port or 80, faults=["truncate"]).start()
+    try:
+        via_proxy = settings.model_copy(update={"issuer": proxy.url})
+        seeded = issuer.seed_refresh_token()
+        with (
+            OAuthClient(via_proxy, sleep=lambda _: None) as client,
+            pytest.raises(SkillError) as caught,
+        ):
+            client.refresh(seeded["refresh_token"])
+        assert caught.value.code == "network_error"
+        assert proxy.seen == ["truncate"] and issuer.calls["/oauth/token"] == 1
+    finally:
+        proxy.stop()
+
+
+class _Canned(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with the server's ``canned`` (content type, body)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        kind, body = self.server.canned  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def canned(settings: Settings) -> Iterator[tuple[http.server.ThreadingHTTPServer, Settings]]:
+    """A real HTTP issuer on loopback that answers what the test puts in ``server.canned``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield (
+            server,
+            settings.model_copy(update={"issuer": f"http://127.0.0.1:{server.server_address[1]}"}),
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_refresh_accepts_a_form_encoded_answer(
+    canned: tuple[http.server.ThreadingHTTPServer, Settings],
+) -> None:
+    server, settings = canned
     access = make_jwt(
         {"exp": int(time.time()) + 60, "https://api.openai.com/auth": {"chatgpt_account_id": "a"}}
     )
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        body = f"access_token={access}&refresh_token=rt_new&expires_in=60"
-        return httpx.Response(
-            200, text=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
-        )
-
-    with OAuthClient(settings, transport=httpx.MockTransport(handler)) as client:
+    server.canned = ("application/x-www-form-urlencoded",  # type: ignore[attr-defined]
+                     f"access_token={access}&refresh_token=rt_new&expires_in=60")  # fmt: skip
+    with OAuthClient(settings) as client:
         answer = client.refresh("rt_old")
     assert (answer.access_token, answer.refresh_token, answer.expires_in) == (access, "rt_new", 60)
 
@@ -237,9 +288,12 @@ def test_refresh_accepts_a_form_encoded_answer(settings: Settings) -> None:
     "body",
     ["not json", "[]", '{"access_token": ""}', '{"access_token": "x", "expires_in": "soon"}'],
 )
-def test_malformed_answers_are_invalid_response(settings: Settings, body: str) -> None:
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, text=body))
-    with OAuthClient(settings, transport=transport) as client, pytest.raises(SkillError) as caught:
+def test_malformed_answers_are_invalid_response(
+    canned: tuple[http.server.ThreadingHTTPServer, Settings], body: str
+) -> None:
+    server, settings = canned
+    server.canned = ("application/json", body)  # type: ignore[attr-defined]
+    with OAuthClient(settings) as client, pytest.raises(SkillError) as caught:
         client.refresh("rt_x")
     assert caught.value.code == "invalid_response"
 
@@ -263,9 +317,14 @@ def test_loopback_is_never_proxied(
         assert proxied_env.refresh(seeded["refresh_token"]).access_token
 
 
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
 def test_other_hosts_go_through_the_environment_proxy(
-    monkeypatch: pytest.MonkeyPatch, settings: Settings
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, variable: str
 ) -> None:
+    """As curl reads them: the scheme's own proxy, or ALL_PROXY where that is not set."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
     seen: list[str] = []
 
     class Proxy(http.server.BaseHTTPRequestHandler):
@@ -283,7 +342,7 @@ def test_other_hosts_go_through_the_environment_proxy(
 
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+    monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.server_address[1]}")
     remote = settings.model_copy(update={"issuer": "http://auth.example.test"})
     try:
         with OAuthClient(remote) as client, pytest.raises(SkillError) as caught:
@@ -388,8 +447,13 @@ def test_a_hostile_token_answer_is_cut_off(
 def test_a_proxy_it_cannot_use_is_a_setting_to_fix(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, proxy: str
 ) -> None:
+    """The issuer's client and the secrets store's say so alike (they are one client)."""
+    from service.store_client import StoreClient  # noqa: PLC0415
+
     monkeypatch.setenv("HTTPS_PROXY", proxy)
-    with pytest.raises(SkillError) as caught:
-        OAuthClient(settings)
-    assert caught.value.code == "invalid_setting" and "proxy" in caught.value.message
-    assert "proxy-pw-canary" not in caught.value.message
+    store = {"label": "The secrets API", "address_hint": "secrets_api_url"}
+    for make in (lambda: OAuthClient(settings), lambda: StoreClient(**store)):
+        with pytest.raises(SkillError) as caught:
+            make()
+        assert caught.value.code == "invalid_setting" and "HTTPS_PROXY" in caught.value.message
+        assert "proxy-pw-canary" not in caught.value.message
