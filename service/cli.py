@@ -108,12 +108,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _leave_address(settings: ServiceSettings) -> None:
     """Where the agent's commands on this machine find the service (unless told otherwise)."""
+    from skill import statedir  # noqa: PLC0415
     from skill.files import write_private  # noqa: PLC0415
-    from skill.service_client import URL_FILE  # noqa: PLC0415
 
     host, port = settings.bind.rsplit(":", 1)
     local = "127.0.0.1" if host.strip("[]") in ("", "0.0.0.0", "::") else host  # noqa: S104
-    write_private(settings.state_dir / URL_FILE, f"http://{local}:{port}".encode())
+    write_private(settings.state_dir / statedir.SERVICE_URL, f"http://{local}:{port}".encode())
 
 
 def _events(args: argparse.Namespace) -> int:

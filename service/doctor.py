@@ -28,9 +28,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from service.errors import ServiceError
 from service.settings import ServiceSettings
+from skill.attempt import AttemptFile
 from skill.authfiles import auth_files
 from skill.errors import SkillError
-from skill.loginstate import StateStore
 from skill.procs import descendants, listener_inodes, listener_pids
 from skill.relay import loopback_request
 from skill.service_client import call, json_body, service_url
@@ -232,7 +232,7 @@ def _attempts_port(settings: ServiceSettings) -> int | None:
         owner = settings.state_dir.stat().st_uid
     except OSError:
         return None
-    attempt = StateStore(settings.state_dir).load() if owner == os.getuid() else None
+    attempt = AttemptFile(settings.state_dir).load() if owner == os.getuid() else None
     if attempt is None or not attempt.live or attempt.expired_now or not attempt.pane_pid:
         return None
     port = attempt.redirect_port

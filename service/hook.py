@@ -45,8 +45,6 @@ from skill.files import read_small, write_private
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 100  # changes waiting for the hook; beyond this, the oldest are not hooked
-HOOKED_FILE = statedir.HOOKED
-RUNNING_FILE = statedir.HOOK_RUNNING  # "<pgid> <start time>" of the run in progress
 HOOKED = frozenset({"credential.updated", "credential.needs_relogin", "credential.logged_out"})
 TERM_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for a run past its timeout
 
@@ -62,8 +60,8 @@ class OnChangeHook:
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "CHATGPT_LOGIN_STATE_DIR": str(settings.state_dir),
         }
-        self.cursor = settings.state_dir / HOOKED_FILE
-        self.running = settings.state_dir / RUNNING_FILE
+        self.cursor = settings.state_dir / statedir.HOOKED
+        self.running = settings.state_dir / statedir.HOOK_RUNNING
         self._queue: queue.Queue[Event] = queue.Queue(maxsize=QUEUE_LIMIT)
         self._thread: threading.Thread | None = None
         self._child: subprocess.Popen[bytes] | None = None

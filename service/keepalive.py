@@ -39,12 +39,12 @@ from service.refresher import Refresher, refresh_due_at
 from service.secrets import SecretsStore
 from service.settings import ServiceSettings
 from skill import statedir
+from skill.attempt import AttemptFile
 from skill.credentials import Credential
 from skill.errors import SkillError
 from skill.events import last_id, since
 from skill.files import ensure_private_dir
 from skill.lock import FlockLock
-from skill.loginstate import StateStore
 from skill.waiting import backoff
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ class KeepAlive:
         """A sign-in nobody waits on (a device code approved after an API start) still ends:
         the leader looks at a waiting attempt every tick, the runner concludes it once its
         program has succeeded, and the credential it wrote is stored like any local change."""
-        waiting = StateStore(self.settings.state_dir).load()
+        waiting = AttemptFile(self.settings.state_dir).load()
         if waiting is None or waiting.status != "waiting":
             return
         from skill.runner import Runner  # noqa: PLC0415 - only while a sign-in is waiting

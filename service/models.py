@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from service.record import HolderView, LeaseView
+from skill.attempt import PUBLIC_FIELDS, Attempt
 from skill.drivers import known_driver
-from skill.loginstate import PUBLIC_FIELDS, LoginState
 
 
 class Request(BaseModel):
@@ -36,7 +36,7 @@ class RedirectRequest(Request):
 # two cannot drift apart.
 Login = create_model(
     "Login",
-    **{name: (LoginState.model_fields[name].annotation, LoginState.model_fields[name])
+    **{name: (Attempt.model_fields[name].annotation, Attempt.model_fields[name])
        for name in PUBLIC_FIELDS},
 )  # type: ignore[call-overload]  # fmt: skip
 

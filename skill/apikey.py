@@ -19,21 +19,19 @@ from skill.errors import SkillError
 from skill.files import ensure_private_dir, write_private
 from skill.settings import Settings
 
-FINGERPRINT = statedir.API_KEY_FINGERPRINT
-
 
 def note_api_key(settings: Settings) -> str:
     """Remember that the key now in codex's file came from this sign-in; the note for status."""
     key = _codex(settings).api_key()
     if key:
         ensure_private_dir(settings.state_dir)
-        write_private(settings.state_dir / FINGERPRINT, _sha(key).encode())
+        write_private(settings.state_dir / statedir.API_KEY_FINGERPRINT, _sha(key).encode())
     return protocol.API_KEY_SAVED.format(path=settings.codex_auth_file)
 
 
 def take_back(settings: Settings) -> bool:
     """At logout: take the key out of codex's file if a sign-in put it there."""
-    mark = settings.state_dir / FINGERPRINT
+    mark = settings.state_dir / statedir.API_KEY_FINGERPRINT
     try:
         ours = mark.read_text().strip()
     except OSError:
@@ -58,7 +56,7 @@ def api_key_view(settings: Settings) -> dict[str, Any] | None:
     except SkillError:  # a damaged file: status says so among the file problems
         key = None
     try:
-        ours = (settings.state_dir / FINGERPRINT).read_text().strip()
+        ours = (settings.state_dir / statedir.API_KEY_FINGERPRINT).read_text().strip()
     except OSError:
         ours = ""
     return {"available": key is not None, "path": str(settings.codex_auth_file),

@@ -1,73 +1,124 @@
-"""A browser sign-in attempt prepared ahead of the login program.
+"""The state of the one live sign-in, shared by separate processes through a 0600 file.
 
-The skill runner makes the PKCE pair, ``state`` and port itself, so ``chatgpt-login start`` can
-show the link at once instead of waiting for the login program to boot; the program then takes
-the attempt over. It travels in a 0600 file in the attempt's private directory (never argv or
-the environment) and is deleted once read.
+``start`` and ``complete`` run as separate processes (and the service sees the same login), so
+the attempt lives in ``<state_dir>/login.json``: id, driver, method, the attempt's ``state`` and
+redirect port, times and status. Changes happen under an exclusive ``flock``. Once the attempt
+ends, its ``state`` and sign-in link are scrubbed from the file.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
-import socket
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from skill.authorize import authorize_url, redirect_uri
+from pydantic import AfterValidator, AliasChoices, BaseModel, Field, ValidationError
+
+from skill import statedir
+from skill.drivers import Method, known_driver
 from skill.errors import SkillError
-from skill.files import write_private
-from skill.pkce import Pkce, new_state
-from skill.settings import Settings
+from skill.files import ensure_private_dir, read_settled, write_private
+from skill.lock import FlockLock
+
+Status = Literal["waiting", "completing", "succeeded", "failed", "canceled", "expired"]
+LIVE: frozenset[Status] = frozenset({"waiting", "completing"})
 
 
-@dataclass(frozen=True, repr=False)
-class PremadeAttempt:
-    """The secrets of one attempt; ``repr`` shows none of them."""
+# What a user (the CLI's --json, the API's Login) is shown of an attempt: never its `state`,
+# its session or pids; the sign-in link only while it is live.
+PUBLIC_FIELDS = (
+    "id", "driver", "method", "status", "started_at", "expires_at", "finished_at", "auth_url",
+    "verification_url", "user_code", "error", "message", "saved", "notes",
+)  # fmt: skip
 
-    pkce: Pkce
-    state: str
-    port: int
-    # What the program's /cancel wants: only the runner, which made the attempt, may end it so.
-    control: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
-    def __repr__(self) -> str:
-        return f"PremadeAttempt(port={self.port})"
+class Attempt(BaseModel):
+    id: str
+    driver: Annotated[str, AfterValidator(known_driver)]
+    method: Method
+    status: Status
+    session: str
+    started_at: datetime
+    expires_at: datetime
+    auth_url: str | None = Field(default=None, repr=False,
+                                 description="while waiting: the link for the user")  # fmt: skip
+    # The sign-in link's OAuth `state`, which a pasted address must carry (a file written
+    # before this name spelled it `state`).
+    oauth_state: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("oauth_state", "state")
+    )
+    redirect_port: int | None = None
+    verification_url: str | None = None
+    user_code: str | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    message: str | None = None
+    saved: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list,
+                             description="e.g. an unreadable file moved aside")  # fmt: skip
+    signed_in_as: str | None = None  # "<email> (<plan> plan)": for messages, not a secret
+    code_sha256: str | None = None  # which pasted code finished it (for a repeated complete)
+    pane_pid: int | None = None
 
-    @classmethod
-    def new(cls, settings: Settings) -> PremadeAttempt:
-        return cls(Pkce(), new_state(), first_free_port(settings.callback_ports))
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE
 
-    def save(self, path: Path) -> None:
-        data = {"verifier": self.pkce.verifier, "state": self.state, "port": self.port,
-                "control": self.control}  # fmt: skip
-        write_private(path, json.dumps(data).encode())
+    def public(self) -> dict[str, Any]:
+        """What a user is shown of it (:data:`PUBLIC_FIELDS`)."""
+        shown = self.model_dump(include=set(PUBLIC_FIELDS))
+        if not self.live:
+            shown["auth_url"] = None  # the link died with the attempt
+        return shown
 
-    @classmethod
-    def take(cls, path: Path) -> PremadeAttempt:
+    @property
+    def expired_now(self) -> bool:
+        return self.live and datetime.now(UTC) >= self.expires_at
+
+    def ended(
+        self, status: Status, *, error: str | None = None, message: str | None = None
+    ) -> Attempt:
+        """The same attempt, ended: secrets scrubbed, outcome recorded."""
+        return self.model_copy(
+            update={
+                "status": status,
+                "finished_at": datetime.now(UTC),
+                "error": error,
+                "message": message,
+                "auth_url": None,
+                "oauth_state": None,
+            }
+        )
+
+
+class AttemptFile:
+    """``login.json`` and its lock in the private state directory."""
+
+    def __init__(self, state_dir: Path, *, timeout: float = 30.0) -> None:
+        self.dir = state_dir
+        self.path = state_dir / statedir.LOGIN
+        self.timeout = timeout
+
+    @contextmanager
+    def locked(self, *, timeout: float | None = None) -> Iterator[None]:
+        ensure_private_dir(self.dir)
+        with FlockLock(self.path, timeout=self.timeout if timeout is None else timeout):
+            yield
+
+    def load(self) -> Attempt | None:
         try:
-            data = json.loads(path.read_text())
-            path.unlink()
-            return cls(Pkce(data["verifier"]), str(data["state"]), int(data["port"]),
-                       str(data["control"]))  # fmt: skip
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SkillError("internal", "The prepared sign-in attempt is unreadable.") from exc
+            found = read_settled(self.path, json.loads)
+        except SkillError:
+            return None  # a damaged state file means no usable attempt; start writes a new one
+        if found is None:
+            return None
+        try:
+            return Attempt.model_validate(found[1])
+        except ValidationError:
+            return None
 
-
-def premade_link(settings: Settings, attempt: PremadeAttempt) -> str:
-    redirect = redirect_uri(settings, attempt.port)
-    return authorize_url(settings, pkce=attempt.pkce, state=attempt.state, redirect=redirect)
-
-
-def first_free_port(ports: tuple[int, ...]) -> int:
-    """The first port nothing listens on; the first one if all are taken (the program then
-    takes the address typed at its prompt instead)."""
-    for port in ports:
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return ports[0]
+    def save(self, state: Attempt) -> None:
+        write_private(self.path, state.model_dump_json(indent=2).encode())

@@ -37,7 +37,7 @@ def _oauth_login(args: argparse.Namespace) -> int:
     from skill import login_program  # noqa: PLC0415
 
     settings = _settings(args, login_timeout=args.timeout, credential_files=args.write)
-    return login_program.run(settings, method=args.method, attempt=args.attempt)
+    return login_program.run(settings, method=args.method, premade=args.premade)
 
 
 def _agent_command(args: argparse.Namespace) -> int:
@@ -115,12 +115,12 @@ def build_parser(extend: Callable[[Commands], None] | None = None) -> argparse.A
         help="credential files to write: pi, codex or pi,codex (default: pi)",
     )
     login.add_argument(
-        "--attempt",
+        "--premade",
         type=Path,
         default=None,
         metavar="FILE",
-        # Internal: the skill runner's prepared attempt (0600; deleted once read). Not a
-        # person's option, so not in --help.
+        # Internal: the sign-in link the skill runner made in advance (0600; deleted once
+        # read). Not a person's option, so not in --help.
         help=argparse.SUPPRESS,
     )
     login.set_defaults(handler=_oauth_login)

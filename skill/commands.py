@@ -15,9 +15,9 @@ from skill.errors import ExitCode, SkillError
 from skill.runner import Runner
 
 if TYPE_CHECKING:
+    from skill.attempt import Attempt
     from skill.credentials import Credential
     from skill.drivers import DriverName, Method
-    from skill.loginstate import LoginState
     from skill.settings import Settings
 
 
@@ -50,7 +50,7 @@ def _json_value(value: object) -> str:
     return str(value)
 
 
-def _public(state: LoginState) -> dict[str, Any]:
+def _public(state: Attempt) -> dict[str, Any]:
     data = state.public()
     data["redirect_port"] = state.redirect_port  # where `complete` relays (the agent's view)
     if data["auth_url"] is None:
@@ -101,7 +101,7 @@ def wait(settings: Settings, out: Output, *, timeout: float | None) -> int:
     return _signed_in(settings, out, state)
 
 
-def _signed_in(settings: Settings, out: Output, state: LoginState) -> int:
+def _signed_in(settings: Settings, out: Output, state: Attempt) -> int:
     who = f" as {state.signed_in_as}" if state.signed_in_as else ""
     from skill.service_client import request_persist  # noqa: PLC0415
 
@@ -269,7 +269,7 @@ def _credential_and_problems(settings: Settings) -> tuple[Credential | None, lis
     return found, problems
 
 
-def _describe(state: LoginState) -> str:
+def _describe(state: Attempt) -> str:
     if state.live:
         waiting = "the pasted address" if state.method == "browser" else "device approval"
         left = max(0, int((state.expires_at - datetime.now(UTC)).total_seconds() / 60))

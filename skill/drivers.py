@@ -24,12 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple
 
-from skill import protocol
+from skill import protocol, statedir
 from skill.errors import CODES, SkillError
 
 if TYPE_CHECKING:  # kept out of the import: the CLI reads the drivers' names on every run
-    from skill.attempt import PremadeAttempt
     from skill.credentials import Credential
+    from skill.premade import PremadeLink
     from skill.relay import Answer
     from skill.settings import Settings
 
@@ -44,7 +44,7 @@ class Launch(NamedTuple):
 
     argv: list[str]
     env: dict[str, str]
-    premade: PremadeAttempt | None = None
+    premade: PremadeLink | None = None
 
 
 class Saved(NamedTuple):
@@ -151,14 +151,14 @@ class NativeDriver(Driver):
     def _launch(
         self, settings: Settings, method: Method, workdir: Path, env: dict[str, str]
     ) -> Launch:
-        from skill.attempt import PremadeAttempt  # noqa: PLC0415
+        from skill.premade import PremadeLink  # noqa: PLC0415
 
         argv = [settings.python_executable, "-m", "skill.cli", "oauth-login", "--method", method]
         premade = None
         if method == "browser":
-            premade = PremadeAttempt.new(settings)
-            premade.save(workdir / "attempt.json")
-            argv += ["--attempt", str(workdir / "attempt.json")]
+            premade = PremadeLink.new(settings)
+            premade.save(workdir / statedir.PREMADE)
+            argv += ["--premade", str(workdir / statedir.PREMADE)]
         return Launch(argv, {**env, **_native_env(settings, workdir)}, premade)
 
     def relay_verdict(self, settings: Settings, answer: Answer) -> Saved | None:

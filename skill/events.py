@@ -32,7 +32,6 @@ from skill.lock import FlockLock
 
 log = logging.getLogger(__name__)
 
-EVENTS_FILE = statedir.EVENTS
 KEEP, TRIM_AT = 500, 1000  # events kept when the journal reaches TRIM_AT lines
 MAX_LINE = 16 * 1024  # an event body is small; a longer line is not ours
 TYPE = re.compile(r"[a-z_]+\.[a-z_]+")
@@ -53,7 +52,7 @@ def emit(state_dir: Path, type_: str, **body: Any) -> Event | None:
     """Append an event; None if it could not be written (logged, never raised)."""
     if not TYPE.fullmatch(type_):
         raise ValueError(f"not an event type: {type_!r}")  # a bug of ours, not a runtime fault
-    path = state_dir / EVENTS_FILE
+    path = state_dir / statedir.EVENTS
     try:
         ensure_private_dir(state_dir)
         with FlockLock(path, timeout=5):
@@ -78,14 +77,14 @@ def emit(state_dir: Path, type_: str, **body: Any) -> Event | None:
 def since(state_dir: Path, after: int) -> list[Event]:
     """The events after id ``after``; all of them when ``after`` is beyond the last (the
     journal started over: a client resuming from before must not wait for ids to catch up)."""
-    found = _read(state_dir / EVENTS_FILE)
+    found = _read(state_dir / statedir.EVENTS)
     if found and after > max(e.id for e in found):
         return found
     return [event for event in found if event.id > after]
 
 
 def last_id(state_dir: Path) -> int:
-    return max((e.id for e in _read(state_dir / EVENTS_FILE)), default=0)
+    return max((e.id for e in _read(state_dir / statedir.EVENTS)), default=0)
 
 
 def _append(path: Path, line: str) -> None:

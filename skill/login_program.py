@@ -36,10 +36,10 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from skill import protocol
-from skill.attempt import PremadeAttempt
 from skill.authorize import CALLBACK_PATH, authorize_url, redirect_uri
 from skill.errors import RECOVERABLE, ExitCode, SkillError
 from skill.pkce import Pkce, new_state
+from skill.premade import PremadeLink
 from skill.redirect import Callback, parse_redirect
 from skill.settings import Settings
 
@@ -97,7 +97,7 @@ def run(
     settings: Settings,
     *,
     method: Method = "browser",
-    attempt: Path | None = None,
+    premade: Path | None = None,
     stdin: IO[str] | None = None,
     out: IO[str] | None = None,
 ) -> int:
@@ -108,8 +108,8 @@ def run(
         if method == "device":
             saved = _device_login(settings, console)
         else:
-            premade = PremadeAttempt.take(attempt) if attempt else None
-            saved = _browser_login(settings, console, stdin or sys.stdin, premade)
+            made = PremadeLink.take(premade) if premade else None
+            saved = _browser_login(settings, console, stdin or sys.stdin, made)
     except _InterruptedError as stop:
         console.say(protocol.error_line("the sign-in was canceled. Start again when ready."))
         return 128 + stop.signum
@@ -135,7 +135,7 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 def _browser_login(
-    settings: Settings, console: _Console, stdin: IO[str], premade: PremadeAttempt | None
+    settings: Settings, console: _Console, stdin: IO[str], premade: PremadeLink | None
 ) -> list[str]:
     pkce, state = (premade.pkce, premade.state) if premade else (Pkce(), new_state())
     events: queue.Queue[_Event] = queue.Queue()
@@ -164,13 +164,13 @@ def _browser_login(
     if server:
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     threading.Thread(target=_read_pastes, args=(stdin, events), daemon=True).start()
-    attempt = _Attempt(pkce, state, port, redirect, listening=server is not None)
+    expecting = _Expecting(pkce, state, port, redirect, listening=server is not None)
     try:
         with _echo_off(stdin), OAuthClient(settings) as client:
             # Said only now that echo is off: the skill runner types a paste after this line
             # (protocol.READY), and a paste typed earlier would be echoed into the scrollback.
             console.say(protocol.ready_line(where, minutes))
-            return _await_code(settings, client, events, console, attempt)
+            return _await_code(settings, client, events, console, expecting)
     finally:
         if server:
             server.shutdown()
@@ -178,7 +178,9 @@ def _browser_login(
 
 
 @dataclass(frozen=True)
-class _Attempt:
+class _Expecting:
+    """What a callback must match (``state``, port) and what its code is exchanged with."""
+
     pkce: Pkce
     state: str
     port: int
@@ -191,7 +193,7 @@ def _await_code(
     client: OAuthClient,
     events: queue.Queue[_Event],
     console: _Console,
-    attempt: _Attempt,
+    expecting: _Expecting,
 ) -> list[str]:
     """Take events until one brings a code that exchanges; rejected ones print why."""
     deadline = time.monotonic() + settings.login_timeout
@@ -204,15 +206,17 @@ def _await_code(
             event.last_reply(200, "The sign-in was canceled.")
             raise SkillError("canceled", "The sign-in was canceled by another login program.")
         if event.kind == "eof":
-            if attempt.listening:
+            if expecting.listening:
                 continue  # the listener can still bring the code
             raise SkillError(
                 "canceled", "Input ended and no listener is running, so no code can arrive."
             )
         try:
-            callback = event.callback or _parse_paste(event.text, attempt, console)
+            callback = event.callback or _parse_paste(event.text, expecting, console)
             tokens = client.exchange_code(
-                code=callback.code, verifier=attempt.pkce.verifier, redirect_uri=attempt.redirect
+                code=callback.code,
+                verifier=expecting.pkce.verifier,
+                redirect_uri=expecting.redirect,
             )
             saved = _finish(settings, tokens)
         except SkillError as exc:
@@ -227,13 +231,13 @@ def _await_code(
         return saved
 
 
-def _parse_paste(text: str, attempt: _Attempt, console: _Console) -> Callback:
+def _parse_paste(text: str, expecting: _Expecting, console: _Console) -> Callback:
     pasted = text.strip()
     what = "address" if "://" in pasted or "?" in pasted else "code"  # a bare code is allowed here
     console.say(f"Received a pasted {what} ({len(pasted)} characters); checking it...")
     # A person at this terminal pastes the address (or the bare code) and nothing else; the
     # runner types only the address it rebuilt. Chat replies are read by `complete`.
-    return parse_redirect(text, state=attempt.state, port=attempt.port, allow_bare_code=True)
+    return parse_redirect(text, state=expecting.state, port=expecting.port, allow_bare_code=True)
 
 
 def _read_pastes(stdin: IO[str], events: queue.Queue[_Event]) -> None:

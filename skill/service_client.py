@@ -29,7 +29,6 @@ from skill.settings import Settings
 from skill.waiting import backoff
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-URL_FILE = statedir.SERVICE_URL  # written by `chatgpt-login serve`: where it listens
 PERSIST_PATH = "/v1/credentials/persist"
 CREDENTIALS_PATH = "/v1/credentials"
 REFRESH_PATH = "/v1/credentials/refresh"
@@ -194,7 +193,7 @@ def service_url(settings: Settings) -> str:
     if settings.service_url:
         return settings.service_url
     try:
-        found = (settings.state_dir / URL_FILE).read_text().strip()
+        found = (settings.state_dir / statedir.SERVICE_URL).read_text().strip()
     except OSError:
         found = ""
     return found or DEFAULT_URL

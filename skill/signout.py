@@ -28,8 +28,6 @@ from skill.settings import Settings
 if TYPE_CHECKING:
     from skill.credentials import Credential
 
-PENDING_FILE = statedir.LOGOUT_PENDING
-
 
 @dataclass(frozen=True)
 class LocalSignOut:
@@ -81,7 +79,7 @@ class PendingLogout(BaseModel):
 
 
 def pending_path(settings: Settings) -> Path:
-    return settings.state_dir / PENDING_FILE
+    return settings.state_dir / statedir.LOGOUT_PENDING
 
 
 def note_pending(settings: Settings, account_id: str | None) -> PendingLogout:

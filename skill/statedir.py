@@ -5,10 +5,11 @@ The state directory is ``CHATGPT_LOGIN_STATE_DIR`` (default ``~/.local/state/cha
 """
 
 # The sign-in (skill/)
-LOGIN = "login.json"  # the attempt: id, driver, status, its link while live (skill.loginstate)
+LOGIN = "login.json"  # the attempt: id, driver, status, its link while live (skill.attempt)
 TMUX_SOCKET = "tmux.sock"  # our private tmux server, where login programs run
 LOGS = "logs"  # one pane log per live attempt, removed when it ends
 WORK = "work"  # one private working directory per live attempt, removed when it ends
+PREMADE = "premade.json"  # in an attempt's working directory: its premade link (skill.premade)
 LOGOUT_PENDING = "logout.pending"  # a logout made while the service was down (skill.signout)
 API_KEY_FINGERPRINT = "api_key.sha256"  # which API key a sign-in brought (skill.apikey)
 EVENTS = "events.jsonl"  # the event journal (skill.events)

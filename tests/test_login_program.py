@@ -247,19 +247,19 @@ def test_cancel_takes_the_attempts_secret(
     """Anyone on the machine can reach 127.0.0.1 (codex sends GET /cancel to whatever holds
     1455): a bare or wrong /cancel is refused and the sign-in goes on; the secret the runner
     made with the attempt ends it."""
-    from skill.attempt import PremadeAttempt  # noqa: PLC0415
     from skill.pkce import Pkce, new_state  # noqa: PLC0415
+    from skill.premade import PremadeLink  # noqa: PLC0415
 
-    attempt = PremadeAttempt(Pkce(), new_state(), ports[0])
-    attempt.save(tmp_path / "attempt.json")
-    program = start(login_env, "--attempt", str(tmp_path / "attempt.json"))
+    premade = PremadeLink(Pkce(), new_state(), ports[0])
+    premade.save(tmp_path / "premade.json")
+    program = start(login_env, "--premade", str(tmp_path / "premade.json"))
     program.authorize_url()
     program.wait_for(r"^Waiting \(listening")
     for bad in ("", "?secret=", "?secret=guess"):
         status, body = callback_get(f"http://127.0.0.1:{ports[0]}/cancel{bad}")
         assert status == 403 and "takes its secret" in body
     assert program.proc.poll() is None, "still signing in"
-    status, _ = callback_get(f"http://127.0.0.1:{ports[0]}/cancel?secret={attempt.control}")
+    status, _ = callback_get(f"http://127.0.0.1:{ports[0]}/cancel?secret={premade.control}")
     assert status == 200
     assert program.finish() == 130
     assert port_is_free(ports[0])

@@ -15,8 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from skill.attempt import AttemptFile
 from skill.errors import SkillError
-from skill.loginstate import StateStore
 from skill.procs import descendants, listener_pids
 from skill.runner import Runner
 from skill.settings import Settings
@@ -75,7 +75,7 @@ def test_start_complete_end_to_end(runner_settings: Settings, issuer: FakeIssuer
     assert stat.S_IMODE(runner_settings.pi_auth_file.stat().st_mode) == 0o600
     assert leftovers(runner, runner_settings) == CLEAN
     record = json.loads((runner_settings.state_dir / "login.json").read_text())
-    assert record["state"] is None and record["auth_url"] is None
+    assert record["oauth_state"] is None and record["auth_url"] is None
     assert stat.S_IMODE((runner_settings.state_dir / "login.json").stat().st_mode) == 0o600
 
     again = runner.complete(callback)  # the same address a second time: the first result
@@ -92,7 +92,7 @@ def test_bad_pastes_leave_the_attempt_live(runner_settings: Settings, issuer: Fa
         state.auth_url,
         f"http://localhost:{port}/auth/callback?code=abc&state=old",
         f"http://localhost:{port}/success",
-        f"http://localhost:{port}/auth/callback?error=access_denied&state={state.state}",
+        f"http://localhost:{port}/auth/callback?error=access_denied&state={state.oauth_state}",
         "hello",
     ]
     for paste in bad:
@@ -272,7 +272,7 @@ def test_a_complete_at_once_never_echoes_the_address(
     code = parse_qs(urlsplit(callback).query)["code"][0]
     assert any("Open this link" in text for text in seen)  # the watch did see the terminal
     outside_link = [text.replace(state.auth_url, "<link>") for text in seen]
-    assert not [text for text in outside_link if code in text or state.state in text]
+    assert not [text for text in outside_link if code in text or state.oauth_state in text]
 
 
 def test_tmux_server_has_a_clean_environment(runner_settings: Settings) -> None:
@@ -315,7 +315,7 @@ def test_an_approved_device_code_ends_without_anyone_waiting(
     assert state.user_code
     issuer.approve_device(state.user_code)
     wait_until(lambda: not runner.tmux.status(state.session).alive, 20, "the program's exit")
-    assert StateStore(runner_settings.state_dir).load().status == "waiting"  # type: ignore[union-attr]
+    assert AttemptFile(runner_settings.state_dir).load().status == "waiting"  # type: ignore[union-attr]
     done = runner.status()
     assert done is not None and (done.status, done.saved) == (
         "succeeded",
@@ -421,3 +421,18 @@ def test_a_restart_during_a_sign_in_leaves_a_clear_status(runner_settings: Setti
     assert after is not None and after.status == "failed"
     assert after.message and "restarted" in after.message and "chatgpt-login start" in after.message
     assert leftovers(runner, runner_settings) == CLEAN
+
+
+def test_a_state_file_written_before_oauth_state_was_named_so_still_loads(tmp_path: Path) -> None:
+    """A sign-in live across an upgrade: its `state` (the OAuth parameter) was stored under that
+    name; it is read as ``oauth_state`` and written back under the new name."""
+    store = AttemptFile(tmp_path)
+    old = {"id": "a1b2c3d4", "driver": "native", "method": "browser", "status": "waiting",
+           "session": "login-a1b2c3d4", "started_at": "2026-11-29T10:00:00Z",
+           "expires_at": "2026-11-29T10:15:00Z", "state": "s" * 43,
+           "redirect_port": 1455}  # fmt: skip
+    (tmp_path / "login.json").write_text(json.dumps(old))
+    loaded = store.load()
+    assert loaded is not None and loaded.oauth_state == "s" * 43
+    store.save(loaded)
+    assert json.loads((tmp_path / "login.json").read_text())["oauth_state"] == "s" * 43

@@ -306,7 +306,7 @@ def test_a_device_sign_in_started_through_the_api_ends_by_itself(
     keep-alive sees the program succeed, the attempt says succeeded in login.json (read here
     directly, not through the API, which would settle it itself) and the credential reaches
     the store."""
-    from skill.loginstate import StateStore  # noqa: PLC0415
+    from skill.attempt import AttemptFile  # noqa: PLC0415
 
     port = free_port()
     token = "an-operator-token-for-this-test-0123"
@@ -327,7 +327,7 @@ def test_a_device_sign_in_started_through_the_api_ends_by_itself(
             login = json.load(answer)
         issuer.approve_device(login["user_code"])
         approved = time.monotonic()
-        states = StateStore(state_dir)
+        states = AttemptFile(state_dir)
         wait_until(lambda: getattr(states.load(), "status", None) == "succeeded", 15,
                    "the attempt to end by itself")  # fmt: skip
         took = time.monotonic() - approved

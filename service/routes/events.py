@@ -25,7 +25,8 @@ from service.context import context
 from service.errors import ServiceError
 from service.gunicorn_conf import EVENT_STREAMS as STREAMS
 from service.worker import stopping
-from skill.events import EVENTS_FILE, since
+from skill import statedir
+from skill.events import since
 
 bp = Blueprint("events", __name__)
 
@@ -97,7 +98,7 @@ def stream() -> Response:
 
 def _stream(after: int) -> Response:
     state_dir, heartbeat = context().settings.state_dir, context().settings.events_heartbeat
-    watcher = _watcher(state_dir / EVENTS_FILE)
+    watcher = _watcher(state_dir / statedir.EVENTS)
     client = request.environ.get("gunicorn.socket")  # absent under Flask's test client
 
     def events() -> Iterator[str]:

@@ -10,13 +10,13 @@ from service.context import body, context
 from service.errors import ServiceError
 from service.models import Login, LoginRequest, RedirectRequest
 from service.routes.credentials import persist_now
-from skill.loginstate import LoginState
+from skill.attempt import Attempt
 from skill.runner import Runner
 
 bp = Blueprint("logins", __name__)
 
 
-def view(state: LoginState) -> BaseModel:
+def view(state: Attempt) -> BaseModel:
     return Login.model_validate(state.public())
 
 
@@ -24,7 +24,7 @@ def _runner() -> Runner:
     return Runner(context().settings)
 
 
-def _live(login_id: str) -> LoginState:
+def _live(login_id: str) -> Attempt:
     state = _runner().status()
     if state is None or state.id != login_id:
         raise ServiceError("not_found", f"No sign-in {login_id!r}. List none; start one with "
