@@ -326,28 +326,27 @@ def _watched_socket(address: tuple[str, int], timeout: Any = None, *args: Any) -
     return sock
 
 
-class _WatchedConnection(http.client.HTTPConnection):
+class _Watched:
+    """A connection that hands its socket to the request's watchdog the moment it exists, and
+    says when connecting failed (the request never left)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._create_connection = _watched_socket
 
     def connect(self) -> None:
         try:
-            super().connect()
+            super().connect()  # type: ignore[misc]
         except OSError as exc:
             raise NotSentError(describe(exc)) from exc
 
 
-class _WatchedTLSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = _watched_socket
+class _WatchedConnection(_Watched, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        try:
-            super().connect()
-        except OSError as exc:
-            raise NotSentError(describe(exc)) from exc
+
+class _WatchedTLSConnection(_Watched, http.client.HTTPSConnection):
+    pass
 
 
 class _WatchedHTTP(urllib.request.HTTPHandler):
