@@ -36,7 +36,7 @@ class Lease(BaseModel):
     """Who may spend the refresh token of ``generation``, until ``until``. The holder spends
     it no sooner than ``spend_after``: others watch the store closely from then on."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     holder: str
     host: str = ""
@@ -53,7 +53,7 @@ class Tombstone(BaseModel):
     """A logout: every copy of ``accountId`` from before ``at`` (generation at most
     ``generation``) is signed out."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     generation: int
     at: datetime
@@ -65,7 +65,7 @@ class Tombstone(BaseModel):
 class Beat(BaseModel):
     """A holder's last "still here"."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     host: str = ""
     seen: datetime
@@ -75,7 +75,7 @@ class Beat(BaseModel):
 class StoredEntry(BaseModel):
     """The stored entry: pi's fields (kept as pi writes them) and ours."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     generation: int = Field(default=0, ge=0)
     lastRefresh: datetime | None = None  # noqa: N815
@@ -220,6 +220,8 @@ def sha(value: str) -> str:
 
 
 class HolderView(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     host: str = ""
     seen: datetime
@@ -227,6 +229,8 @@ class HolderView(BaseModel):
 
 
 class LeaseView(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     holder: str
     host: str = ""
     until: datetime
@@ -234,6 +238,8 @@ class LeaseView(BaseModel):
 
 class StoreView(BaseModel):
     """What the last read of the store showed, for status (never a token)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     generation: int = 0
     holders: list[HolderView] = Field(default_factory=list)
@@ -244,7 +250,7 @@ class LocalState(BaseModel):
     """``<state dir>/service.json``: what this service knows of its credential and the store.
     Written by :mod:`service.persistence` only; read by every worker."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     generation: int = 0  # the stored generation this machine's credential is
     synced: str | None = None  # fingerprint of the credential last in step with the store
