@@ -1,9 +1,10 @@
 """The state of the one live sign-in, shared by separate processes through a 0600 file.
 
 ``start`` and ``complete`` run as separate processes (and the service sees the same login), so
-the attempt lives in ``<state_dir>/login.json``: id, driver, method, the attempt's ``state`` and
-redirect port, times and status. Changes happen under an exclusive ``flock``. Once the attempt
-ends, its ``state`` and sign-in link are scrubbed from the file.
+the attempt lives in ``<state_dir>/login.json``: id, driver, method, its link's OAuth state
+(``oauth_state``) and redirect port, its tmux session, times and status. Changes happen under an
+exclusive ``flock``. Once the attempt ends, its OAuth state and sign-in link are scrubbed from
+the file.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class Attempt(BaseModel):
     driver: Annotated[str, AfterValidator(known_driver)]
     method: Method
     status: Status
-    session: str
+    # Our tmux server's session the login program runs in (a file written before this name
+    # spelled it `session`).
+    tmux_session: str = Field(validation_alias=AliasChoices("tmux_session", "session"))
     started_at: datetime
     expires_at: datetime
     auth_url: str | None = Field(default=None, repr=False,
@@ -120,5 +123,5 @@ class AttemptFile:
         except ValidationError:
             return None
 
-    def save(self, state: Attempt) -> None:
-        write_private(self.path, state.model_dump_json(indent=2).encode())
+    def save(self, attempt: Attempt) -> None:
+        write_private(self.path, attempt.model_dump_json(indent=2).encode())

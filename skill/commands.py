@@ -50,9 +50,9 @@ def _json_value(value: object) -> str:
     return str(value)
 
 
-def _public(state: Attempt) -> dict[str, Any]:
-    data = state.public()
-    data["redirect_port"] = state.redirect_port  # where `complete` relays (the agent's view)
+def _public(attempt: Attempt) -> dict[str, Any]:
+    data = attempt.public()
+    data["redirect_port"] = attempt.redirect_port  # where `complete` relays (the agent's view)
     if data["auth_url"] is None:
         del data["auth_url"]
     return data
@@ -61,56 +61,56 @@ def _public(state: Attempt) -> dict[str, Any]:
 def start(
     settings: Settings, out: Output, *, method: Method, driver: DriverName, restart: bool
 ) -> int:
-    state, reused = Runner(settings).start(method=method, driver=driver, restart=restart)
-    until = state.expires_at.strftime("%H:%M UTC")
-    lead = "A sign-in is already in progress" if reused else f"Sign-in started ({state.driver})"
-    if state.method == "device":
+    attempt, reused = Runner(settings).start(method=method, driver=driver, restart=restart)
+    until = attempt.expires_at.strftime("%H:%M UTC")
+    lead = "A sign-in is already in progress" if reused else f"Sign-in started ({attempt.driver})"
+    if attempt.method == "device":
         lines = [
-            f"{lead}. Ask the user to open {state.verification_url} and enter the code "
-            f"{state.user_code} (valid until {until}), then run `chatgpt-login wait`."
+            f"{lead}. Ask the user to open {attempt.verification_url} and enter the code "
+            f"{attempt.user_code} (valid until {until}), then run `chatgpt-login wait`."
         ]
     else:
         lines = [
             f"{lead}. Send the user this link:",
-            state.auth_url or "",
+            attempt.auth_url or "",
             "Ask them to sign in, then copy the full address of the page that fails to load "
-            f"(http://localhost:{state.redirect_port}/auth/callback?...) and paste it back. "
+            f"(http://localhost:{attempt.redirect_port}/auth/callback?...) and paste it back. "
             f"It works until {until}.",
         ]
-    out.emit(lines, {**_public(state), "reused": reused})
+    out.emit(lines, {**_public(attempt), "reused": reused})
     return ExitCode.OK
 
 
 def complete(settings: Settings, out: Output, *, url: str) -> int:
     try:
-        state = Runner(settings).complete(url, on_tick=out.tick)
+        attempt = Runner(settings).complete(url, on_tick=out.tick)
     finally:
         out.end_tick()
-    return _signed_in(settings, out, state)
+    return _signed_in(settings, out, attempt)
 
 
 def wait(settings: Settings, out: Output, *, timeout: float | None) -> int:
     try:
-        state = Runner(settings).wait(timeout=timeout, on_tick=out.tick)
+        attempt = Runner(settings).wait(timeout=timeout, on_tick=out.tick)
     finally:
         out.end_tick()
-    if state.status != "succeeded":
+    if attempt.status != "succeeded":
         from skill.runner import ended_message  # noqa: PLC0415
 
-        raise SkillError("login_ended", ended_message(state))
-    return _signed_in(settings, out, state)
+        raise SkillError("login_ended", ended_message(attempt))
+    return _signed_in(settings, out, attempt)
 
 
-def _signed_in(settings: Settings, out: Output, state: Attempt) -> int:
-    who = f" as {state.signed_in_as}" if state.signed_in_as else ""
+def _signed_in(settings: Settings, out: Output, attempt: Attempt) -> int:
+    who = f" as {attempt.signed_in_as}" if attempt.signed_in_as else ""
     from skill.service_client import request_persist  # noqa: PLC0415
 
     persisted = request_persist(settings)
     lines = [f"Signed in{who}."]
-    lines += [f"Credentials saved to {path}" for path in state.saved]
-    lines += [f"Note: {note}" for note in state.notes]
+    lines += [f"Credentials saved to {path}" for path in attempt.saved]
+    lines += [f"Note: {note}" for note in attempt.notes]
     lines.append(persisted.message)
-    out.emit(lines, {**_public(state), "persisted": persisted.persisted,
+    out.emit(lines, {**_public(attempt), "persisted": persisted.persisted,
                      "persist_message": persisted.message})  # fmt: skip
     return ExitCode.OK if persisted.persisted else ExitCode.PERSIST_PENDING
 
@@ -120,7 +120,7 @@ def status(settings: Settings, out: Output) -> int:
     from skill.service_client import credential_view  # noqa: PLC0415
     from skill.signout import read_pending  # noqa: PLC0415
 
-    state = Runner(settings).status()
+    attempt = Runner(settings).status()
     credential, problems = _credential_and_problems(settings)
     service = credential_view(settings)
     pending = read_pending(settings)
@@ -156,9 +156,9 @@ def status(settings: Settings, out: Output) -> int:
     elif settings.api_key_exchange:
         lines.append("No OpenAI API key: the last sign-in's note says why.")
     lines += _service_lines(service, pending is not None)
-    if state is not None:
-        lines.append(_describe(state))
-    data["login"] = _public(state) if state else None
+    if attempt is not None:
+        lines.append(_describe(attempt))
+    data["login"] = _public(attempt) if attempt else None
     out.emit(lines, data)
     return ExitCode.OK
 
@@ -203,11 +203,11 @@ def _service_lines(service: dict[str, Any] | None, logout_pending: bool) -> list
 
 
 def cancel(settings: Settings, out: Output) -> int:
-    state = Runner(settings).cancel()
-    if state is None:
+    attempt = Runner(settings).cancel()
+    if attempt is None:
         out.emit(["No sign-in was in progress."], {"canceled": False})
     else:
-        out.emit(["Canceled the sign-in."], {"canceled": True, "login": _public(state)})
+        out.emit(["Canceled the sign-in."], {"canceled": True, "login": _public(attempt)})
     return ExitCode.OK
 
 
@@ -269,13 +269,13 @@ def _credential_and_problems(settings: Settings) -> tuple[Credential | None, lis
     return found, problems
 
 
-def _describe(state: Attempt) -> str:
-    if state.live:
-        waiting = "the pasted address" if state.method == "browser" else "device approval"
-        left = max(0, int((state.expires_at - datetime.now(UTC)).total_seconds() / 60))
-        return f"Sign-in {state.id} ({state.driver}) is waiting for {waiting}; {left} min left."
-    when = f" at {state.finished_at:%Y-%m-%d %H:%M} UTC" if state.finished_at else ""
+def _describe(attempt: Attempt) -> str:
+    if attempt.live:
+        waiting = "the pasted address" if attempt.method == "browser" else "device approval"
+        left = max(0, int((attempt.expires_at - datetime.now(UTC)).total_seconds() / 60))
+        return f"Sign-in {attempt.id} ({attempt.driver}) is waiting for {waiting}; {left} min left."
+    when = f" at {attempt.finished_at:%Y-%m-%d %H:%M} UTC" if attempt.finished_at else ""
     what = {"succeeded": "succeeded", "failed": "failed", "canceled": "was canceled",
-            "expired": "expired"}.get(state.status, state.status)  # fmt: skip
-    detail = f" ({state.message})" if state.message and state.status != "succeeded" else ""
-    return f"The last sign-in attempt ({state.id}, {state.driver}) {what}{when}{detail}."
+            "expired": "expired"}.get(attempt.status, attempt.status)  # fmt: skip
+    detail = f" ({attempt.message})" if attempt.message and attempt.status != "succeeded" else ""
+    return f"The last sign-in attempt ({attempt.id}, {attempt.driver}) {what}{when}{detail}."

@@ -24,7 +24,7 @@ from skill.errors import RECOVERABLE, LockError, SkillError
 from skill.events import emit
 from skill.files import ensure_private_dir
 from skill.redirect import Callback
-from skill.session import Session, Tick
+from skill.session import Session, Tick, end_leftovers
 from skill.settings import Settings
 from skill.tmux import TmuxServer
 
@@ -42,7 +42,7 @@ class Runner:
         self.settings = settings
         self.dir = settings.state_dir
         ensure_private_dir(self.dir)
-        self.store = AttemptFile(self.dir)
+        self.attempt_file = AttemptFile(self.dir)
         env = {**settings.child_env, "HOME": str(Path.home())}
         self.tmux = tmux or TmuxServer(
             self.dir / statedir.TMUX_SOCKET, base_env=env, python=settings.python_executable
@@ -57,14 +57,15 @@ class Runner:
         self, *, method: Method = "browser", driver: DriverName = "native", restart: bool = False
     ) -> tuple[Attempt, bool]:
         """Start a sign-in; returns it and whether it was an already-live one (reused)."""
-        with self.store.locked():
-            current = self._settle(self.store.load())
+        with self.attempt_file.locked():
+            current = self._settle(self.attempt_file.load())
             if current is not None and current.live:
                 if not restart:
                     return current, True
                 self._end(current, "canceled", message="Replaced by a new sign-in.")
+            end_leftovers(self.settings, self.tmux)  # nothing is live now
             session = Session.launch(self.settings, self.tmux, DRIVERS[driver], method)
-            self.store.save(session.attempt)
+            self.attempt_file.save(session.attempt)
             emit(self.dir, "login.started", login_id=session.attempt.id, method=method,
                  driver=driver)  # fmt: skip
             if session.attempt.auth_url is not None:
@@ -74,14 +75,14 @@ class Runner:
             except SkillError as exc:
                 self._end(session.attempt, "failed", error=exc.code, message=exc.message)
                 raise
-            self.store.save(attempt)
+            self.attempt_file.save(attempt)
             return attempt, False
 
     def complete(self, pasted: str, *, on_tick: Tick = _no_tick) -> Attempt:
         """Relay a pasted address and wait for the verdict. A rejected paste leaves the attempt
         live; repeating the address that finished it returns the first result."""
-        with self.store.locked():
-            attempt = self._settle(self.store.load())
+        with self.attempt_file.locked():
+            attempt = self._settle(self.attempt_file.load())
             if attempt is None:
                 raise SkillError("no_login")
             if attempt.status == "succeeded":
@@ -105,13 +106,13 @@ class Runner:
             except SkillError as exc:
                 raise _with_link(exc, attempt) from None
             attempt = attempt.model_copy(update={"status": "completing"})
-            self.store.save(attempt)
+            self.attempt_file.save(attempt)
             try:
                 return self._relay_and_finish(attempt, callback, on_tick)
             except SkillError as exc:
-                current = self.store.load() or attempt
+                current = self.attempt_file.load() or attempt
                 if current.status == "completing":
-                    self.store.save(current.model_copy(update={"status": "waiting"}))
+                    self.attempt_file.save(current.model_copy(update={"status": "waiting"}))
                 raise (_with_link(exc, attempt) if current.live else exc) from None
 
     def _repeated(self, attempt: Attempt, pasted: str) -> Attempt:
@@ -138,8 +139,8 @@ class Runner:
 
     def wait(self, *, timeout: float | None = None, on_tick: Tick = _no_tick) -> Attempt:
         """Wait for a live sign-in (device code, or a browser one completed elsewhere) to end."""
-        with self.store.locked():
-            attempt = self._settle(self.store.load())
+        with self.attempt_file.locked():
+            attempt = self._settle(self.attempt_file.load())
         if attempt is None:
             raise SkillError("no_login")
         if not attempt.live:
@@ -150,8 +151,8 @@ class Runner:
         mark = session.screen().count("\n")
         verdict = session.verdict(mark, deadline, on_tick, poll=WAIT_POLL)
         if isinstance(verdict, SkillError) and verdict.code == "program_timeout":
-            with self.store.locked():
-                current = self._settle(self.store.load())
+            with self.attempt_file.locked():
+                current = self._settle(self.attempt_file.load())
             if current is None or not current.live:  # the attempt itself ran out
                 raise SkillError("login_timeout")
             raise SkillError(
@@ -159,22 +160,22 @@ class Runner:
                 f"Not approved yet. The code stays valid until {attempt.expires_at:%H:%M} UTC: "
                 "remind the user, then run `chatgpt-login wait` again.",
             )
-        with self.store.locked():
+        with self.attempt_file.locked():
             return self._conclude(session, verdict, code_sha=None)
 
     def status(self) -> Attempt | None:
         """The current attempt. While another command holds it (a ``complete`` waiting for
         its verdict) this reads the file as it stands instead of waiting."""
         try:
-            with self.store.locked(timeout=0.2):
-                return self._settle(self.store.load())
+            with self.attempt_file.locked(timeout=0.2):
+                return self._settle(self.attempt_file.load())
         except LockError:
-            return self.store.load()
+            return self.attempt_file.load()
 
     def cancel(self) -> Attempt | None:
         """End the live sign-in; returns it, or None if none was live."""
-        with self.store.locked():
-            attempt = self._settle(self.store.load())
+        with self.attempt_file.locked():
+            attempt = self._settle(self.attempt_file.load())
             if attempt is None or not attempt.live:
                 return None
             return self._end(attempt, "canceled", message="Canceled.")
@@ -222,7 +223,7 @@ class Runner:
         """End the attempt: its program and files go (:meth:`Session.end`), its secrets scrubbed."""
         self.session(attempt).end()
         ended = attempt.ended(status, **outcome)
-        self.store.save(ended)
+        self.attempt_file.save(ended)
         if status == "canceled":
             emit(self.dir, "login.canceled", login_id=attempt.id)
         else:
@@ -261,7 +262,7 @@ class Runner:
         try:
             return self._conclude(session, True, code_sha=None)
         except SkillError:  # it could not be saved: _conclude ended the attempt so
-            return self.store.load()
+            return self.attempt_file.load()
 
 
 def _with_link(exc: SkillError, attempt: Attempt) -> SkillError:

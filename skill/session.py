@@ -70,14 +70,14 @@ class Session:
             link = {"auth_url": premade_link(settings, premade), "oauth_state": premade.state,
                     "redirect_port": premade.port}  # fmt: skip
         attempt = Attempt(
-            id=login_id, driver=driver.name, method=method, status="waiting", session=session,
+            id=login_id, driver=driver.name, method=method, status="waiting", tmux_session=session,
             started_at=now, expires_at=now + timedelta(seconds=lifetime),
             pane_pid=tmux.status(session).pid, **link,
         )  # fmt: skip
         return cls(settings, tmux, attempt)
 
     def screen(self) -> str:
-        return self.tmux.screen(self.attempt.session)
+        return self.tmux.screen(self.attempt.tmux_session)
 
     # Starting -------------------------------------------------------------------------------
 
@@ -128,8 +128,8 @@ class Session:
         if driver.paste_prompt is not None and driver.paste_prompt.search(screen):
             if driver.echoes_paste:
                 # The log must not take the address; the screen is wiped if the attempt goes on.
-                self.tmux.stop_log(self.attempt.session)
-            self.tmux.type_line(self.attempt.session, _typeable(callback_url(port, callback)))
+                self.tmux.stop_log(self.attempt.tmux_session)
+            self.tmux.type_line(self.attempt.tmux_session, _typeable(callback_url(port, callback)))
             return screen.count("\n")
         if listener_pids(port, _all_pids()):
             raise SkillError("listener_not_ours")
@@ -181,7 +181,10 @@ class Session:
             screen = self.screen()
             fresh = "\n".join(screen.split("\n")[mark:])
             if driver.success.search(fresh):
-                if not driver.exits_on_success or not self.tmux.status(self.attempt.session).alive:
+                if (
+                    not driver.exits_on_success
+                    or not self.tmux.status(self.attempt.tmux_session).alive
+                ):
                     return True
             elif driver.rejected is not None and (match := driver.rejected.search(fresh)):
                 code = match.group(2) if match.group(2) in CODES else "bad_paste"
@@ -200,7 +203,7 @@ class Session:
     def forget_paste(self) -> None:
         """After a rejected paste, for a program that echoed it: off the screen."""
         if self.driver.echoes_paste:
-            self.tmux.wipe(self.attempt.session)
+            self.tmux.wipe(self.attempt.tmux_session)
 
     def save(self) -> Saved:
         """The program's credential, collected and written to the configured files."""
@@ -209,7 +212,7 @@ class Session:
     # Looking --------------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return self.tmux.exists(self.attempt.session)
+        return self.tmux.exists(self.attempt.tmux_session)
 
     def finished_alone(self, pane: PaneStatus) -> bool:
         """The program printed its success line with no paste from us: a device code the user
@@ -225,7 +228,7 @@ class Session:
         pane_pid = self.attempt.pane_pid
 
         def caught_up() -> PaneStatus | None:
-            pane = self.tmux.status(self.attempt.session)
+            pane = self.tmux.status(self.attempt.tmux_session)
             gone = pane.alive and pane_pid and not alive(pane_pid)
             return None if gone else pane
 
@@ -234,7 +237,7 @@ class Session:
             alive=False, exit_status=None, pid=pane_pid)  # fmt: skip
 
     def raise_if_dead(self, screen: str) -> None:
-        status = self.tmux.status(self.attempt.session)
+        status = self.tmux.status(self.attempt.tmux_session)
         if status.alive:
             return
         failures = self.driver.failure.findall(screen)
@@ -251,10 +254,24 @@ class Session:
         """Processes, session, log and working directory go: no code, attempt or token outlives
         the attempt anywhere we keep."""
         pids = descendants(self.attempt.pane_pid) if self.attempt.pane_pid else set()
-        self.tmux.kill(self.attempt.session)
+        self.tmux.kill(self.attempt.tmux_session)
         end_processes(pids)
         log_path(self.settings, self.attempt.id).unlink(missing_ok=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def end_leftovers(settings: Settings, tmux: TmuxServer) -> None:
+    """End what attempts the state file no longer names left behind (the file lost, damaged,
+    or naming a driver no longer registered): sessions in our tmux server, working directories
+    (a program's credential may be in one), logs. Called when no attempt is live."""
+    for name in tmux.sessions():
+        tmux.kill(name)
+    for kind in (statedir.WORK, statedir.LOGS):
+        for leftover in (settings.state_dir / kind).glob("*"):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def log_path(settings: Settings, login_id: str) -> Path:

@@ -87,7 +87,9 @@ def main(spec_path: str) -> int:
             result["redirect_host"] = callback.split("/")[2]
             if scenario == "paste_prompt":
                 prompt = "Paste the authorization code"
-                wait_until(lambda: prompt in runner.tmux.screen(state.session), 30, "pi's prompt")
+                wait_until(
+                    lambda: prompt in runner.tmux.screen(state.tmux_session), 30, "pi's prompt"
+                )
             started = time.monotonic()
             done = runner.complete(callback)
             result["complete_seconds"] = time.monotonic() - started

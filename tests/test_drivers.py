@@ -85,10 +85,10 @@ def test_a_fourth_driver_signs_in_through_the_runner(
     runner_settings: Settings, issuer: FakeIssuer, toy: Credential
 ) -> None:
     runner = Runner(runner_settings)
-    state, _ = runner.start(driver="toy")
-    assert state.driver == "toy" and state.auth_url
-    assert state.redirect_port == runner_settings.callback_ports[0]
-    done = runner.complete(issuer.sign_in(state.auth_url))
+    attempt, _ = runner.start(driver="toy")
+    assert attempt.driver == "toy" and attempt.auth_url
+    assert attempt.redirect_port == runner_settings.callback_ports[0]
+    done = runner.complete(issuer.sign_in(attempt.auth_url))
     assert done.status == "succeeded" and done.saved == [str(runner_settings.pi_auth_file)]
     written = runner.settings.pi_auth_file
     assert stat.S_IMODE(written.stat().st_mode) == 0o600

@@ -63,7 +63,7 @@ def test_start_complete_end_to_end(runner_settings: Settings, issuer: FakeIssuer
     state, reused = runner.start()
     assert not reused and state.status == "waiting" and state.auth_url
     assert state.redirect_port == runner_settings.callback_ports[0]
-    assert runner.tmux.sessions() == [state.session]
+    assert runner.tmux.sessions() == [state.tmux_session]
     log_file = runner_settings.state_dir / "logs" / f"{state.id}.log"
     assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
     wait_until(lambda: not port_is_free(runner_settings.callback_ports[0]), what="listener")
@@ -81,6 +81,25 @@ def test_start_complete_end_to_end(runner_settings: Settings, issuer: FakeIssuer
     again = runner.complete(callback)  # the same address a second time: the first result
     assert (again.status, again.id, again.saved) == ("succeeded", done.id, done.saved)
     assert issuer.calls["grant:authorization_code"] == 1
+
+
+def test_an_attempt_the_state_file_no_longer_names_is_ended_by_the_next_start(
+    runner_settings: Settings, issuer: FakeIssuer
+) -> None:
+    """login.json damaged (or naming a driver no longer registered) while a program runs: the
+    next start ends that program, its session, log and working directory, then signs in."""
+    runner = Runner(runner_settings)
+    lost, _ = runner.start()
+    wait_until(lambda: not port_is_free(runner_settings.callback_ports[0]), what="listener")
+    record = runner_settings.state_dir / "login.json"
+    record.write_text(record.read_text().replace('"driver": "native"', '"driver": "retired"'))
+    fresh, reused = runner.start()
+    assert not reused and fresh.id != lost.id
+    assert runner.tmux.sessions() == [fresh.tmux_session]
+    assert sorted(os.listdir(runner_settings.state_dir / "work")) == [fresh.id]
+    assert sorted(os.listdir(runner_settings.state_dir / "logs")) == [f"{fresh.id}.log"]
+    assert fresh.auth_url and runner.complete(issuer.sign_in(fresh.auth_url)).status == "succeeded"
+    assert leftovers(runner, runner_settings) == CLEAN
 
 
 def test_bad_pastes_leave_the_attempt_live(runner_settings: Settings, issuer: FakeIssuer) -> None:
@@ -140,7 +159,7 @@ def test_second_start_returns_the_live_one_and_restart_replaces_it(
     assert reused and same.id == first.id and same.auth_url == first.auth_url
     fresh, reused = runner.start(restart=True)
     assert not reused and fresh.id != first.id
-    assert runner.tmux.sessions() == [fresh.session]
+    assert runner.tmux.sessions() == [fresh.tmux_session]
     runner.cancel()
 
 
@@ -208,7 +227,7 @@ def test_a_foreign_listener_never_receives_the_code(
         state, _ = runner.start()
         assert state.auth_url
         wait_until(
-            lambda: "paste only" in runner.tmux.screen(state.session), what="paste-only mode"
+            lambda: "paste only" in runner.tmux.screen(state.tmux_session), what="paste-only mode"
         )
         done = runner.complete(issuer.sign_in(state.auth_url))
         assert done.status == "succeeded"
@@ -257,7 +276,7 @@ def test_a_complete_at_once_never_echoes_the_address(
                 with contextlib.suppress(OSError):
                     seen.append(log_file.read_text(errors="replace"))
                 with contextlib.suppress(Exception):  # the session ends with the sign-in
-                    seen.append(runner.tmux.screen(state.session))
+                    seen.append(runner.tmux.screen(state.tmux_session))
 
         watcher = threading.Thread(target=watch)
         watcher.start()
@@ -314,7 +333,7 @@ def test_an_approved_device_code_ends_without_anyone_waiting(
     state, _ = runner.start(method="device")
     assert state.user_code
     issuer.approve_device(state.user_code)
-    wait_until(lambda: not runner.tmux.status(state.session).alive, 20, "the program's exit")
+    wait_until(lambda: not runner.tmux.status(state.tmux_session).alive, 20, "the program's exit")
     assert AttemptFile(runner_settings.state_dir).load().status == "waiting"  # type: ignore[union-attr]
     done = runner.status()
     assert done is not None and (done.status, done.saved) == (
@@ -424,8 +443,8 @@ def test_a_restart_during_a_sign_in_leaves_a_clear_status(runner_settings: Setti
 
 
 def test_a_state_file_written_before_oauth_state_was_named_so_still_loads(tmp_path: Path) -> None:
-    """A sign-in live across an upgrade: its `state` (the OAuth parameter) was stored under that
-    name; it is read as ``oauth_state`` and written back under the new name."""
+    """A sign-in live across an upgrade: its OAuth state and tmux session were stored as
+    `state` and `session`; they are read under their new names and written back so."""
     store = AttemptFile(tmp_path)
     old = {"id": "a1b2c3d4", "driver": "native", "method": "browser", "status": "waiting",
            "session": "login-a1b2c3d4", "started_at": "2026-11-29T10:00:00Z",
@@ -435,4 +454,5 @@ def test_a_state_file_written_before_oauth_state_was_named_so_still_loads(tmp_pa
     loaded = store.load()
     assert loaded is not None and loaded.oauth_state == "s" * 43
     store.save(loaded)
-    assert json.loads((tmp_path / "login.json").read_text())["oauth_state"] == "s" * 43
+    written = json.loads((tmp_path / "login.json").read_text())
+    assert (written["oauth_state"], written["tmux_session"]) == ("s" * 43, "login-a1b2c3d4")

@@ -16,8 +16,8 @@ from skill.runner import Runner
 bp = Blueprint("logins", __name__)
 
 
-def view(state: Attempt) -> BaseModel:
-    return Login.model_validate(state.public())
+def view(attempt: Attempt) -> BaseModel:
+    return Login.model_validate(attempt.public())
 
 
 def _runner() -> Runner:
@@ -25,19 +25,19 @@ def _runner() -> Runner:
 
 
 def _live(login_id: str) -> Attempt:
-    state = _runner().status()
-    if state is None or state.id != login_id:
+    attempt = _runner().status()
+    if attempt is None or attempt.id != login_id:
         raise ServiceError("not_found", f"No sign-in {login_id!r}. List none; start one with "
                            "POST /v1/logins.", status=404)  # fmt: skip
-    return state
+    return attempt
 
 
 @bp.post("")
 def start() -> tuple[Response, int]:
     request = body(LoginRequest)
-    state, reused = _runner().start(method=request.method, driver=request.driver)
+    attempt, reused = _runner().start(method=request.method, driver=request.driver)
     context().metrics.count("logins_started", "reused" if reused else "new")
-    return jsonify(view(state).model_dump(mode="json")), 409 if reused else 201
+    return jsonify(view(attempt).model_dump(mode="json")), 409 if reused else 201
 
 
 @bp.get("/<login_id>")
@@ -50,20 +50,20 @@ def redirect(login_id: str) -> Response:
     pasted = body(RedirectRequest).url
     _live(login_id)
     try:
-        state = _runner().complete(pasted)
+        attempt = _runner().complete(pasted)
     except Exception:
         context().metrics.count("logins_completed", "rejected")
         raise
-    context().metrics.count("logins_completed", state.status)
-    data = view(state).model_dump(mode="json")
-    data["persisted"] = persist_now() if state.status == "succeeded" else False
+    context().metrics.count("logins_completed", attempt.status)
+    data = view(attempt).model_dump(mode="json")
+    data["persisted"] = persist_now() if attempt.status == "succeeded" else False
     return jsonify(data)
 
 
 @bp.delete("/<login_id>")
 def cancel(login_id: str) -> Response:
     _live(login_id)
-    state = _runner().cancel()
-    if state is None:
+    attempt = _runner().cancel()
+    if attempt is None:
         raise ServiceError("not_found", "That sign-in is no longer live.", status=404)
-    return jsonify(view(state).model_dump(mode="json"))
+    return jsonify(view(attempt).model_dump(mode="json"))
