@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import json
 import re
 import socket
@@ -129,32 +130,38 @@ def parse_json(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise AnswerError("the answer is not JSON") from exc
 
 
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+# The bytes that matter to nesting: brackets, quotes and backslashes (one byte each, so the
+# search cannot backtrack).
+_SPECIAL = re.compile(rb'[\[\]{}"\\]')
 
 
 def _depth(raw: bytes, enough: int) -> int:
-    """The deepest nesting of ``[`` and ``{`` outside strings (a linear scan, no recursion).
-    An answer with few brackets outside its strings cannot nest deeper than their number,
-    which the C string methods count at once: only when there are more than ``enough`` is it
-    scanned."""
-    bare = _STRINGS.sub(b'""', raw)
-    opened = bare.count(b"[") + bare.count(b"{")
+    """The deepest nesting of ``[`` and ``{`` outside strings, or a depth above ``enough`` as
+    soon as one is seen. Linear and without recursion: a string that never closes, or a
+    hundred thousand brackets, cost one pass. The brackets' count is an upper bound (those in
+    strings count too) and the C string methods take it at once: only above ``enough`` is the
+    answer scanned."""
+    opened = raw.count(b"[") + raw.count(b"{")
     if opened <= enough:
         return opened
     depth = deepest = 0
-    in_string = escaped = False
-    for byte in bare:
+    in_string, escaped_at = False, -1
+    for found in _SPECIAL.finditer(raw):
+        at = found.start()
+        if at == escaped_at:
+            continue
+        byte = raw[at]
         if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
+            if byte == 0x5C:  # backslash: the next byte is escaped
+                escaped_at = at + 1
             elif byte == 0x22:  # quote
                 in_string = False
         elif byte == 0x22:
             in_string = True
         elif byte in (0x5B, 0x7B):
             depth += 1
+            if depth > enough:
+                return depth
             deepest = max(deepest, depth)
         elif byte in (0x5D, 0x7D):
             depth -= 1
@@ -184,8 +191,8 @@ class ProxySettingError(ValueError):
 
     def __init__(self, variable: str) -> None:
         super().__init__(
-            f"{variable} is not a proxy this tool can use: an http:// or https:// address "
-            "with a valid port is needed (SOCKS is not supported). Fix it, then retry."
+            f"{variable} is not a proxy this tool can use: an http://host:port address is "
+            "needed (https:// and SOCKS proxies are not supported). Fix it, then retry."
         )
         self.variable = variable
 
@@ -267,23 +274,41 @@ class Outbound:
 
 def environment_proxies() -> dict[str, str]:
     """The environment's proxies for http and https (``ALL_PROXY`` where neither is given, as
-    curl and httpx read it). Raises :class:`ProxySettingError` for one that is not an http(s)
-    proxy with a valid port (SOCKS is not supported), rather than fail later and vaguely."""
+    curl and httpx read it). Raises :class:`ProxySettingError` for one that is not
+    ``http://[user:password@]host[:port]``: SOCKS is not supported, and urllib would speak plain
+    HTTP to an https:// proxy, its password in the clear."""
     found = urllib.request.getproxies_environment()
     proxies = {scheme: found.get(scheme) or found.get("all") for scheme in ("http", "https")}
     for scheme, proxy in proxies.items():
-        if proxy is None:
-            continue
-        variable = f"{scheme.upper()}_PROXY" if found.get(scheme) else "ALL_PROXY"
-        try:
-            parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
-            parts.port  # noqa: B018 - raises for a port that is not a number
-        except ValueError:
-            usable = False
-        if not usable:
-            raise ProxySettingError(variable)
+        if proxy is not None and not _usable_proxy(proxy):
+            raise ProxySettingError(f"{scheme.upper()}_PROXY" if found.get(scheme) else "ALL_PROXY")
     return {scheme: proxy for scheme, proxy in proxies.items() if proxy}
+
+
+def _usable_proxy(proxy: str) -> bool:
+    if not proxy.lower().startswith("http://"):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(proxy)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        return False
+    return bool(parts.hostname) and parts.path in ("", "/") and not parts.query
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost`` or a loopback (or unspecified) IP in
+    any spelling (``127.0.0.2``, ``[::1]``, ``::ffff:127.0.0.1``, ``2130706433``). Other names
+    are not, even one that starts with 127.: only a resolver knows where it points."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(int(host) if host.isdigit() else host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or address.is_unspecified or bool(mapped and mapped.is_loopback)
 
 
 _CAUSES: tuple[tuple[type[BaseException], str], ...] = (
@@ -304,6 +329,9 @@ def describe(exc: BaseException) -> str:
         if not isinstance(inner, BaseException):
             break
         exc = inner
+    if str(exc).startswith("Tunnel connection failed: "):  # http.client's words for a CONNECT
+        status = str(exc).split()[3]  # refused by the proxy; only its status is said
+        return f"the proxy refused to connect to it (HTTP {status if status.isdigit() else '?'})"
     reason = getattr(exc, "reason", None)
     return reason if isinstance(reason, str) and reason else type(exc).__name__
 
@@ -314,21 +342,82 @@ def describe(exc: BaseException) -> str:
 _EXCHANGE = threading.local()
 
 
-def _watched_socket(address: tuple[str, int], timeout: Any = None, *args: Any) -> socket.socket:
-    connecting = getattr(_EXCHANGE, "connect_timeout", None)
-    if isinstance(timeout, float | int) and connecting is not None:
-        sock = socket.create_connection(address, min(timeout, connecting), *args)
-        sock.settimeout(timeout)
-    else:
-        sock = socket.create_connection(address, timeout, *args)
-    if (dog := getattr(_EXCHANGE, "dog", None)) is not None:
+def _watched_socket(
+    address: tuple[str, int], timeout: Any = None, source_address: Any = None
+) -> socket.socket:
+    """``socket.create_connection`` within the request's deadline: the name looked up, then
+    each address tried, all before the deadline (create_connection gives each address its own
+    timeout and the lookup none); every socket watched from the moment it exists."""
+    dog: Watchdog | None = getattr(_EXCHANGE, "dog", None)
+    if dog is None:
+        return socket.create_connection(address, timeout, source_address)
+    connecting = getattr(_EXCHANGE, "connect_timeout", None) or dog.seconds
+    error: OSError = TimeoutError("no time was left to connect")
+    for family, kind, proto, _, where in _resolve(*address, seconds=dog.remaining()):
+        left = dog.remaining()
+        if left <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
         dog.watch(sock)
-    return sock
+        try:
+            sock.settimeout(min(connecting, left))
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(where)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        sock.settimeout(timeout if isinstance(timeout, float | int) else None)
+        return sock
+    raise error
+
+
+def _resolve(host: str, port: int, *, seconds: float) -> list[Any]:
+    """getaddrinfo within ``seconds``: a name is looked up in a thread of its own (a resolver
+    that does not answer cannot be interrupted; the thread is left to end when it does)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:  # an address: nothing to look up
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    found: list[list[Any] | OSError] = []
+
+    def look_up() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except OSError as exc:
+            found.append(exc)
+
+    worker = threading.Thread(target=look_up, daemon=True, name="resolve")
+    worker.start()
+    worker.join(max(0.0, seconds))
+    if not found:
+        raise TimeoutError("its host name did not resolve in time")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]
+
+
+class _FinalAnswer(http.client.HTTPResponse):
+    """Skips every informational answer (1xx) but 101 before the real one. http.client skips
+    only 100 and would take a "103 Early Hints" for the answer, its body empty: the real
+    answer (new tokens, for a refresh token spent) would be lost."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # its headers, skipped
 
 
 class _Watched:
-    """A connection that hands its socket to the request's watchdog the moment it exists, and
-    says when connecting failed (the request never left)."""
+    """A connection that hands its socket to the request's watchdog the moment it exists, says
+    when connecting failed (the request never left), and reads past informational answers."""
+
+    response_class: type[http.client.HTTPResponse] = _FinalAnswer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -365,8 +454,7 @@ class _ProxyUnlessLoopback(urllib.request.ProxyHandler):
     would send a loopback request to an http_proxy too)."""
 
     def proxy_open(self, req: urllib.request.Request, proxy: str, type: str) -> Any:
-        host = urllib.parse.urlsplit(req.full_url).hostname or ""
-        if host in ("localhost", "::1") or host.startswith("127."):
+        if is_loopback(urllib.parse.urlsplit(req.full_url).hostname or ""):
             return None  # the next handler connects directly
         return super().proxy_open(req, proxy, type)
 

@@ -59,6 +59,8 @@ def loopback_request(
         text = response.read(64 * 1024).decode("utf-8", "replace")
         return Answer(response.status, text, response.getheader("Location"),
                       response.getheader(ERROR_HEADER))  # fmt: skip
+    except http.client.HTTPException as exc:  # a malformed answer: a connection fault to callers
+        raise ConnectionError(f"a malformed answer ({type(exc).__name__})") from exc
     finally:
         connection.close()
 

@@ -8,7 +8,9 @@ longer than the client's timeout), ``reset`` (close the connection without an an
 Hostile answers (a broken or malicious server): ``drip`` (a valid answer, one byte every
 ``drip_every`` seconds), ``drip_headers`` (the status line and headers that way), ``huge`` (a
 300 MB body, sent as fast as it is read), ``nested`` (JSON nested 100000 levels deep),
-``wrong_types`` (a record that is not an object, and an ``ok`` that is not ``true``).
+``wrong_types`` (a record that is not an object, and an ``ok`` that is not ``true``),
+``unclosed`` (240 KB of escaped quotes in a string that never closes: a regular expression
+that backtracks takes minutes over it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ from tests import loopback
 from tests.canary import register
 
 TOKEN = "fat-tools-canary-7c1e"
+
+
+# Faults answered 200 with a fixed body.
+CANNED = {
+    "malformed": b"<html>oops</html>",
+    "not_ok": b'{"ok": false}',
+    "nested": b"[" * 100_000 + b"]" * 100_000,
+    "wrong_types": b'{"ok": "yes", "codex_credentials": [1, 2, 3]}',
+    # A string that never ends, of escaped quotes, under the size cap.
+    "unclosed": b'{"ok": true, "x": "' + b'\\"' * 120_000,
+}
 
 
 @dataclass
@@ -87,10 +100,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind == "truncated":
             self._answer(200, b'{"ok": tr', length=40)
             self.connection.close()
-        elif kind == "malformed":
-            self._answer(200, b"<html>oops</html>")
-        elif kind == "not_ok":
-            self._answer(200, b'{"ok": false}')
+        elif kind in CANNED:
+            self._answer(200, CANNED[kind])
         elif kind == "status":
             self._answer(int(arg), b'{"error": "fault"}')
         elif kind == "retry_after":
@@ -99,10 +110,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._drip(headers_too=kind == "drip_headers")
         elif kind == "huge":
             self._huge()
-        elif kind == "nested":
-            self._answer(200, b"[" * 100_000 + b"]" * 100_000)
-        elif kind == "wrong_types":
-            self._answer(200, b'{"ok": "yes", "codex_credentials": [1, 2, 3]}')
         return True
 
     def _drip(self, *, headers_too: bool) -> None:

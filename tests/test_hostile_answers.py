@@ -3,7 +3,8 @@ process, its peak memory measured), persist (the API), sync-back (the keep-alive
 
 Kinds (tests/fake_secrets.py): a valid answer a byte every half second (``drip``), the headers
 that way (``drip_headers``), 300 MB (``huge``), JSON nested 100000 deep (``nested``), a record
-that is not an object and an ``ok`` that is not ``true`` (``wrong_types``). Each path must end
+that is not an object and an ``ok`` that is not ``true`` (``wrong_types``), a string of 240 KB
+that never closes (``unclosed``). Each path must end
 within its deadline plus a margin, with one of our error codes and no traceback, hold no more
 than a bounded amount of memory, and leave the local credential as it was.
 
@@ -30,7 +31,7 @@ from tests.conftest import PYTHON, REPO, http_store
 from tests.fake_issuer import FakeIssuer
 from tests.fake_secrets import FakeSecretsAPI
 
-KINDS = ["drip", "drip_headers", "huge", "nested", "wrong_types"]
+KINDS = ["drip", "drip_headers", "huge", "nested", "wrong_types", "unclosed"]
 DEADLINE = 3.0  # secrets_deadline in these tests
 MARGIN = 2.5  # one attempt's timeout may start just before the deadline
 MEMORY = 64 * 2**20  # in-process peak (tracemalloc), far below a 300 MB answer

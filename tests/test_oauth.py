@@ -442,7 +442,8 @@ def test_a_hostile_token_answer_is_cut_off(
 @pytest.mark.parametrize(
     "proxy",
     ["http://user:proxy-pw-canary-3b8e@127.0.0.1:notaport", "socks5://127.0.0.1:1080",
-     "ftp://127.0.0.1:21"],
+     "ftp://127.0.0.1:21", "https://user:proxy-pw-canary-3b8e@127.0.0.1:3128",
+     "http:/user:proxy-pw-canary-3b8e@127.0.0.1:3128", "http:user:proxy-pw-canary-3b8e@host"],
 )  # fmt: skip
 def test_a_proxy_it_cannot_use_is_a_setting_to_fix(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, proxy: str
