@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from service.record import HolderView, LeaseView
 from skill.attempt import PUBLIC_FIELDS, Attempt
-from skill.drivers import known_driver
+from skill.drivers import DRIVERS, known_driver
 
 
 class Request(BaseModel):
@@ -20,7 +20,7 @@ class Request(BaseModel):
 class LoginRequest(Request):
     method: Literal["browser", "device"] = "browser"
     driver: Annotated[str, AfterValidator(known_driver)] = Field(
-        default="native", description="a login program (skill/drivers.py): native, pi-ai, codex"
+        default="native", description=f"a login program: {', '.join(DRIVERS)}"
     )
 
 

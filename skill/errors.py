@@ -1,6 +1,8 @@
-"""The one error type of the ``skill`` package, and the table of its codes.
+"""The ``skill`` package's errors: one type with a stable code, made of a small class tree.
 
-Every failure a user can see is a :class:`SkillError` with a stable ``code``. The table below
+Every failure a user can see is a :class:`SkillError` with a stable ``code``; ``SkillError(code)``
+is an instance of its code's family (:class:`NetworkError`, :class:`SignInError`,
+:class:`PasteError`, :class:`CredentialFileError`, :class:`LockError`), so callers catch a class. The table below
 gives each code its kind, the CLI exit code and a default message that says what happened and
 what to do next. Messages never contain token, code or ``state`` values.
 
@@ -441,7 +443,8 @@ class CredentialFileError(SkillError):
 
 
 class LockError(SkillError):
-    """A lock or a port is held by someone else."""
+    """A lock we wait for is held too long, or no callback port is free. (A port held by a
+    stranger while a sign-in waits is ``listener_not_ours``, a :class:`SignInError`.)"""
 
 
 _FAMILY_CODES: dict[type[SkillError], tuple[str, ...]] = {

@@ -1,4 +1,4 @@
-"""The one policy for every answer from another machine (the issuer, the secrets API).
+"""The one client and policy for every request to another machine (issuer, secrets API, Vault).
 
 - **A deadline that is one.** Socket timeouts bound each read, not a request: a server that
   sends one byte every few seconds keeps a client waiting for ever. A :class:`Watchdog` shuts the

@@ -135,3 +135,12 @@ def test_skill_md_exit_codes_match() -> None:
         for error in re.findall(r"`([a-z_]+)`", text):
             if error in CODES:
                 assert CODES[error].exit_code == int(number), (error, number)
+
+
+def test_the_readme_names_every_login_program() -> None:
+    """A driver registered without a word in the README's `start` row is a driver nobody finds."""
+    from skill.drivers import DRIVERS  # noqa: PLC0415
+
+    row = re.search(r"`chatgpt-login start .*?--driver ((?:[a-z-]+\\\|)*[a-z-]+)\]", README)
+    assert row is not None
+    assert sorted(row.group(1).split("\\|")) == sorted(DRIVERS)
