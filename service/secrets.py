@@ -209,6 +209,14 @@ class HttpSecretsStore:
             )
         if status in (304, 412) or (status == 404 and method == "GET"):
             return _Answer(status, etag, {})
+        if 300 <= status < 400:  # not followed (the token would go along); asking again won't help
+            raise ServiceError(
+                "secrets_bad_response",
+                f"The secrets API answered with a redirect (HTTP {status}), which is not followed. "
+                "Check its address (CHATGPT_LOGIN_SECRETS_API_URL): it may need https:// or a "
+                "path it moved to.",
+                status=502,
+            )
         if status == 429 or status >= 500:
             return unreachable(f"HTTP {status}")
         document = self.client.json(response)
