@@ -2,9 +2,9 @@
 
 Every failure a user can see is a :class:`SkillError` with a stable ``code``; ``SkillError(code)``
 is an instance of its code's family (:class:`NetworkError`, :class:`SignInError`,
-:class:`PasteError`, :class:`CredentialFileError`, :class:`LockError`), so callers catch a class. The table below
-gives each code its kind, the CLI exit code and a default message that says what happened and
-what to do next. Messages never contain token, code or ``state`` values.
+:class:`PasteError`, :class:`CredentialFileError`, :class:`LockError`), so callers catch a
+class. The table below gives each code its kind, the CLI exit code and a default message that
+says what happened and what to do next. Messages never contain token, code or ``state`` values.
 
 Kinds:
 

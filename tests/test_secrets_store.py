@@ -87,7 +87,6 @@ def test_auth_failures_are_not_retried(api: FakeSecretsAPI, status: int) -> None
     assert TOKEN not in caught.value.message
 
 
-
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 def test_a_redirect_is_neither_followed_nor_retried(api: FakeSecretsAPI, status: int) -> None:
     """The token would go wherever a redirect points; asking again brings the same redirect."""
@@ -96,6 +95,7 @@ def test_a_redirect_is_neither_followed_nor_retried(api: FakeSecretsAPI, status:
         store(api).read()
     assert caught.value.code == "secrets_bad_response" and f"HTTP {status}" in caught.value.message
     assert api.requests == ["GET"]
+
 
 def test_a_lasting_outage_ends_within_the_deadline(api: FakeSecretsAPI) -> None:
     api.faults.extend(["status:503"] * 50)
