@@ -263,15 +263,21 @@ class Session:
 def end_leftovers(settings: Settings, tmux: TmuxServer) -> None:
     """End what attempts the state file no longer names left behind (the file lost, damaged,
     or naming a driver no longer registered): sessions in our tmux server, working directories
-    (a program's credential may be in one), logs. Called when no attempt is live."""
+    (a program's credential may be in one), logs. Called when no attempt is live; every
+    attempt has a working directory until it ends, so without one left there is nothing to
+    look for in tmux (whose every command is a process start)."""
+    left = [
+        p for kind in (statedir.WORK, statedir.LOGS) for p in (settings.state_dir / kind).glob("*")
+    ]
+    if not left:
+        return
     for name in tmux.sessions():
         tmux.kill(name)
-    for kind in (statedir.WORK, statedir.LOGS):
-        for leftover in (settings.state_dir / kind).glob("*"):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+    for leftover in left:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def log_path(settings: Settings, login_id: str) -> Path:
