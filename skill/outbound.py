@@ -12,8 +12,9 @@
 
 - **One client.** :class:`Outbound` makes every request that leaves the machine (the issuer,
   the secrets API, Vault) on the standard library's ``urllib``: the environment's proxies
-  (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) except for loopback, TLS always verified (a
-  proxy's or a store's CA beside the system's), redirects never followed (a token must not
+  (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) except for loopback, TLS always verified
+  (against the system's CAs and a proxy's; a CA file given, ``VAULT_CACERT``, replaces the
+  system's as it does for Vault's own tools), redirects never followed (a token must not
   follow an answer to another address). Not httpx: ``restore`` runs on every container start and
   ``complete`` relays a sign-in while the user waits, and importing httpx with its CA bundle
   costs each of them more than 0.1 s; the service's worker would carry it from its first
