@@ -8,10 +8,18 @@
   On top of it, our own holders mark their lock so that one left by a killed process of ours
   is taken over at once instead of after 30 s (a service killed mid-refresh would otherwise
   stall its own restart, and every pi process, for that long). The holder keeps an ``flock``
-  on the lock directory, which the kernel drops when the process dies, and only then sets the
-  sticky bit on it. A sticky lock whose flock is free has lost its holder. pi never sets the
-  sticky bit, so its locks are judged by age alone, as pi itself judges them; and the marks
-  change neither the directory's name, its contents nor its mtime, which is all pi looks at.
+  on the lock directory, which the kernel drops when the process dies, and sets the sticky bit
+  on it. A sticky lock whose flock is free has lost its holder. pi never sets the sticky bit, so
+  its locks are judged by age alone, as pi itself judges them; and the marks change neither the
+  directory's name, its contents nor its mtime, which is all pi looks at.
+
+  The lock is marked before anyone can see it: made under a name of its own, flocked and made
+  sticky there, then renamed into place with ``RENAME_NOREPLACE`` (which fails, as ``mkdir``
+  would, when the lock exists; a plain rename would replace pi's empty lock directory). A
+  holder killed at any instant therefore leaves either no lock or one that is taken over at
+  once; marking after ``mkdir`` left an instant in which a kill made a lock only age could free
+  (seen: a restart waiting out the 30 s). Where the filesystem cannot rename that way, the lock
+  is made with ``mkdir`` and marked just after.
 - codex keeps a lock *file* ``auth.json.lock`` beside its auth.json; :class:`FlockLock` takes an
   exclusive ``flock`` on it, which is what Rust's ``File::lock`` does.
 
@@ -21,13 +29,16 @@ Both wait with a deadline and raise ``lock_timeout`` when it passes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import functools
 import logging
 import os
 import secrets
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -40,6 +51,8 @@ _POLL_FIRST = 0.02
 _POLL_MAX = 0.25
 _SAY_AFTER = 2.0  # a wait longer than this is said (a person at a terminal sees why it stalls)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
 
 
 def _backoff(delay: float, deadline: float) -> float:
@@ -84,13 +97,13 @@ class DirLock(_Held):
         said = False
         while True:
             try:
-                self.path.mkdir(mode=0o700)
+                self._make()
             except FileExistsError:
                 if self._take_over_if_stale():
                     continue
             else:
-                self._mark_ours()
                 self._start_keeper()
+                self._sweep_leftovers()
                 return
             if not said and time.monotonic() - started > _SAY_AFTER:
                 said = True
@@ -119,18 +132,55 @@ class DirLock(_Held):
             os.close(self._held_fd)
             self._held_fd = None
 
-    def _mark_ours(self) -> None:
-        """Hold an flock on the new lock directory, then set its sticky bit (in that order, so
-        a sticky lock without an flock always means a dead holder)."""
-        fd = os.open(self.path, _DIR_FLAGS)
+    def _make(self) -> None:
+        """Make the lock, marked as ours; FileExistsError when someone holds it."""
+        draft = self.path.with_name(f"{self.path.name}.new-{secrets.token_hex(4)}")
+        draft.mkdir(mode=0o700)
+        fd = self._mark(draft)
         try:
-            # Cannot block: takers look at a lock's flock only once it is sticky.
+            placed = _rename_noreplace(draft, self.path)
+        except BaseException:
+            self._drop_draft(draft, fd)
+            raise
+        if placed:
+            self._held_fd = fd
+            return
+        self._drop_draft(draft, fd)  # this filesystem cannot: mkdir, then mark at once
+        self.path.mkdir(mode=0o700)
+        self._held_fd = self._mark(self.path)
+
+    @staticmethod
+    def _mark(directory: Path) -> int | None:
+        """Hold an flock on ``directory``, then set its sticky bit (in that order, so a sticky
+        lock without an flock always means a dead holder). The open flock, or None."""
+        fd = os.open(directory, _DIR_FLAGS)
+        try:
+            # Cannot block: no one else has seen this directory yet, or (mkdir's way) takers
+            # look at a lock's flock only once it is sticky.
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.fchmod(fd, 0o700 | stat.S_ISVTX)
         except OSError:
             os.close(fd)  # unmarked: others judge it by age, as they would pi's
-            return
-        self._held_fd = fd
+            return None
+        return fd
+
+    @staticmethod
+    def _drop_draft(draft: Path, fd: int | None) -> None:
+        with contextlib.suppress(OSError):
+            draft.rmdir()
+        if fd is not None:
+            os.close(fd)
+
+    def _sweep_leftovers(self) -> None:
+        """Remove the drafts and the removed locks that a holder or a taker killed half-way
+        left beside the lock. Only old ones: a live holder's draft lasts microseconds."""
+        kinds = (self.path.name + ".new-", self.path.name + ".stale-")
+        horizon = time.time() - self.stale
+        with contextlib.suppress(OSError), os.scandir(self.path.parent) as entries:
+            for entry in entries:
+                if entry.name.startswith(kinds) and entry.stat().st_mtime < horizon:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(entry.path)
 
     def _take_over_if_stale(self) -> bool:
         """Remove a lock whose holder died or stopped refreshing it; True to try again now."""
@@ -180,6 +230,39 @@ class DirLock(_Held):
 
         self._keeper = threading.Thread(target=keep, name="chatgpt-login-lock", daemon=True)
         self._keeper.start()
+
+
+@functools.cache
+def _renameat2() -> Callable[[bytes, bytes], int] | None:
+    """The C library's ``renameat2(RENAME_NOREPLACE)``, as a call answering 0 or an errno;
+    None without one. Looked up once; ``ctypes`` costs about 1.5 ms, paid only by a process
+    that takes a pi lock."""
+    import ctypes  # noqa: PLC0415
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = getattr(libc, "renameat2", None)
+    if call is None:
+        return None
+
+    def rename(source: bytes, target: bytes) -> int:
+        done: int = call(_AT_FDCWD, source, _AT_FDCWD, target, _RENAME_NOREPLACE)
+        return 0 if done == 0 else ctypes.get_errno()
+
+    return rename
+
+
+def _rename_noreplace(source: Path, target: Path) -> bool:
+    """Rename that fails with FileExistsError when ``target`` exists; False where the C
+    library, the kernel or the filesystem cannot rename that way."""
+    rename = _renameat2()
+    if rename is None:
+        return False
+    failure = rename(os.fsencode(source), os.fsencode(target))
+    if failure == 0:
+        return True
+    if failure in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(failure, os.strerror(failure), str(target))
 
 
 def _holder_died(fd: int, seen: os.stat_result) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -113,6 +114,81 @@ def test_a_lock_left_by_a_killed_process_of_ours_is_taken_over_at_once(tmp_path:
         assert lock_dir.is_dir()
     assert not lock_dir.exists()
     assert not list(tmp_path.glob("auth.json.lock.stale-*"))
+
+
+DIE_WHILE_TAKING = textwrap.dedent(
+    """
+    import fcntl, os, pathlib, signal, sys
+    from pathlib import Path
+    import skill.lock
+    from skill.lock import DirLock
+
+    def dying(real):
+        def call(*args, **kwargs):
+            answer = real(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+            return answer
+        return call
+
+    point = sys.argv[2]
+    if point == "draft made":
+        pathlib.Path.mkdir = dying(pathlib.Path.mkdir)
+    elif point == "flocked":
+        skill.lock.fcntl = type("F", (), {"flock": staticmethod(dying(fcntl.flock)),
+                                         "LOCK_EX": fcntl.LOCK_EX, "LOCK_NB": fcntl.LOCK_NB})
+    elif point == "marked":
+        skill.lock.os.fchmod = dying(os.fchmod)
+    elif point == "in place":
+        skill.lock._rename_noreplace = dying(skill.lock._rename_noreplace)
+    DirLock(Path(sys.argv[1])).acquire()
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["draft made", "flocked", "marked", "in place"])
+def test_a_holder_killed_at_any_instant_of_taking_the_lock_never_blocks_the_next(
+    tmp_path: Path, point: str
+) -> None:
+    """Killed anywhere while taking the lock, a holder of ours leaves no lock, or one taken
+    over at once: never one that only its age (30 s) could free. (Marking the lock after
+    ``mkdir`` left such an instant; a crash test hit it about once in six CI runs.)"""
+    target = tmp_path / "auth.json"
+    dying = subprocess.run(
+        [sys.executable, "-c", DIE_WHILE_TAKING, str(target), point], check=False, timeout=30
+    )
+    assert dying.returncode == -9  # it died where it was meant to, not by an error
+    started = time.monotonic()
+    with DirLock(target, stale=30, timeout=2) as lock:
+        assert lock.path.stat().st_mode & stat.S_ISVTX
+    assert time.monotonic() - started < 1
+    assert not lock.path.exists()
+
+
+def test_what_killed_holders_leave_beside_the_lock_is_swept_once_old(tmp_path: Path) -> None:
+    target = tmp_path / "auth.json"
+    old, young = tmp_path / "auth.json.lock.new-0a0a0a0a", tmp_path / "auth.json.lock.new-1b1b1b1b"
+    grave, other = tmp_path / "auth.json.lock.stale-2c2c2c2c", tmp_path / "unrelated.new-3d3d3d3d"
+    for leftover in (old, young, grave, other):
+        leftover.mkdir()
+    for aged in (old, grave, other):
+        os.utime(aged, (time.time() - 31, time.time() - 31))
+    with DirLock(target, stale=30, timeout=2):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [young.name, other.name]
+
+
+def test_where_the_filesystem_cannot_rename_without_replacing_the_lock_is_made_as_pi_makes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS and some seccomp profiles refuse ``RENAME_NOREPLACE``: then ``mkdir``, marked just
+    after, still excludes pi and other holders."""
+    monkeypatch.setattr("skill.lock._renameat2", lambda: lambda source, target: errno.EINVAL)
+    target = tmp_path / "auth.json"
+    with DirLock(target, stale=30, timeout=2) as lock:
+        assert lock.path.stat().st_mode & stat.S_ISVTX
+        with pytest.raises(SkillError):
+            DirLock(target, stale=30, timeout=0.3).acquire()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_our_mark_leaves_the_lock_as_pi_expects(tmp_path: Path) -> None:
