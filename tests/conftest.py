@@ -7,7 +7,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -45,18 +45,37 @@ def _sweep_test_dirs(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if SWEEP.running:
-        SWEEP.stop()
-        if SWEEP.leaks():
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if not SWEEP.running:
+        return
+    SWEEP.stop()
+    # Under pytest-xdist a worker's own summary and exit status reach no one: it hands its finds
+    # to the controller (pytest_testnodedown), which reports every worker's and fails the run.
+    handed = getattr(session.config, "workeroutput", None)
+    if handed is not None:
+        handed["canary"] = {"summary": SWEEP.summary(), "leaks": SWEEP.leaks()}
+    elif SWEEP.leaks() or any(found["leaks"] for found in FROM_WORKERS):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+FROM_WORKERS: list[dict[str, Any]] = []  # what each xdist worker's sweep found
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: known only when xdist is loaded
+def pytest_testnodedown(node: Any, error: object) -> None:
+    found = getattr(node, "workeroutput", {}).get("canary")
+    if found is not None:
+        FROM_WORKERS.append(found)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if SWEEP.thread is None:
+    if SWEEP.thread is None or hasattr(terminalreporter.config, "workeroutput"):
         return
-    leaks = SWEEP.leaks()
     terminalreporter.write_sep("=", "canary sweep")
+    leaks = list(SWEEP.leaks())
     terminalreporter.write_line(f"{SWEEP.summary()}; leaks: {len(leaks)}")
+    for n, found in enumerate(FROM_WORKERS, start=1):
+        terminalreporter.write_line(f"worker {n}: {found['summary']}; leaks: {len(found['leaks'])}")
+        leaks += found["leaks"]
     for leak in leaks[:50]:
         terminalreporter.write_line(f"LEAK: {leak}", red=True)
 

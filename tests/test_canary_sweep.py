@@ -63,3 +63,31 @@ def test_the_sources_are_hooked(tmp_path: Path) -> None:
     SWEEP.read_dir(tmp_path)
     assert SWEEP._files[logs / "pane.log"] == (SWEEP.current, probe)
     assert "test_the_sources_are_hooked" in SWEEP.current
+
+
+LEAKING_TEST = f"""
+import logging
+
+def test_leaks():
+    logging.getLogger("skill.runner").warning("refreshing with rt_{MARK}abcdefghijklmnop")
+
+def test_does_not():
+    pass
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist workers"])
+def test_a_leak_fails_the_run_and_is_named(tmp_path: Path, workers: list[str]) -> None:
+    """Whether the suite runs in one process or in pytest-xdist workers (as scripts/test runs
+    it), a find fails the whole run and the controller names it."""
+    (tmp_path / "test_leaking.py").write_text(LEAKING_TEST)
+    repo = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), *workers, str(tmp_path)],
+        cwd=repo, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "2 passed" in run.stdout, run.stdout[-2000:]
+    assert run.returncode == pytest.ExitCode.TESTS_FAILED, run.stdout[-2000:]
+    assert "LEAK: a marked code or token in log record" in run.stdout
+    assert f"rt_{MARK}" not in run.stdout  # named, not repeated
