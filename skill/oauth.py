@@ -1,6 +1,6 @@
 """The OpenAI Codex OAuth client: authorize URL, code exchange, refresh, revoke, device code.
 
-Protocol facts are in ../shared/PROTOCOL.md §2-5. Rules this module keeps:
+Protocol facts are in skill/PROTOCOL.md §2-5. Rules this module keeps:
 
 - Every call has explicit connect and read timeouts, and a deadline for the whole of it
   (``request_deadline``: :class:`skill.outbound.Watchdog` shuts the socket down, so an answer

@@ -144,3 +144,17 @@ def test_the_readme_names_every_login_program() -> None:
     row = re.search(r"`chatgpt-login start .*?--driver ((?:[a-z-]+\\\|)*[a-z-]+)\]", README)
     assert row is not None
     assert sorted(row.group(1).split("\\|")) == sorted(DRIVERS)
+
+
+def test_every_protocol_citation_names_a_section_of_the_protocol_document() -> None:
+    """The code cites "PROTOCOL.md §N" for what it follows; each N must be a section there."""
+    sections = set(re.findall(r"^## (\d+)\. ", (REPO / "skill" / "PROTOCOL.md").read_text(), re.M))
+    cited: dict[str, set[str]] = {}
+    sources = [*REPO.glob("skill/*.py"), *REPO.glob("service/**/*.py"), *REPO.glob("tests/*.py"),
+               REPO / "README.md", REPO / "SKILL.md"]  # fmt: skip
+    for path in sources:
+        for first, last in re.findall(r"PROTOCOL\.md §(\d+)(?:-(\d+))?", path.read_text()):
+            for n in range(int(first), int(last or first) + 1):
+                cited.setdefault(str(n), set()).add(path.name)
+    assert cited, "no citations found: the pattern no longer matches how the code cites"
+    assert not {n: files for n, files in cited.items() if n not in sections}
