@@ -3,11 +3,14 @@ credential, as Vault Agent runs one when it renders a new secret, so that a prog
 credential reloads it.
 
 The command line is split like a shell's words but run without a shell. It gets the event as
-JSON on stdin (its type, ``why``, ids; never a token) and an environment of its own: PATH,
-HOME, LANG and the state directory, nothing of ours (the service's environment may hold the
-store's token). Each run has a timeout after which it is killed; a failure is logged and
-counted, never retried. Runs happen on a thread of their own, one at a time, in order: a hook
-that hangs holds up the next hook, never the keep-alive.
+JSON on stdin (its type, ``why``, ids; never a token) and an environment of its own: PATH, HOME,
+LANG and the state directory, nothing of ours (the service's environment may hold the store's
+token). Each run has a timeout after which it is killed; a failure is logged and counted, never
+retried. A run ends when its command exits: what the command left running in its process group
+(``cmd &``) is ended with it, so that nothing escapes the timeout or piles up change after
+change (a hook that means to start something lasting detaches it with ``setsid``). Runs happen
+on a thread of their own, one at a time, in order: a hook that hangs holds up the next hook,
+never the keep-alive.
 
 Hooked are the changes of the credential this machine holds: ``credential.updated``,
 ``credential.needs_relogin`` and ``credential.logged_out``; not ``credential.persisted``, which
@@ -33,6 +36,7 @@ import shlex
 import signal
 import subprocess
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -146,6 +150,7 @@ class OnChangeHook:
         try:
             child.communicate(event.to_json().encode(), timeout=self.timeout)
             outcome = "ok" if child.returncode == 0 else "failed"
+            _end_group(child)  # what it left running in the background
             if outcome == "failed":
                 log.warning("on-change hook %r exited %d for event %d (its output is not kept: "
                             "run it by hand with the event on stdin to see why)", self.argv[0],
@@ -181,14 +186,27 @@ def _stop_all() -> None:
 
 
 def _end_group(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the run's whole process group, SIGKILL to what is left after a grace."""
+    """SIGTERM to the run's whole process group, SIGKILL to what is left after a grace. The
+    group's id stays taken while any member lives, even once the leader has exited and been
+    reaped, so the signals reach this run's processes and no one else's."""
     with contextlib.suppress(OSError):
         os.killpg(child.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(TERM_GRACE)
+    deadline = time.monotonic() + TERM_GRACE
+    while _group_lives(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)  # members that took SIGTERM are still exiting: give them the grace
     with contextlib.suppress(OSError):
         os.killpg(child.pid, signal.SIGKILL)  # its children too, if the leader already exited
     child.wait()
+
+
+def _group_lives(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def _started(pid: int) -> str:
@@ -201,6 +219,24 @@ def _started(pid: int) -> str:
     return stat.rsplit(")", 1)[-1].split()[19]
 
 
+def _is_that_run(pgid: int, started: str) -> bool:
+    """True if process group ``pgid`` is still the run whose leader started at ``started``:
+    its leader is that process, or the leader has exited and members remain (they keep the
+    number from being given to anyone else)."""
+    leader = _started(pgid)
+    if leader:
+        return leader == started
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[-1].split()[2] == str(pgid):
+                return True
+    return False
+
+
 def _kill_leftover(running: Path) -> None:
     """Kill the process group a dead leader's run left, if it is still that run."""
     try:
@@ -210,7 +246,7 @@ def _kill_leftover(running: Path) -> None:
         with contextlib.suppress(OSError):
             running.unlink(missing_ok=True)
         return
-    if pgid > 1 and started and _started(pgid) == started:
+    if pgid > 1 and started and _is_that_run(pgid, started):
         log.warning("on-change hook: killing the run a stopped worker left (process group %d)",
                     pgid)  # fmt: skip
         with contextlib.suppress(OSError):

@@ -574,25 +574,81 @@ def test_a_full_hook_queue_drops_the_oldest_change_not_the_newest(tmp_path: Path
     assert waiting == [e.id for e in events[-QUEUE_LIMIT:]]
 
 
+def _running(*names: str) -> list[str]:
+    """The command lines of the processes running any of ``names`` (NUL-separated argv)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and any(name in cmdline for name in names):
+            found.append(cmdline)
+    return found
+
+
 def test_a_hook_that_hangs_with_children_is_killed_with_them(tmp_path: Path) -> None:
     marker = f"{time.time_ns()}"
     command = f"sh -c 'sleep 60{marker[-3:]} & sleep 61{marker[-3:]}'"
     settings = ServiceSettings(state_dir=tmp_path, on_change_timeout=0.5, on_change=command)
     hook = OnChangeHook(settings, Metrics(tmp_path / "metrics.json"))
     assert hook.run(Event(1, "credential.updated", "now", {})) == "timeout"
+    left = (f"sleep\x0060{marker[-3:]}", f"sleep\x0061{marker[-3:]}")
+    wait_until(lambda: not _running(*left), 5, "the hook's children gone")
 
-    def left() -> list[str]:
-        found = []
-        for proc in Path("/proc").iterdir():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if f"sleep\x0060{marker[-3:]}" in cmdline or f"sleep\x0061{marker[-3:]}" in cmdline:
-                found.append(cmdline)
-        return found
 
-    wait_until(lambda: not left(), 5, "the hook's children gone")
+def test_what_a_hook_leaves_running_when_it_exits_is_ended_with_it(tmp_path: Path) -> None:
+    """``cmd &`` in a hook would escape its timeout and pile up, one per change: the run ends
+    when the command exits, background and all (one that ignores SIGTERM too)."""
+    marker = f"{time.time_ns()}"[-6:]
+    stubborn = f"trap '' TERM; exec sleep 63{marker}"
+    command = f"sh -c 'sleep 62{marker} & sh -c \"{stubborn}\" & exit 0'"
+    settings = ServiceSettings(state_dir=tmp_path, on_change_timeout=5, on_change=command)
+    hook = OnChangeHook(settings, Metrics(tmp_path / "metrics.json"))
+    assert hook.run(Event(1, "credential.updated", "now", {})) == "ok"
+    left = (f"sleep\x0062{marker}", f"sleep\x0063{marker}")
+    assert not _running(*left)  # ended before run() returned, not eventually
+
+
+def test_a_run_left_by_a_dead_worker_is_killed_even_once_its_leader_exited(
+    tmp_path: Path,
+) -> None:
+    """The next leader kills what a killed worker's run left, named in ``hook.pid`` by its
+    group and its leader's start; when that leader has exited, its children still are that run."""
+    from service.hook import _kill_leftover, _started  # noqa: PLC0415
+
+    marker = f"{time.time_ns()}"[-6:]
+    leader = subprocess.Popen(
+        ["sh", "-c", f"sleep 64{marker} & read go"], stdin=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    running = tmp_path / "hook.pid"
+    running.write_text(f"{leader.pid} {_started(leader.pid)}")
+    wait_until(lambda: bool(_running(f"sleep\x0064{marker}")), 5, "the run's child")
+    assert leader.stdin is not None
+    leader.stdin.close()  # the leader exits, its child goes on in the group
+    leader.wait()
+    assert _running(f"sleep\x0064{marker}")
+    _kill_leftover(running)
+    wait_until(lambda: not _running(f"sleep\x0064{marker}"), 5, "the leftover child killed")
+    assert not running.exists()
+
+
+def test_a_run_file_naming_someone_elses_group_kills_nothing(tmp_path: Path) -> None:
+    """A pid used again by another process (its start differs) is not that run."""
+    from service.hook import _kill_leftover  # noqa: PLC0415
+
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        running = tmp_path / "hook.pid"
+        running.write_text(f"{other.pid} 1")  # the run it names started at another time
+        _kill_leftover(running)
+        time.sleep(0.1)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_an_on_change_command_line_that_does_not_parse_is_refused() -> None:
