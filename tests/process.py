@@ -39,6 +39,7 @@ class Program:
         self.lines: list[str] = []
         self.stderr = ""
         self._eof = False
+        self._stderr_read = threading.Event()  # stderr is whole only once its pump is done
         self._cond = threading.Condition()
         threading.Thread(target=self._pump, daemon=True).start()
         threading.Thread(target=self._pump_err, daemon=True).start()
@@ -55,7 +56,11 @@ class Program:
 
     def _pump_err(self) -> None:
         assert self.proc.stderr is not None
-        self.stderr = self.proc.stderr.read()
+        text = self.proc.stderr.read()
+        with self._cond:
+            self.stderr = text
+            self._stderr_read.set()
+            self._cond.notify_all()
 
     @property
     def output(self) -> str:
@@ -81,7 +86,9 @@ class Program:
                 self._cond.wait(min(remaining, 0.1))
 
     def _more_coming(self) -> bool:
-        return not self._eof
+        """True while stdout or stderr may still bring something (both pumps run on threads
+        of their own, which a loaded machine may schedule after the process has exited)."""
+        return not (self._eof and self._stderr_read.is_set())
 
     def authorize_url(self) -> str:
         return self.wait_for(r"^(https?://\S+/oauth/authorize\?\S+)$").group(1)
