@@ -588,12 +588,17 @@ def _running(*names: str) -> list[str]:
     return found
 
 
+def _hook_once(tmp_path: Path, command: str, *, timeout: float) -> str:
+    """One run of ``command`` as the on-change hook; its outcome."""
+    settings = ServiceSettings(state_dir=tmp_path, on_change_timeout=timeout, on_change=command)
+    hook = OnChangeHook(settings, Metrics(tmp_path / "metrics.json"))
+    return hook.run(Event(1, "credential.updated", "now", {}))
+
+
 def test_a_hook_that_hangs_with_children_is_killed_with_them(tmp_path: Path) -> None:
     marker = f"{time.time_ns()}"
     command = f"sh -c 'sleep 60{marker[-3:]} & sleep 61{marker[-3:]}'"
-    settings = ServiceSettings(state_dir=tmp_path, on_change_timeout=0.5, on_change=command)
-    hook = OnChangeHook(settings, Metrics(tmp_path / "metrics.json"))
-    assert hook.run(Event(1, "credential.updated", "now", {})) == "timeout"
+    assert _hook_once(tmp_path, command, timeout=0.5) == "timeout"
     left = (f"sleep\x0060{marker[-3:]}", f"sleep\x0061{marker[-3:]}")
     wait_until(lambda: not _running(*left), 5, "the hook's children gone")
 
@@ -604,9 +609,7 @@ def test_what_a_hook_leaves_running_when_it_exits_is_ended_with_it(tmp_path: Pat
     marker = f"{time.time_ns()}"[-6:]
     stubborn = f"trap '' TERM; exec sleep 63{marker}"
     command = f"sh -c 'sleep 62{marker} & sh -c \"{stubborn}\" & exit 0'"
-    settings = ServiceSettings(state_dir=tmp_path, on_change_timeout=5, on_change=command)
-    hook = OnChangeHook(settings, Metrics(tmp_path / "metrics.json"))
-    assert hook.run(Event(1, "credential.updated", "now", {})) == "ok"
+    assert _hook_once(tmp_path, command, timeout=5) == "ok"
     left = (f"sleep\x0062{marker}", f"sleep\x0063{marker}")
     assert not _running(*left)  # ended before run() returned, not eventually
 
