@@ -20,6 +20,13 @@
   once; marking after ``mkdir`` left an instant in which a kill made a lock only age could free
   (seen: a restart waiting out the 30 s). Where the filesystem cannot rename that way, the lock
   is made with ``mkdir`` and marked just after.
+
+  A taker of ours judges a lock only while holding its flock: so two takers never both remove
+  one (each would then enter: two writers), and a live holder of ours, whose flock is held, is
+  never taken over by us, however old its mtime (a paused container's holder is alive; pi may
+  still take its lock by age, as its protocol says, so a holder checks that the lock is still
+  the one it made before it refreshes or removes it). A lock we cannot open (another user's) is
+  judged by age alone, as pi judges it.
 - codex keeps a lock *file* ``auth.json.lock`` beside its auth.json; :class:`FlockLock` takes an
   exclusive ``flock`` on it, which is what Rust's ``File::lock`` does.
 
@@ -97,11 +104,13 @@ class DirLock(_Held):
         said = False
         while True:
             try:
-                self._make()
+                made = self._make()
             except FileExistsError:
                 if self._take_over_if_stale():
                     continue
             else:
+                if not made:
+                    continue  # its draft was swept while this process stood still: again
                 self._start_keeper()
                 self._sweep_leftovers()
                 return
@@ -126,28 +135,48 @@ class DirLock(_Held):
         if self._keeper is not None:
             self._keeper.join()
             self._keeper = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.rmdir()
+        if self._still_ours():
+            with contextlib.suppress(FileNotFoundError):
+                self.path.rmdir()
+        else:
+            log.warning("%s was taken over while this process held it (a pi process judged it "
+                        "stale); left to its new holder", self.path)  # fmt: skip
         if self._held_fd is not None:  # after the rmdir: no one sees a marked, unheld lock
             os.close(self._held_fd)
             self._held_fd = None
 
-    def _make(self) -> None:
-        """Make the lock, marked as ours; FileExistsError when someone holds it."""
+    def _still_ours(self) -> bool:
+        """True unless the lock at the path is another than the one this holder made (known
+        only for a marked lock: an unmarked one is removed as pi would)."""
+        if self._held_fd is None:
+            return True
+        try:
+            now, held = os.lstat(self.path), os.fstat(self._held_fd)
+        except FileNotFoundError:
+            return True
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+    def _make(self) -> bool:
+        """Make the lock, marked as ours: True when made; FileExistsError when someone holds
+        it; False when its draft vanished before it was placed (try again)."""
         draft = self.path.with_name(f"{self.path.name}.new-{secrets.token_hex(4)}")
         draft.mkdir(mode=0o700)
         fd = self._mark(draft)
         try:
             placed = _rename_noreplace(draft, self.path)
+        except FileNotFoundError:
+            self._drop_draft(draft, fd)
+            return False  # swept as a leftover: this process stood still for `stale` seconds
         except BaseException:
             self._drop_draft(draft, fd)
             raise
         if placed:
             self._held_fd = fd
-            return
+            return True
         self._drop_draft(draft, fd)  # this filesystem cannot: mkdir, then mark at once
         self.path.mkdir(mode=0o700)
         self._held_fd = self._mark(self.path)
+        return True
 
     @staticmethod
     def _mark(directory: Path) -> int | None:
@@ -155,8 +184,8 @@ class DirLock(_Held):
         lock without an flock always means a dead holder). The open flock, or None."""
         fd = os.open(directory, _DIR_FLAGS)
         try:
-            # Cannot block: no one else has seen this directory yet, or (mkdir's way) takers
-            # look at a lock's flock only once it is sticky.
+            # No one else has seen a draft. A lock made by mkdir (where renaming cannot be used)
+            # may be flocked by a taker judging it this instant: it then stays unmarked.
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.fchmod(fd, 0o700 | stat.S_ISVTX)
         except OSError:
@@ -183,28 +212,47 @@ class DirLock(_Held):
                         os.rmdir(entry.path)
 
     def _take_over_if_stale(self) -> bool:
-        """Remove a lock whose holder died or stopped refreshing it; True to try again now."""
+        """Remove a lock whose holder died or stopped refreshing it; True to try again now.
+
+        Judged while holding the lock's flock: a live holder of ours holds it (so is never
+        taken over), and so does any other taker of ours judging the same lock (so only one
+        removes it; before, two could each remove and enter)."""
         try:
             fd = os.open(self.path, _DIR_FLAGS)
         except FileNotFoundError:
             return True  # released meanwhile: try again at once
+        except PermissionError:
+            return self._take_over_by_age()  # another user's: judged as pi judges it
         except OSError:
-            return False  # not a directory we can open: wait, and time out clearly
+            return False  # not a directory: wait, and time out clearly
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False  # its holder of ours lives, or another taker is judging it
         try:
             seen = os.fstat(fd)
-            age = time.time() - seen.st_mtime
-            if _holder_died(fd, seen):
+            if seen.st_mode & stat.S_ISVTX:  # ours, and its flock was free
                 return self._remove(seen, "its holder died")
-            if age > self.stale:
-                return self._remove(seen, f"{age:.0f} s old")
-            return False
+            return self._remove_if_old(seen)
         finally:
-            os.close(fd)
+            os.close(fd)  # drops the flock, after the removal
+
+    def _take_over_by_age(self) -> bool:
+        """A lock this process may not open: only its age can say it was left behind."""
+        try:
+            seen = os.lstat(self.path)
+        except FileNotFoundError:
+            return True
+        return stat.S_ISDIR(seen.st_mode) and self._remove_if_old(seen, " (another user's)")
+
+    def _remove_if_old(self, seen: os.stat_result, whose: str = "") -> bool:
+        age = time.time() - seen.st_mtime
+        return age > self.stale and self._remove(seen, f"{age:.0f} s old{whose}")
 
     def _remove(self, seen: os.stat_result, why: str) -> bool:
-        """Remove the very lock judged stale (``seen``), not one made since by a quicker taker;
-        the caller's flock on it (when it was ours) keeps other takers from judging it too.
-        True: try to take the lock again."""
+        """Remove the very lock judged stale (``seen``), not one made since; the caller's flock
+        on it keeps our other takers from removing it meanwhile. True: try to take it again."""
         with contextlib.suppress(FileNotFoundError):
             now = os.stat(self.path, follow_symlinks=False)
             if (now.st_dev, now.st_ino) == (seen.st_dev, seen.st_ino):
@@ -223,10 +271,12 @@ class DirLock(_Held):
         """Refresh the lock's mtime at half the stale interval, as proper-lockfile does."""
         self._stop.clear()
 
+        held = self._held_fd  # by descriptor: never the mtime of a lock taken over since
+
         def keep() -> None:
             while not self._stop.wait(self.stale / 2):
                 with contextlib.suppress(FileNotFoundError):
-                    os.utime(self.path)
+                    os.utime(held if held is not None else self.path)
 
         self._keeper = threading.Thread(target=keep, name="chatgpt-login-lock", daemon=True)
         self._keeper.start()
@@ -263,18 +313,6 @@ def _rename_noreplace(source: Path, target: Path) -> bool:
     if failure in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
         return False
     raise OSError(failure, os.strerror(failure), str(target))
-
-
-def _holder_died(fd: int, seen: os.stat_result) -> bool:
-    """True if the lock open on ``fd`` is one of ours whose holder is gone (its flock with it).
-    On True the caller holds that flock until it closes ``fd``."""
-    if not seen.st_mode & stat.S_ISVTX:
-        return False  # pi's lock, or ours in the instant before it was marked
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False  # the holder is alive
-    return True
 
 
 class FlockLock(_Held):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -189,6 +192,111 @@ def test_where_the_filesystem_cannot_rename_without_replacing_the_lock_is_made_a
         with pytest.raises(SkillError):
             DirLock(target, stale=30, timeout=0.3).acquire()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+SLOW_TAKER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    import skill.lock
+    from skill.lock import DirLock
+
+    target = Path(sys.argv[1])
+    lock_path = str(target) + ".lock"
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):  # stands still between judging the lock and removing it
+        answer = real_stat(path, *args, **kwargs)
+        if str(path) == lock_path and kwargs.get("follow_symlinks") is False:
+            print("judging", flush=True)
+            time.sleep(0.5)
+        return answer
+
+    skill.lock.os.stat = stat
+    with DirLock(target, stale=30, timeout=5):
+        print(f"inside {time.monotonic()}", flush=True)
+        time.sleep(0.5)
+        print(f"leaving {time.monotonic()}", flush=True)
+    """
+)
+
+
+def test_two_takers_of_one_stale_lock_never_both_enter(tmp_path: Path) -> None:
+    """Of two takers judging one old lock, the first removes it and enters; the second must not
+    then remove the first one's new lock as if it were the old one (it did: it compared the
+    lock once, then renamed whatever was there, and both were inside at once)."""
+    target = tmp_path / "auth.json"
+    lock_dir = target.with_name("auth.json.lock")
+    lock_dir.mkdir()  # pi's, left behind an hour ago
+    os.utime(lock_dir, (time.time() - 3600, time.time() - 3600))
+    slow = subprocess.Popen(
+        [sys.executable, "-c", SLOW_TAKER, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    assert slow.stdout is not None and slow.stdout.readline().strip() == "judging"
+    with DirLock(target, stale=30, timeout=5):
+        we_entered = time.monotonic()
+    said = dict(line.split() for line in slow.stdout.read().splitlines())
+    assert slow.wait(5) == 0
+    assert we_entered > float(said["leaving"]), "both inside at once"
+
+
+def test_a_live_holder_of_ours_is_never_taken_over_however_old_its_lock(tmp_path: Path) -> None:
+    """A paused holder (docker pause, a stalled VM) is alive: its flock says so; taking its lock
+    by age would let it write on when it resumes."""
+    target = tmp_path / "auth.json"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OUR_LOCK, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        holder.send_signal(signal.SIGSTOP)
+        lock_dir = target.with_name("auth.json.lock")
+        os.utime(lock_dir, (time.time() - 3600, time.time() - 3600))
+        with pytest.raises(SkillError) as caught, DirLock(target, stale=30, timeout=0.5):
+            pass
+        assert caught.value.code == "lock_timeout"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_holder_whose_lock_pi_took_over_leaves_pi_its_new_lock(tmp_path: Path) -> None:
+    """pi takes a lock by age alone, ours too if its holder stood still for 30 s. That holder,
+    when it moves again, must neither refresh nor remove pi's new lock."""
+    target = tmp_path / "auth.json"
+    ours = DirLock(target, stale=0.4, timeout=2)
+    ours.acquire()
+    os.rmdir(ours.path)  # pi judged it stale and removed it
+    os.mkdir(ours.path)  # and holds its own
+    pis = ours.path.stat()
+    os.utime(ours.path, (pis.st_atime, pis.st_mtime - 10))
+    time.sleep(0.5)  # past our keeper's refresh interval
+    assert ours.path.stat().st_mtime == pis.st_mtime - 10  # not refreshed by us
+    ours.release()
+    assert ours.path.is_dir() and ours.path.stat().st_ino == pis.st_ino  # still pi's
+
+
+def test_a_lock_another_user_left_is_taken_over_by_age_as_pi_would(tmp_path: Path) -> None:
+    """A lock we may not open (made by root's `chatgpt-login`, killed) is judged by its age,
+    as pi judges it; before, it was never taken over."""
+    shared = Path(tempfile.mkdtemp(prefix="cgl-lock-"))
+    try:
+        shared.chmod(0o777)
+        lock_dir = shared / "auth.json.lock"
+        lock_dir.mkdir(mode=0o700)  # root's, unreadable to the taker
+        os.utime(lock_dir, (time.time() - 3600, time.time() - 3600))
+        take = ("import sys; from pathlib import Path; from skill.lock import DirLock\n"
+                "with DirLock(Path(sys.argv[1]), stale=30, timeout=3): print('held')")  # fmt: skip
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+             "-c", take, str(shared / "auth.json")],
+            env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin"},
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert done.stdout.strip() == "held", done.stderr[-1500:]
+        assert not lock_dir.exists()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_our_mark_leaves_the_lock_as_pi_expects(tmp_path: Path) -> None:
