@@ -756,3 +756,29 @@ def test_write_private_does_not_touch_what_a_symlink_points_at(tmp_path: Path) -
     assert write_private(link, b"same") is True  # written: the link was not a file of ours
     assert victim.stat().st_mode & 0o777 == 0o644 and victim.read_bytes() == b"same"
     assert not link.is_symlink() and link.read_bytes() == b"same"
+
+
+def test_a_change_made_while_the_first_stream_opens_is_heard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first stream of a worker starts the journal's watcher; on a loaded machine its thread
+    may run only after an event was written. That event must still wake the streams (a CI run
+    with four test workers hung on it: the watcher had taken its first look after the change)."""
+    from service.routes import events as route  # noqa: PLC0415
+
+    journal = tmp_path / "events.jsonl"
+    journal.write_text('{"id": 1}\n')
+    go = threading.Event()
+
+    class Late(threading.Thread):  # the watcher's thread, run only once `go` is set
+        def run(self) -> None:
+            go.wait(10)
+            super().run()
+
+    monkeypatch.setattr(route.threading, "Thread", Late)
+    watcher = route._Watcher(journal)
+    seen = watcher.version
+    with journal.open("a") as more:
+        more.write('{"id": 2}\n')
+    go.set()
+    assert watcher.wait(seen, 3.0) != seen

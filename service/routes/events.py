@@ -44,6 +44,10 @@ class _Watcher:
         self.journal = journal
         self.version = 0  # how many changes were seen: a stream compares it with its own
         self.changed = threading.Condition()
+        # The journal as it is now, before the first stream reads it: the thread may run late
+        # (a loaded machine), and a look it took then would swallow a change made meanwhile,
+        # which no stream would hear of until the next one.
+        self._looked = _stat(journal)
         threading.Thread(target=self._watch, name="events-watcher", daemon=True).start()
 
     def wait(self, seen: int | None, timeout: float) -> int:
@@ -54,12 +58,11 @@ class _Watcher:
             return self.version
 
     def _watch(self) -> None:
-        looked = _stat(self.journal)
         while not stopping():
             time.sleep(POLL)
             now = _stat(self.journal)
-            if now != looked:
-                looked = now
+            if now != self._looked:
+                self._looked = now
                 with self.changed:
                     self.version += 1
                     self.changed.notify_all()
