@@ -6,9 +6,10 @@ The command line is split like a shell's words but run without a shell. It gets 
 JSON on stdin (its type, ``why``, ids; never a token) and an environment of its own: PATH, HOME,
 LANG and the state directory, nothing of ours (the service's environment may hold the store's
 token). Each run has a timeout after which it is killed; a failure is logged and counted, never
-retried. A run ends when its command exits: what the command left running in its process group
-(``cmd &``) is ended with it, so that nothing escapes the timeout or piles up change after
-change (a hook that means to start something lasting detaches it with ``setsid``). Runs happen
+retried. A run ends when its command exits: what the command left running in its session
+(``cmd &``, ``timeout 60 cmd``, a job shell's groups) is ended with it, so that nothing escapes
+the timeout or piles up change after change (a hook that means to start something lasting
+detaches it with ``setsid``). Runs happen
 on a thread of their own, one at a time, in order: a hook that hangs holds up the next hook,
 never the keep-alive.
 
@@ -19,10 +20,11 @@ says the stored copy caught up with it (nothing here changed).
 The id of the last event hooked is kept in the state directory (``hooked.id``), so that when the
 keep-alive's leader changes (its worker died, the service restarted) the new leader hooks what
 came since, not only what comes next; with no hook set it still moves on, so that a hook set
-later does not replay old changes. A run is one at a time across leaders too: its process group
-is named in ``hook.pid`` while it runs, killed when its worker stops, and killed by the next
-leader if its worker died before it could (that event is then hooked again: a hook is told to
-reload, which is safe to do twice).
+later does not replay old changes. A run is one at a time across leaders too: its session is
+named in ``hook.pid`` while it runs (with its leader's start and this pid namespace, so that a
+file from another container or a pid used again names nothing), killed when its worker stops,
+and killed by the next leader if its worker died before it could (that event is then hooked
+again: a hook is told to reload, which is safe to do twice).
 """
 
 from __future__ import annotations
@@ -146,18 +148,19 @@ class OnChangeHook:
             return "not_started"
         self._child = child
         with contextlib.suppress(OSError):
-            write_private(self.running, f"{child.pid} {_started(child.pid)}".encode())
+            write_private(self.running, f"{child.pid} {_started(child.pid)} {_pid_namespace()}"
+                          .encode())  # fmt: skip
         try:
             child.communicate(event.to_json().encode(), timeout=self.timeout)
             outcome = "ok" if child.returncode == 0 else "failed"
-            _end_group(child)  # what it left running in the background
+            _end_run(child)  # what it left running in the background
             if outcome == "failed":
                 log.warning("on-change hook %r exited %d for event %d (its output is not kept: "
                             "run it by hand with the event on stdin to see why)", self.argv[0],
                             child.returncode, event.id)  # fmt: skip
         except subprocess.TimeoutExpired:
             outcome = "timeout"
-            _end_group(child)
+            _end_run(child)
             log.warning("on-change hook %r stopped after CHATGPT_LOGIN_ON_CHANGE_TIMEOUT (%gs) "
                         "for event %d", self.argv[0], self.timeout, event.id)  # fmt: skip
         finally:
@@ -170,8 +173,8 @@ class OnChangeHook:
     def _stop_child(self) -> None:
         self._stopping = True
         child = self._child
-        if child is not None and child.poll() is None:
-            _end_group(child)
+        if child is not None:  # its leader may have exited, leaving the rest of the run
+            _end_run(child)
             with contextlib.suppress(OSError):
                 self.running.unlink(missing_ok=True)
 
@@ -185,28 +188,44 @@ def _stop_all() -> None:
         hook._stop_child()
 
 
-def _end_group(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the run's whole process group, SIGKILL to what is left after a grace. The
-    group's id stays taken while any member lives, even once the leader has exited and been
-    reaped, so the signals reach this run's processes and no one else's."""
-    with contextlib.suppress(OSError):
-        os.killpg(child.pid, signal.SIGTERM)
+def _end_run(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to every process of the run, SIGKILL to what is left after a grace. The run is
+    its session (``start_new_session``): a process that moved to a group of its own (a job
+    shell, GNU ``timeout``) is still in it; only ``setsid`` leaves it. The session's id stays
+    taken while any member lives, even once the leader has exited, so these signals reach this
+    run's processes and no one else's."""
+    _signal_session(child.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(TERM_GRACE)
     deadline = time.monotonic() + TERM_GRACE
-    while _group_lives(child.pid) and time.monotonic() < deadline:
+    while _members(child.pid) and time.monotonic() < deadline:
         time.sleep(0.02)  # members that took SIGTERM are still exiting: give them the grace
+    _signal_session(child.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(TERM_GRACE)  # not forever: a leader stuck in the kernel (a hung mount)
+
+
+def _signal_session(sid: int, signum: int) -> None:
     with contextlib.suppress(OSError):
-        os.killpg(child.pid, signal.SIGKILL)  # its children too, if the leader already exited
-    child.wait()
+        os.killpg(sid, signum)  # the leader's group, at once
+    for pid in _members(sid):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
 
 
-def _group_lives(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except OSError:
-        return False
-    return True
+def _members(sid: int) -> list[int]:
+    """The live processes of session ``sid`` (zombies are done)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if fields[3] == str(sid) and fields[0] != "Z":  # state, ppid, pgrp, session
+            found.append(int(entry.name))
+    return found
 
 
 def _started(pid: int) -> str:
@@ -219,37 +238,38 @@ def _started(pid: int) -> str:
     return stat.rsplit(")", 1)[-1].split()[19]
 
 
-def _is_that_run(pgid: int, started: str) -> bool:
-    """True if process group ``pgid`` is still the run whose leader started at ``started``:
-    its leader is that process, or the leader has exited and members remain (they keep the
-    number from being given to anyone else)."""
-    leader = _started(pgid)
+def _pid_namespace() -> str:
+    """This process's pid namespace (an inode number): pids name processes only within it, and
+    a container that starts again has a new one."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "?"
+
+
+def _is_that_run(sid: int, started: str, namespace: str) -> bool:
+    """True if session ``sid`` is still the run named in ``hook.pid``: in this pid namespace,
+    its leader is that very process, or the leader has exited and members remain (they keep
+    the number from being given to anyone else)."""
+    if namespace != _pid_namespace():
+        return False  # written in another container: its pids are not ours
+    leader = _started(sid)
     if leader:
         return leader == started
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if stat.rsplit(")", 1)[-1].split()[2] == str(pgid):
-                return True
-    return False
+    return bool(_members(sid))
 
 
 def _kill_leftover(running: Path) -> None:
-    """Kill the process group a dead leader's run left, if it is still that run."""
+    """Kill the run a dead leader left, if it is still that run."""
     try:
-        pgid_text, started = (read_small(running, 64) or "").split()
-        pgid = int(pgid_text)
-    except ValueError:
+        sid_text, started, namespace = (read_small(running, 96) or "").split()
+        sid = int(sid_text)
+    except ValueError:  # unreadable, or written before the namespace was part of it
         with contextlib.suppress(OSError):
             running.unlink(missing_ok=True)
         return
-    if pgid > 1 and started and _is_that_run(pgid, started):
-        log.warning("on-change hook: killing the run a stopped worker left (process group %d)",
-                    pgid)  # fmt: skip
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
+    if sid > 1 and _is_that_run(sid, started, namespace):
+        log.warning("on-change hook: killing the run a stopped worker left (session %d)", sid)
+        _signal_session(sid, signal.SIGKILL)
     with contextlib.suppress(OSError):
         running.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from service.hook import HOOKED, QUEUE_LIMIT, OnChangeHook
+from service.hook import HOOKED, QUEUE_LIMIT, TERM_GRACE, OnChangeHook
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 from skill import statedir
@@ -588,6 +588,13 @@ def _running(*names: str) -> list[str]:
     return found
 
 
+def _stubborn(tmp_path: Path, seconds: str) -> Path:
+    """A script that sleeps ``seconds`` deaf to SIGTERM (the sleep inherits the ignoring)."""
+    script = tmp_path / f"stubborn-{seconds}.sh"
+    script.write_text(f"trap '' TERM\nexec sleep {seconds}\n")
+    return script
+
+
 def _hook_once(tmp_path: Path, command: str, *, timeout: float) -> str:
     """One run of ``command`` as the on-change hook; its outcome."""
     settings = ServiceSettings(state_dir=tmp_path, on_change_timeout=timeout, on_change=command)
@@ -607,11 +614,48 @@ def test_what_a_hook_leaves_running_when_it_exits_is_ended_with_it(tmp_path: Pat
     """``cmd &`` in a hook would escape its timeout and pile up, one per change: the run ends
     when the command exits, background and all (one that ignores SIGTERM too)."""
     marker = f"{time.time_ns()}"[-6:]
-    stubborn = f"trap '' TERM; exec sleep 63{marker}"
-    command = f"sh -c 'sleep 62{marker} & sh -c \"{stubborn}\" & exit 0'"
+    stubborn = _stubborn(tmp_path, f"63{marker}")
+    command = f"sh -c 'sleep 62{marker} & sh {stubborn} & exit 0'"
+    started = time.monotonic()
     assert _hook_once(tmp_path, command, timeout=5) == "ok"
     left = (f"sleep\x0062{marker}", f"sleep\x0063{marker}")
     assert not _running(*left)  # ended before run() returned, not eventually
+    assert time.monotonic() - started >= TERM_GRACE  # the deaf one had its grace, then KILL
+
+
+@pytest.mark.parametrize(
+    ("seconds", "how"),
+    [(65, "sh -c 'timeout 300 sleep {s}; true'"),  # GNU timeout makes a group of its own
+     (66, "bash -c 'set -m; sleep {s} & exit 0'"),  # a job shell makes a group per job
+     (67, "python3 -c 'import subprocess; subprocess.Popen([\"sleep\", \"{s}\"], "
+          "process_group=0)'")],
+    ids=["GNU timeout", "job shell", "process_group=0"],
+)  # fmt: skip
+def test_a_run_ends_whole_even_what_moved_to_another_group(
+    tmp_path: Path, seconds: int, how: str
+) -> None:
+    """The run is its session: a process that left the leader's group (without setsid) ends
+    with it, both when the command exits and when it is timed out."""
+    sleep = f"{seconds}{time.time_ns() % 10**6:06d}"  # a sleep no other test runs
+    assert _hook_once(tmp_path, how.format(s=sleep), timeout=1.0) in ("ok", "timeout")
+    assert not _running(f"sleep\x00{sleep}")
+
+
+def test_a_worker_stopping_after_its_run_exited_ends_what_the_run_left(tmp_path: Path) -> None:
+    """A stop that comes while the hook's thread gives a leftover its grace (the command has
+    exited; what it left ignores SIGTERM) still ends it, and forgets the run."""
+    marker = f"{time.time_ns()}"[-6:]
+    command = f"sh -c 'sh {_stubborn(tmp_path, f'68{marker}')} & exit 0'"
+    settings = ServiceSettings(state_dir=tmp_path, on_change_timeout=5, on_change=command)
+    hook = OnChangeHook(settings, Metrics(tmp_path / "metrics.json"))
+    done = threading.Thread(target=hook.run, args=(Event(1, "credential.updated", "now", {}),))
+    done.start()
+    wait_until(lambda: bool(_running(f"sleep\x0068{marker}")), 5, "the run's leftover")
+    time.sleep(0.3)  # the command has exited; its thread waits out the grace
+    hook._stop_child()  # what a worker's stop does (atexit)
+    assert not _running(f"sleep\x0068{marker}")
+    assert not (tmp_path / "hook.pid").exists()
+    done.join(5)
 
 
 def test_a_run_left_by_a_dead_worker_is_killed_even_once_its_leader_exited(
@@ -619,7 +663,7 @@ def test_a_run_left_by_a_dead_worker_is_killed_even_once_its_leader_exited(
 ) -> None:
     """The next leader kills what a killed worker's run left, named in ``hook.pid`` by its
     group and its leader's start; when that leader has exited, its children still are that run."""
-    from service.hook import _kill_leftover, _started  # noqa: PLC0415
+    from service.hook import _kill_leftover, _pid_namespace, _started  # noqa: PLC0415
 
     marker = f"{time.time_ns()}"[-6:]
     leader = subprocess.Popen(
@@ -627,7 +671,7 @@ def test_a_run_left_by_a_dead_worker_is_killed_even_once_its_leader_exited(
         start_new_session=True,
     )  # fmt: skip
     running = tmp_path / "hook.pid"
-    running.write_text(f"{leader.pid} {_started(leader.pid)}")
+    running.write_text(f"{leader.pid} {_started(leader.pid)} {_pid_namespace()}")
     wait_until(lambda: bool(_running(f"sleep\x0064{marker}")), 5, "the run's child")
     assert leader.stdin is not None
     leader.stdin.close()  # the leader exits, its child goes on in the group
@@ -638,20 +682,31 @@ def test_a_run_left_by_a_dead_worker_is_killed_even_once_its_leader_exited(
     assert not running.exists()
 
 
-def test_a_run_file_naming_someone_elses_group_kills_nothing(tmp_path: Path) -> None:
-    """A pid used again by another process (its start differs) is not that run."""
-    from service.hook import _kill_leftover  # noqa: PLC0415
+def test_a_run_file_naming_someone_elses_session_kills_nothing(tmp_path: Path) -> None:
+    """A pid used again by another process (its start differs) is not that run; nor is a
+    leaderless session named by a file another container wrote (pids start again at 1 in each
+    container, and the state directory outlives it on its volume)."""
+    from service.hook import _kill_leftover, _pid_namespace  # noqa: PLC0415
 
     other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    orphan_leader = subprocess.Popen(  # a daemon: its session lives on in its child
+        ["sh", "-c", "sleep 31 & exit 0"], start_new_session=True
+    )
+    orphan_leader.wait()
     try:
         running = tmp_path / "hook.pid"
-        running.write_text(f"{other.pid} 1")  # the run it names started at another time
+        running.write_text(f"{other.pid} 1 {_pid_namespace()}")  # started at another time
+        _kill_leftover(running)
+        running.write_text(f"{orphan_leader.pid} 1 4026531999")  # another container's file
         _kill_leftover(running)
         time.sleep(0.1)
         assert other.poll() is None
+        assert _running("sleep\x0031")
     finally:
         other.kill()
         other.wait()
+        with contextlib.suppress(OSError):
+            os.killpg(orphan_leader.pid, signal.SIGKILL)
 
 
 def test_an_on_change_command_line_that_does_not_parse_is_refused() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,21 +97,32 @@ HOLD_OUR_LOCK = textwrap.dedent(
 )
 
 
-def test_a_lock_left_by_a_killed_process_of_ours_is_taken_over_at_once(tmp_path: Path) -> None:
-    """A service killed mid-refresh leaves its lock directory behind, fresh; the restart must
-    not wait out the 30 s staleness (and a live holder of ours is still respected)."""
-    target = tmp_path / "auth.json"
+@contextlib.contextmanager
+def holding_ours(target: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process of ours holding the lock on ``target`` until the block ends (killed)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_OUR_LOCK, str(target)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(SkillError) as caught, DirLock(target, stale=30, timeout=0.5):
-            pass
-        assert caught.value.code == "lock_timeout"
+        yield holder
     finally:
         holder.kill()
         holder.wait()
+
+
+def assert_refused(target: Path) -> None:
+    with pytest.raises(SkillError) as caught, DirLock(target, stale=30, timeout=0.5):
+        pass
+    assert caught.value.code == "lock_timeout"
+
+
+def test_a_lock_left_by_a_killed_process_of_ours_is_taken_over_at_once(tmp_path: Path) -> None:
+    """A service killed mid-refresh leaves its lock directory behind, fresh; the restart must
+    not wait out the 30 s staleness (and a live holder of ours is still respected)."""
+    target = tmp_path / "auth.json"
+    with holding_ours(target):
+        assert_refused(target)
     lock_dir = target.with_name("auth.json.lock")
     assert lock_dir.is_dir()  # left behind, and younger than the staleness
     assert time.time() - lock_dir.stat().st_mtime < 30
@@ -244,20 +257,11 @@ def test_a_live_holder_of_ours_is_never_taken_over_however_old_its_lock(tmp_path
     """A paused holder (docker pause, a stalled VM) is alive: its flock says so; taking its lock
     by age would let it write on when it resumes."""
     target = tmp_path / "auth.json"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_OUR_LOCK, str(target)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with holding_ours(target) as holder:
         holder.send_signal(signal.SIGSTOP)
         lock_dir = target.with_name("auth.json.lock")
         os.utime(lock_dir, (time.time() - 3600, time.time() - 3600))
-        with pytest.raises(SkillError) as caught, DirLock(target, stale=30, timeout=0.5):
-            pass
-        assert caught.value.code == "lock_timeout"
-    finally:
-        holder.kill()
-        holder.wait()
+        assert_refused(target)
 
 
 def test_a_holder_whose_lock_pi_took_over_leaves_pi_its_new_lock(tmp_path: Path) -> None:
