@@ -20,6 +20,7 @@ from service.settings import ServiceSettings
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
 from skill.errors import SkillError
+from skill.lock import DirLock
 from skill.tokens import TokenSet
 from tests.conftest import REPO
 from tests.fake_issuer import Account, FakeIssuer
@@ -171,7 +172,7 @@ def test_waits_for_pi_holding_its_lock_then_adopts(
 
 
 def test_another_account_is_never_adopted(
-    keep_settings: ServiceSettings, issuer: FakeIssuer
+    keep_settings: ServiceSettings, issuer: FakeIssuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed(issuer, keep_settings)
     refresher = Refresher(keep_settings)
@@ -185,9 +186,17 @@ def test_another_account_is_never_adopted(
         except SkillError as exc:
             worker_result.append(exc.code)
 
+    waiting = threading.Event()
+    judge = DirLock._take_over_if_stale
+
+    def judging(self: DirLock) -> bool:  # the refresher found the lock held: it waits now
+        waiting.set()
+        return judge(self)
+
+    monkeypatch.setattr(DirLock, "_take_over_if_stale", judging)
     worker = threading.Thread(target=run)
     worker.start()
-    time.sleep(0.2)  # the refresher has read the old account and waits for the lock
+    assert waiting.wait(10)  # it has read the old account and waits for the lock
     other = Credential.from_tokens(TokenSet.model_validate(
         issuer.seed_refresh_token(Account(account_id="acct-9999"))))  # fmt: skip
     PiAuthFile(keep_settings.pi_auth_file).save_locked(other)
