@@ -9,9 +9,8 @@ token). Each run has a timeout after which it is killed; a failure is logged and
 retried. A run ends when its command exits: what the command left running in its session
 (``cmd &``, ``timeout 60 cmd``, a job shell's groups) is ended with it, so that nothing escapes
 the timeout or piles up change after change (a hook that means to start something lasting
-detaches it with ``setsid``). Runs happen
-on a thread of their own, one at a time, in order: a hook that hangs holds up the next hook,
-never the keep-alive.
+detaches it with ``setsid``). Runs happen on a thread of their own, one at a time, in order: a
+hook that hangs holds up the next hook, never the keep-alive.
 
 Hooked are the changes of the credential this machine holds: ``credential.updated``,
 ``credential.needs_relogin`` and ``credential.logged_out``; not ``credential.persisted``, which
