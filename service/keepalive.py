@@ -42,7 +42,7 @@ from skill import statedir
 from skill.attempt import AttemptFile
 from skill.credentials import Credential
 from skill.errors import SkillError
-from skill.events import last_id, since
+from skill.events import Event, last_id, since
 from skill.files import ensure_private_dir
 from skill.lock import FlockLock
 from skill.waiting import backoff
@@ -242,7 +242,18 @@ class KeepAlive:
         wrote it: this service, or a command beside it), once each, without waiting for it."""
         for event in since(self.settings.state_dir, self._events_seen):
             self._events_seen = event.id
+            self._count_ended(event)
             self.hook(event)
+
+    def _count_ended(self, event: Event) -> None:
+        """Sign-ins are counted as they end, from the journal: whoever ended one (a paste through
+        the API or the CLI, a status read that found it expired or succeeded, this loop for an
+        approved device code) wrote the event, and counting there instead missed the others."""
+        if event.type == "login.completed":
+            status = event.body.get("status") or ("succeeded" if event.body.get("ok") else "failed")
+            self.persistence.metrics.count("logins_completed", str(status))
+        elif event.type == "login.canceled":
+            self.persistence.metrics.count("logins_completed", "canceled")
 
     def watch_login(self) -> None:
         """A sign-in nobody waits on (a device code approved after an API start) still ends:
@@ -256,7 +267,6 @@ class KeepAlive:
         settled = Runner(self.settings).status()
         if settled is not None and settled.id == waiting.id and not settled.live:
             log.info("sign-in %s ended by itself: %s", settled.id, settled.status)
-            self.persistence.metrics.count("logins_completed", settled.status)
 
     # Leadership and the loop ------------------------------------------------------------------
 

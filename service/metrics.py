@@ -105,7 +105,8 @@ HELP = {
     "logouts": "Logouts by what happened to the stored copy.",
     "restores": "Restores through the API by action.",
     "logins_started": "Sign-ins started (new, or the live one reused).",
-    "logins_completed": "Sign-ins ended by status.",
+    "logins_completed": "Sign-ins ended, by status (whoever ended them); rejected: pastes "
+    "refused while the sign-in went on.",
 }
 
 

@@ -52,9 +52,9 @@ def redirect(login_id: str) -> Response:
     try:
         attempt = _runner().complete(pasted)
     except Exception:
+        # A paste refused: the sign-in goes on. Those that end are counted from the journal.
         context().metrics.count("logins_completed", "rejected")
         raise
-    context().metrics.count("logins_completed", attempt.status)
     data = view(attempt).model_dump(mode="json")
     data["persisted"] = persist_now() if attempt.status == "succeeded" else False
     return jsonify(data)
