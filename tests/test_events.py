@@ -598,9 +598,10 @@ def _running(*names: str) -> list[str]:
 
 
 def _stubborn(tmp_path: Path, seconds: str) -> Path:
-    """A script that sleeps ``seconds`` deaf to SIGTERM (the sleep inherits the ignoring)."""
+    """A script that sleeps ``seconds`` deaf to SIGTERM (the sleep inherits the ignoring); it
+    makes ``<script>.deaf`` once it is, for a command that must not exit before then."""
     script = tmp_path / f"stubborn-{seconds}.sh"
-    script.write_text(f"trap '' TERM\nexec sleep {seconds}\n")
+    script.write_text(f"trap '' TERM\n: > {script}.deaf\nexec sleep {seconds}\n")
     return script
 
 
@@ -624,7 +625,9 @@ def test_what_a_hook_leaves_running_when_it_exits_is_ended_with_it(tmp_path: Pat
     when the command exits, background and all (one that ignores SIGTERM too)."""
     marker = f"{time.time_ns()}"[-6:]
     stubborn = _stubborn(tmp_path, f"63{marker}")
-    command = f"sh -c 'sleep 62{marker} & sh {stubborn} & exit 0'"
+    # Exits once the deaf one is deaf: a SIGTERM before its trap would end it without a grace.
+    command = (f"sh -c 'sleep 62{marker} & sh {stubborn} & "
+               f"until [ -e {stubborn}.deaf ]; do sleep 0.01; done; exit 0'")  # fmt: skip
     started = time.monotonic()
     assert _hook_once(tmp_path, command, timeout=5) == "ok"
     left = (f"sleep\x0062{marker}", f"sleep\x0063{marker}")
@@ -654,7 +657,8 @@ def test_a_worker_stopping_after_its_run_exited_ends_what_the_run_left(tmp_path:
     """A stop that comes while the hook's thread gives a leftover its grace (the command has
     exited; what it left ignores SIGTERM) still ends it, and forgets the run."""
     marker = f"{time.time_ns()}"[-6:]
-    command = f"sh -c 'sh {_stubborn(tmp_path, f'68{marker}')} & exit 0'"
+    stubborn = _stubborn(tmp_path, f"68{marker}")
+    command = f"sh -c 'sh {stubborn} & until [ -e {stubborn}.deaf ]; do sleep 0.01; done'"
     settings = ServiceSettings(state_dir=tmp_path, on_change_timeout=5, on_change=command)
     hook = OnChangeHook(settings, Metrics(tmp_path / "metrics.json"))
     done = threading.Thread(target=hook.run, args=(Event(1, "credential.updated", "now", {}),))
