@@ -39,8 +39,9 @@ EXPOSE 8200
 # environment, not the command line). For trying the vault backend, never for real credentials.
 ENTRYPOINT ["tini", "--", "bash", "-c", "BAO_DEV_ROOT_TOKEN_ID=\"$(cat /run/secrets/vault_token)\" exec bao server -dev -dev-listen-address=0.0.0.0:8200 -dev-no-store-token"]
 
-# The virtualenv is built in a stage of its own and copied into the image without pip,
-# setuptools or python3-venv, which only building needs (25 MB).
+# The virtualenv is built in a stage of its own (with the -OO bytecode serve uses, see below)
+# and copied into the image without pip, setuptools or python3-venv, which only building needs
+# (25 MB).
 # hadolint ignore=DL3006
 FROM ${BASE_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -66,7 +67,8 @@ RUN --mount=type=secret,id=proxy_ca \
     if [ -s /run/secrets/proxy_ca ]; then export PIP_CERT=/run/secrets/proxy_ca; fi \
     && "$VIRTUAL_ENV/bin/pip" install --no-deps /opt/src \
     && "$VIRTUAL_ENV/bin/python" -c "import skill, service" \
-    && "$VIRTUAL_ENV/bin/pip" uninstall -q -y pip setuptools
+    && "$VIRTUAL_ENV/bin/pip" uninstall -q -y pip setuptools \
+    && "$VIRTUAL_ENV/bin/python" -OO -m compileall -q -j 0 "$VIRTUAL_ENV/lib"
 
 # hadolint ignore=DL3006
 FROM ${BASE_IMAGE}
@@ -78,6 +80,11 @@ ARG PI_AI_VERSION=0.73.1
 ARG CODEX_VERSION=0.169.0
 ARG NODE_VERSION=20.19.6
 
+# The service runs with -OO (no docstrings or asserts: 2.5 MiB less, BENCHMARKS.md) when that
+# bytecode is there, as Python cannot write it at run time here (read-only, not its user's); the
+# standard library's is compiled below, all but what the service never imports (a module
+# without it still loads, compiled in memory).
+ARG STDLIB_UNUSED="/(asyncio|lib2to3|pydoc_data|unittest|idlelib|ensurepip|distutils|multiprocessing|sqlite3|curses|dbm|turtledemo|tkinter|xmlrpc|wsgiref|test)/|/(pydoc|doctest|pdb|turtle|mailbox|_pydecimal|_pyio)[.]py$"
 # Debian's python3 (3.11), tmux for the login sessions, tini as PID 1. Versions are Debian's
 # bookworm ones: pinning exact package versions breaks the build when a security update
 # replaces them on the mirror, so they are left to the release (DL3008).
@@ -87,6 +94,7 @@ ARG NODE_VERSION=20.19.6
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 tmux tini ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
+    && python3 -OO -m compileall -q -j 0 -x "$STDLIB_UNUSED" /usr/lib/python3.11 \
     && find / -xdev -perm /6000 -type f -exec chmod a-s {} +
 # Only with NODE_CLIS=true: Node.js and the pinned pi-ai and codex CLIs, for the pi-ai and codex
 # drivers. pi-ai needs Node 20 and bookworm has 18, so Debian's npm fetches Node's own build

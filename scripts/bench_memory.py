@@ -21,14 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scripts.benchlib import Served, bench_venv  # noqa: E402
-from scripts.load_test import PATHS, RATE, Client  # noqa: E402
+from scripts.load_test import PATHS, RATE, Client, highest_while_loaded  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
 from tests.fake_secrets import FakeSecretsAPI  # noqa: E402
@@ -63,15 +62,7 @@ def service_memory(cli: str, env: dict[str, str], load_seconds: float) -> dict[s
             client.get(path)
         time.sleep(2)  # the keep-alive's first look at the store
         idle = pss_by_process(server.pid)
-        loaded = dict.fromkeys(idle, 0.0)
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            began = time.monotonic()
-            for n in range(int(load_seconds * RATE)):
-                time.sleep(max(0.0, began + n / RATE - time.monotonic()))
-                pool.submit(client.get, PATHS[n % len(PATHS)])
-                if n % RATE == 0:  # once a second: the highest seen
-                    for name, mib in pss_by_process(server.pid).items():
-                        loaded[name] = max(loaded.get(name, 0.0), mib)
+        loaded = highest_while_loaded(client, load_seconds, lambda: pss_by_process(server.pid))
         if client.errors:
             raise RuntimeError(f"the load got errors: {client.errors[:3]}")
         figures = {f"PSS idle: {name}": mib for name, mib in idle.items()}

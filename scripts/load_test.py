@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -91,6 +92,23 @@ class Client:
                     self.errors.append(f"{path}: HTTP {answer.status}")
             break
         self.latencies.append(time.monotonic() - started)
+
+
+def highest_while_loaded(
+    client: Client, seconds: float, measure: Callable[[], dict[str, float]]
+) -> dict[str, float]:
+    """The load's mix at RATE requests/s for ``seconds`` (open loop); ``measure`` is called once
+    a second meanwhile, and the highest value of each of its figures is returned."""
+    highest: dict[str, float] = {}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        began = time.monotonic()
+        for n in range(int(seconds * RATE)):
+            time.sleep(max(0.0, began + n / RATE - time.monotonic()))
+            pool.submit(client.get, PATHS[n % len(PATHS)])
+            if n % RATE == 0:
+                for name, value in measure().items():
+                    highest[name] = max(highest.get(name, value), value)
+    return highest
 
 
 def main() -> int:

@@ -7,6 +7,8 @@ values that come from the settings (bind address, worker timeout) are on the com
 ``service/cli.py`` builds. The master loads the worker class below, which imports gunicorn only.
 """
 
+import gc
+
 # One worker with threads: the operator API serves a few requests a minute, and a second worker
 # would double the memory taken from the agent's container for throughput it never uses
 # (BENCHMARKS.md, "Service memory"). Threads because a relay waits on a login program while
@@ -38,3 +40,10 @@ loglevel = "info"
 # No control socket (gunicorn 25+ makes one in ~/.gunicorn by default, one path for every
 # gunicorn of the user): nothing here manages workers at runtime.
 control_socket_disable = True
+
+
+def pre_fork(server: object, worker: object) -> None:
+    """The worker shares the master's memory until it writes to it, and a collection in the
+    worker would write to every object it inherited (the collector's bookkeeping is kept in
+    each object's header); frozen objects are never collected, so those pages stay shared."""
+    gc.freeze()

@@ -3,7 +3,9 @@ secrets API; and one end-to-end run under real gunicorn."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import signal
 import stat
@@ -290,6 +292,12 @@ def test_end_to_end_under_gunicorn(
         url_file = state_dir / "service.url"
         assert url_file.read_text() == f"http://127.0.0.1:{port}"
         assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
+        # serve became gunicorn: -OO where the standard library's -OO bytecode is (the image
+        # compiles it), and one malloc arena (BENCHMARKS.md, "In the container").
+        argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+        compiled = importlib.util.cache_from_source(logging.__file__, optimization=2)
+        assert (b"-OO" in argv) == Path(compiled).exists() and b"gunicorn" in argv
+        assert b"MALLOC_ARENA_MAX=1" in Path(f"/proc/{server.pid}/environ").read_bytes()
     finally:
         server.send_signal(signal.SIGTERM)
         stopped = time.monotonic()

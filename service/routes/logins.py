@@ -3,6 +3,8 @@ the CLI (a login started from either is visible and completable from the other).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel
 
@@ -11,7 +13,9 @@ from service.errors import ServiceError
 from service.models import Login, LoginRequest, RedirectRequest
 from service.routes.credentials import persist_now
 from skill.attempt import Attempt
-from skill.runner import Runner
+
+if TYPE_CHECKING:
+    from skill.runner import Runner
 
 bp = Blueprint("logins", __name__)
 
@@ -21,6 +25,10 @@ def view(attempt: Attempt) -> BaseModel:
 
 
 def _runner() -> Runner:
+    # Imported on the first sign-in, not at start: a container signs in a few times in its life
+    # and the runner brings tmux, the drivers and the login program's protocol (0.4 MiB).
+    from skill.runner import Runner  # noqa: PLC0415
+
     return Runner(context().settings)
 
 
