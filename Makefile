@@ -1,5 +1,5 @@
 # Shortcuts; each target is one script in scripts/ (read it for what it does).
-.PHONY: run test bench bench-short reliability reliability-short container-test
+.PHONY: run test bench bench-short bench-container reliability reliability-short container-test
 
 run:                ## install and sign in with the login program
 	scripts/run
@@ -14,6 +14,11 @@ bench:              ## all benchmarks, full runs -> BENCHMARKS.md (about 25 minu
 bench-short:        ## the same, a few runs each: checks they still work
 	scripts/install --test
 	.venv/bin/python scripts/bench.py --short
+
+bench-container:    ## the service's memory inside the container (the image container-test built)
+	scripts/install --test
+	CONTAINERS_CONF=$(CURDIR)/.ci/containers.conf .venv/bin/python scripts/bench_container.py \
+		--image localhost/chatgpt-login:dev --runs 3
 
 reliability:        ## the reliability suite, full -> RELIABILITY.md (about an hour)
 	scripts/install --test

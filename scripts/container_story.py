@@ -46,7 +46,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.load_test import PATHS, RATE, Client, highest_while_loaded  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.fake_issuer import FakeIssuer  # noqa: E402
 
@@ -124,8 +123,8 @@ def http_status(url: str) -> int:
 
 
 class Story:
-    def __init__(self, image: str, workdir: Path, *, memory_seconds: float = 10) -> None:
-        self.image, self.memory_seconds = image, memory_seconds
+    def __init__(self, image: str, workdir: Path) -> None:
+        self.image = image
         self.secrets_dir = workdir / "secrets"
         self.secrets_dir.mkdir(mode=0o700)
         self.api_token = secrets.token_urlsafe(32)
@@ -353,7 +352,6 @@ class Story:
         )
         wait_for(lambda: self.stored() == self.local(), 10, "the last renewal in the store")
         check(True, "3 renewals by the service's keep-alive, each synced back")
-        self.service_memory()
         self.rotate_elsewhere()
 
         account, refresh_hash = self.local()
@@ -393,29 +391,6 @@ class Story:
         leaked = [s for s in (self.api_token, self.operator_token, callback) if s in log]
         check(not leaked, "no token or pasted address in the container's log")
 
-    def service_memory(self) -> None:
-        """The service's proportional set size inside the container (pages shared between the
-        master and its worker split between them), signed in and renewing: idle, then the
-        highest seen while the load test's traffic runs for ``memory_seconds``."""
-
-        def pss() -> dict[str, float]:
-            found = json.loads(self.agent_exec("python3", "-c", SERVICE_PSS))
-            return found | {"total": sum(found.values())}
-
-        client = Client(self.agent_port, self.operator_token)
-        for path in PATHS:  # what a first request of each kind imports
-            client.get(path)
-        time.sleep(2)
-        idle = pss()
-        loaded = highest_while_loaded(client, self.memory_seconds, pss)
-        check(not client.errors, f"{len(client.latencies)} requests at {RATE}/s, "
-              f"{len(client.errors)} errors {client.errors[:3]}")  # fmt: skip
-        for when, figures in (("idle", idle), (f"under load ({RATE}/s)", loaded)):
-            self.figures[f"service PSS in the container, {when}"] = (
-                " + ".join(f"{figures[name]:.1f} {name}" for name in figures if name != "total")
-                + f" = {figures['total']:.1f} MiB"
-            )
-
     def two_agents(self) -> None:
         """Two agent containers of one user share the stored copy: one renews per lifetime, the
         other adopts; the first restarts while the second keeps working."""
@@ -451,25 +426,6 @@ class Story:
         podman("rm", "-f", "-t", "15", AGENT2)
 
 
-# Run inside the agent container: the PSS (MiB) of the service's gunicorn master and worker(s).
-SERVICE_PSS = """
-import json, pathlib
-parents = {}
-for proc in pathlib.Path("/proc").iterdir():
-    try:
-        argv = (proc / "cmdline").read_bytes().split(b"\\0")
-        if proc.name.isdigit() and b"gunicorn" in argv and b"service.wsgi:app" in argv:
-            parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        continue
-found = {}
-for pid, parent in sorted(parents.items()):
-    name = "worker" if parent in parents else "master"
-    for line in pathlib.Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            found[name] = found.get(name, 0) + int(line.split()[1]) / 1024
-print(json.dumps(found))
-"""
 # Run inside a container: whether a write outside the volumes and /tmp fails, and PID 1's
 # effective capabilities and no_new_privs flag.
 LOCKDOWN_PROBE = (
@@ -601,11 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the containers for a look")
     parser.add_argument("--proxy-ca", type=Path, default=None,
                         help="a TLS-intercepting proxy's CA, for compose's build")  # fmt: skip
-    parser.add_argument("--memory-seconds", type=float, default=10,
-                        help="the load's length while the service's memory is read")  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cgl-story-") as workdir:
-        story = Story(args.image, Path(workdir), memory_seconds=args.memory_seconds)
+        story = Story(args.image, Path(workdir))
         try:
             story.run()
         except StoryError as exc:
