@@ -84,7 +84,7 @@ ARG NODE_VERSION=20.19.6
 # bytecode is there, as Python cannot write it at run time here (read-only, not its user's); the
 # standard library's is compiled below, all but what the service never imports (a module
 # without it still loads, compiled in memory).
-ARG STDLIB_UNUSED="/(asyncio|lib2to3|pydoc_data|unittest|idlelib|ensurepip|distutils|multiprocessing|sqlite3|curses|dbm|turtledemo|tkinter|xmlrpc|wsgiref|test)/|/(pydoc|doctest|pdb|turtle|mailbox|_pydecimal|_pyio)[.]py$"
+ARG STDLIB_UNUSED="/(asyncio|lib2to3|pydoc_data|unittest|idlelib|ensurepip|distutils|multiprocessing|curses|dbm|turtledemo|tkinter|xmlrpc|wsgiref|test)/|/(pydoc|doctest|pdb|turtle|mailbox|_pydecimal|_pyio)[.]py$"
 # Debian's python3 (3.11), tmux for the login sessions, tini as PID 1. Versions are Debian's
 # bookworm ones: pinning exact package versions breaks the build when a security update
 # replaces them on the mirror, so they are left to the release (DL3008).

@@ -197,14 +197,18 @@ def _exec_gunicorn(
 
 def _optimized() -> list[str]:
     """``-OO`` (bytecode without docstrings or asserts) where it was compiled ahead, as the image
-    does: the service then takes 2.5 MiB less (BENCHMARKS.md, "In the container"). Elsewhere the
-    standard library's ``-OO`` bytecode is often missing and not ours to write (a distribution's
-    Python run by a user), and compiling it at every start would cost more than it saves."""
+    and ``scripts/install`` do: the service then takes 2.5 MiB less (BENCHMARKS.md, "In the
+    container"). Elsewhere it is often missing and not to be written (a distribution's Python
+    run by a user, PYTHONDONTWRITEBYTECODE), and compiling it at every start would cost more
+    than it saves. One module each of the standard library, the libraries and ours tells."""
     import importlib.util  # noqa: PLC0415 - only serve needs it
-    import logging  # noqa: PLC0415 - imported already; any module of the standard library
+    import logging  # noqa: PLC0415 - imported already
 
-    compiled = importlib.util.cache_from_source(logging.__file__, optimization=2)
-    return ["-OO"] if os.path.exists(compiled) else []
+    flask = importlib.util.find_spec("flask")  # found, not imported
+    sources = [logging.__file__, flask and flask.origin, str(Path(__file__).with_name("app.py"))]
+    compiled = [importlib.util.cache_from_source(str(source), optimization=2)
+                for source in sources if source]  # fmt: skip
+    return ["-OO"] if len(compiled) == len(sources) and all(map(os.path.exists, compiled)) else []
 
 
 def add_service_commands(commands: skill_cli.Commands) -> None:

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import get_args
 
 from service.errors import ServiceError
 from service.hook import OnChangeHook
@@ -39,7 +40,7 @@ from service.refresher import Refresher, refresh_due_at
 from service.secrets import SecretsStore
 from service.settings import ServiceSettings
 from skill import statedir
-from skill.attempt import AttemptFile
+from skill.attempt import LIVE, AttemptFile, Status
 from skill.credentials import Credential
 from skill.errors import SkillError
 from skill.events import Event, last_id, since
@@ -58,6 +59,7 @@ WATCH_LIMIT = 10.0
 _BACKOFF_CAP = 60.0  # the issuer failing
 _STORE_BACKOFF_CAP = 10.0  # the store failing
 _JITTER = 0.25  # holders due at the same moment start within this many seconds of each other
+ENDED = frozenset(get_args(Status)) - LIVE  # how a sign-in ends, as login.completed says
 
 
 @dataclass
@@ -68,6 +70,19 @@ class Tick:
     dropped: bool = False
     busy: bool = False  # another holder had the lease
     error: str | None = None
+
+
+def _sign_in_count(event: Event) -> tuple[str, str] | None:
+    """The counter an event of the journal adds to, if any (a status not ours is not counted:
+    whoever can write the journal must not make up the metrics' labels)."""
+    if event.type == "login.started":
+        return ("logins_started", "new")
+    if event.type == "login.canceled":
+        return ("logins_completed", "canceled")
+    status = event.body.get("status")
+    if event.type == "login.completed" and isinstance(status, str) and status in ENDED:
+        return ("logins_completed", status)
+    return None
 
 
 class KeepAlive:
@@ -96,6 +111,7 @@ class KeepAlive:
         self._leader: FlockLock | None = None
         self._unreadable: str | None = None  # the credential last found unreadable (said once)
         self._events_seen = 0
+        self._counted = 0  # the last journal event counted (count_sign_ins)
         self.hook = OnChangeHook(settings, self.persistence.metrics)
 
     # One step (the tests drive this directly) ------------------------------------------------
@@ -242,18 +258,19 @@ class KeepAlive:
         wrote it: this service, or a command beside it), once each, without waiting for it."""
         for event in since(self.settings.state_dir, self._events_seen):
             self._events_seen = event.id
-            self._count_ended(event)
             self.hook(event)
 
-    def _count_ended(self, event: Event) -> None:
-        """Sign-ins are counted as they end, from the journal: whoever ended one (a paste through
-        the API or the CLI, a status read that found it expired or succeeded, this loop for an
-        approved device code) wrote the event, and counting there instead missed the others."""
-        if event.type == "login.completed":
-            status = event.body.get("status") or ("succeeded" if event.body.get("ok") else "failed")
-            self.persistence.metrics.count("logins_completed", str(status))
-        elif event.type == "login.canceled":
-            self.persistence.metrics.count("logins_completed", "canceled")
+    def count_sign_ins(self) -> None:
+        """Sign-ins are counted from the journal as they start and end: whoever ended one (a
+        paste through the API or the CLI, a status read that found it expired, this loop for an
+        approved device code) wrote the event; counting where the API ended one missed the
+        others. The position reached is kept with the counts (:meth:`Metrics.count_journal`)."""
+        events = since(self.settings.state_dir, self._counted)
+        counts = [found for event in events if (found := _sign_in_count(event))]
+        if counts:
+            self.persistence.metrics.count_journal(counts, events[-1].id)
+        if events:
+            self._counted = events[-1].id
 
     def watch_login(self) -> None:
         """A sign-in nobody waits on (a device code approved after an API start) still ends:
@@ -281,8 +298,10 @@ class KeepAlive:
         except SkillError:
             return False
         self._leader = lock
-        # Hooks run for what came since the last leader's last hook, and all that comes next.
+        # Hooks run for what came since the last leader's last hook, and all that comes next;
+        # sign-ins are counted from where the counts in the metrics file reach.
         self._events_seen = self.hook.resume_after(last_id(self.settings.state_dir))
+        self._counted = self.persistence.metrics.journal_position()
         return True
 
     def run_forever(self, stop: threading.Event) -> None:
@@ -293,6 +312,7 @@ class KeepAlive:
                     self.run_once()
                     self.watch_login()
                     self.hook_changes()
+                    self.count_sign_ins()
                     wait = self.next_wait()
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("keep-alive tick failed")

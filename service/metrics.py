@@ -19,6 +19,7 @@ from skill.lock import FlockLock
 
 T = TypeVar("T")
 _SUMMARY = "_seconds"  # a family ending so is a summary: <family>_sum and <family>_count
+_JOURNAL_POSITION = "@journal_position"  # kept beside the counts, not one of them
 
 
 class Metrics:
@@ -56,13 +57,30 @@ class Metrics:
         with self._lock:
             pending, self._pending = self._pending, {}
             self._flushed = time.monotonic()
-        if not pending:
-            return
+        if pending:
+            self._write(pending)
+
+    def count_journal(self, counts: list[tuple[str, str]], position: int) -> None:
+        """Add counts taken from the event journal together with the journal position they
+        reach, in one write: whoever reads the journal next (another leader, after a restart)
+        starts there, so each event is counted once however leadership passes."""
+        pending: dict[str, Any] = {_JOURNAL_POSITION: position}
+        for name, outcome in counts:
+            key = name + _labels({"outcome": outcome})
+            pending[key] = pending.get(key, 0) + 1
+        self._write(pending)
+
+    def journal_position(self) -> int:
+        """The journal position the counts in the file reach (0: none counted yet)."""
+        position = self.read().get(_JOURNAL_POSITION, 0)
+        return position if isinstance(position, int) else 0
+
+    def _write(self, pending: dict[str, Any]) -> None:
         ensure_private_dir(self.path.parent)
         with FlockLock(self.path, timeout=5):
             data = self.read()
             for key, value in pending.items():
-                data[key] = data.get(key, 0) + value
+                data[key] = value if key == _JOURNAL_POSITION else data.get(key, 0) + value
             write_private(self.path, json.dumps(data, indent=1).encode())
 
     def read(self) -> dict[str, Any]:
@@ -77,6 +95,8 @@ class Metrics:
         as ``<family>_sum`` and ``<family>_count``, each family with its HELP and TYPE."""
         lines, seen = [], set()
         for key, value in sorted(self.read().items()):
+            if key == _JOURNAL_POSITION:
+                continue
             series, _, labels = key.partition("{")
             family = series.removesuffix("_sum").removesuffix("_count")
             summary = family.endswith(_SUMMARY) and family != series
@@ -104,9 +124,10 @@ HELP = {
     "leases": "Refresh leases taken, lost or found stale.",
     "logouts": "Logouts by what happened to the stored copy.",
     "restores": "Restores through the API by action.",
-    "logins_started": "Sign-ins started (new, or the live one reused).",
-    "logins_completed": "Sign-ins ended, by status (whoever ended them); rejected: pastes "
-    "refused while the sign-in went on.",
+    "logins_started": "Sign-ins started from the CLI or the API (new), or API starts that found "
+    "one live (reused).",
+    "logins_completed": "Sign-ins ended, by status, whoever ended them.",
+    "pastes": "Pasted addresses the API refused while their sign-in went on.",
 }
 
 

@@ -102,10 +102,19 @@ def test_sign_in_through_the_api_and_persist(
     assert again.status_code == 409 and again.json is not None and again.json["id"] == login["id"]
     assert client.get(f"/v1/logins/{login['id']}", headers=auth()).json["status"] == "waiting"  # type: ignore[index]
     callback = issuer.sign_in(login["auth_url"])
+    wrong = callback.replace("state=", "state=x")  # refused; the sign-in goes on
+    assert client.post(f"/v1/logins/{login['id']}/redirect", json={"url": wrong},
+                       headers=auth()).status_code == 400  # fmt: skip
     done = client.post(f"/v1/logins/{login['id']}/redirect", json={"url": callback}, headers=auth())
     assert done.status_code == 200 and done.json is not None
     assert done.json["status"] == "succeeded" and done.json["persisted"] is True
     assert done.json["auth_url"] is None
+    other = callback.replace("code=", "code=other")
+    late = client.post(f"/v1/logins/{login['id']}/redirect", json={"url": other}, headers=auth())
+    assert late.status_code >= 400  # the sign-in is over: not a refusal of its paste
+    metrics = client.get("/metrics", headers=auth()).get_data(as_text=True)
+    assert 'chatgpt_login_pastes_total{outcome="refused"} 1\n' in metrics
+    assert 'chatgpt_login_logins_started_total{outcome="reused"} 1\n' in metrics
     stored = api.record["codex_credentials"]
     assert stored["accountId"] == "acct-1111"
     status = client.get("/v1/credentials", headers=auth())
@@ -292,11 +301,13 @@ def test_end_to_end_under_gunicorn(
         url_file = state_dir / "service.url"
         assert url_file.read_text() == f"http://127.0.0.1:{port}"
         assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
-        # serve became gunicorn: -OO where the standard library's -OO bytecode is (the image
-        # compiles it), and one malloc arena (BENCHMARKS.md, "In the container").
+        # serve became gunicorn: -OO where that bytecode is (scripts/install and the image
+        # compile it), and one malloc arena (BENCHMARKS.md, "In the container").
         argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
-        compiled = importlib.util.cache_from_source(logging.__file__, optimization=2)
-        assert (b"-OO" in argv) == Path(compiled).exists() and b"gunicorn" in argv
+        flask = importlib.util.find_spec("flask")
+        sources = [logging.__file__, flask and flask.origin, str(REPO / "service" / "app.py")]
+        compiled = [importlib.util.cache_from_source(str(each), optimization=2) for each in sources]
+        assert (b"-OO" in argv) == all(map(os.path.exists, compiled)) and b"gunicorn" in argv
         assert b"MALLOC_ARENA_MAX=1" in Path(f"/proc/{server.pid}/environ").read_bytes()
     finally:
         server.send_signal(signal.SIGTERM)

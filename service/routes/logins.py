@@ -12,7 +12,7 @@ from service.context import body, context
 from service.errors import ServiceError
 from service.models import Login, LoginRequest, RedirectRequest
 from service.routes.credentials import persist_now
-from skill.attempt import Attempt
+from skill.attempt import Attempt, AttemptFile
 
 if TYPE_CHECKING:
     from skill.runner import Runner
@@ -44,7 +44,8 @@ def _live(login_id: str) -> Attempt:
 def start() -> tuple[Response, int]:
     request = body(LoginRequest)
     attempt, reused = _runner().start(method=request.method, driver=request.driver)
-    context().metrics.count("logins_started", "reused" if reused else "new")
+    if reused:  # a new one is counted from the journal, as those the CLI starts
+        context().metrics.count("logins_started", "reused")
     return jsonify(view(attempt).model_dump(mode="json")), 409 if reused else 201
 
 
@@ -60,8 +61,11 @@ def redirect(login_id: str) -> Response:
     try:
         attempt = _runner().complete(pasted)
     except Exception:
-        # A paste refused: the sign-in goes on. Those that end are counted from the journal.
-        context().metrics.count("logins_completed", "rejected")
+        # Counted here only while the sign-in goes on: one this paste ended is counted from the
+        # journal, with how it ended.
+        still = AttemptFile(context().settings.state_dir).load()
+        if still is not None and still.id == login_id and still.live:
+            context().metrics.count("pastes", "refused")
         raise
     data = view(attempt).model_dump(mode="json")
     data["persisted"] = persist_now() if attempt.status == "succeeded" else False
