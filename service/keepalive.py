@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import get_args
 
 from service.errors import ServiceError
 from service.hook import OnChangeHook
@@ -40,10 +39,10 @@ from service.refresher import Refresher, refresh_due_at
 from service.secrets import SecretsStore
 from service.settings import ServiceSettings
 from skill import statedir
-from skill.attempt import LIVE, AttemptFile, Status
+from skill.attempt import AttemptFile
 from skill.credentials import Credential
 from skill.errors import SkillError
-from skill.events import Event, last_id, since
+from skill.events import last_id, since
 from skill.files import ensure_private_dir
 from skill.lock import FlockLock
 from skill.waiting import backoff
@@ -59,7 +58,6 @@ WATCH_LIMIT = 10.0
 _BACKOFF_CAP = 60.0  # the issuer failing
 _STORE_BACKOFF_CAP = 10.0  # the store failing
 _JITTER = 0.25  # holders due at the same moment start within this many seconds of each other
-ENDED = frozenset(get_args(Status)) - LIVE  # how a sign-in ends, as login.completed says
 
 
 @dataclass
@@ -70,19 +68,6 @@ class Tick:
     dropped: bool = False
     busy: bool = False  # another holder had the lease
     error: str | None = None
-
-
-def _sign_in_count(event: Event) -> tuple[str, str] | None:
-    """The counter an event of the journal adds to, if any (a status not ours is not counted:
-    whoever can write the journal must not make up the metrics' labels)."""
-    if event.type == "login.started":
-        return ("logins_started", "new")
-    if event.type == "login.canceled":
-        return ("logins_completed", "canceled")
-    status = event.body.get("status")
-    if event.type == "login.completed" and isinstance(status, str) and status in ENDED:
-        return ("logins_completed", status)
-    return None
 
 
 class KeepAlive:
@@ -111,7 +96,6 @@ class KeepAlive:
         self._leader: FlockLock | None = None
         self._unreadable: str | None = None  # the credential last found unreadable (said once)
         self._events_seen = 0
-        self._counted = 0  # the last journal event counted (count_sign_ins)
         self.hook = OnChangeHook(settings, self.persistence.metrics)
 
     # One step (the tests drive this directly) ------------------------------------------------
@@ -260,18 +244,6 @@ class KeepAlive:
             self._events_seen = event.id
             self.hook(event)
 
-    def count_sign_ins(self) -> None:
-        """Sign-ins are counted from the journal as they start and end: whoever ended one (a
-        paste through the API or the CLI, a status read that found it expired, this loop for an
-        approved device code) wrote the event; counting where the API ended one missed the
-        others. The position reached is kept with the counts (:meth:`Metrics.count_journal`)."""
-        events = since(self.settings.state_dir, self._counted)
-        counts = [found for event in events if (found := _sign_in_count(event))]
-        if counts:
-            self.persistence.metrics.count_journal(counts, events[-1].id)
-        if events:
-            self._counted = events[-1].id
-
     def watch_login(self) -> None:
         """A sign-in nobody waits on (a device code approved after an API start) still ends:
         the leader looks at a waiting attempt every tick, the runner concludes it once its
@@ -298,10 +270,8 @@ class KeepAlive:
         except SkillError:
             return False
         self._leader = lock
-        # Hooks run for what came since the last leader's last hook, and all that comes next;
-        # sign-ins are counted from where the counts in the metrics file reach.
+        # Hooks run for what came since the last leader's last hook, and all that comes next.
         self._events_seen = self.hook.resume_after(last_id(self.settings.state_dir))
-        self._counted = self.persistence.metrics.journal_position()
         return True
 
     def run_forever(self, stop: threading.Event) -> None:
@@ -312,7 +282,7 @@ class KeepAlive:
                     self.run_once()
                     self.watch_login()
                     self.hook_changes()
-                    self.count_sign_ins()
+                    self.persistence.metrics.count_journal(self.settings.state_dir)
                     wait = self.next_wait()
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("keep-alive tick failed")

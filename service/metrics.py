@@ -12,8 +12,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
+from skill.events import Event, since
 from skill.files import ensure_private_dir, read_settled, write_private
 from skill.lock import FlockLock
 
@@ -60,27 +61,36 @@ class Metrics:
         if pending:
             self._write(pending)
 
-    def count_journal(self, counts: list[tuple[str, str]], position: int) -> None:
-        """Add counts taken from the event journal together with the journal position they
-        reach, in one write: whoever reads the journal next (another leader, after a restart)
-        starts there, so each event is counted once however leadership passes."""
-        pending: dict[str, Any] = {_JOURNAL_POSITION: position}
-        for name, outcome in counts:
-            key = name + _labels({"outcome": outcome})
-            pending[key] = pending.get(key, 0) + 1
-        self._write(pending)
+    def count_journal(self, state_dir: Path) -> None:
+        """Count the sign-ins started and ended since the journal position kept in the file, and
+        move it, in one write under the file's lock: the keep-alive does at every tick and
+        ``/metrics`` before it answers, and each event is counted once whoever comes first
+        (another worker, a new leader, after a restart). Counted from the journal, not where
+        one ends: whoever ended it (a paste through the API or the CLI, a status read that
+        found it expired, the keep-alive for an approved device code) wrote the event."""
+        from skill.attempt import LIVE, Status  # noqa: PLC0415 - not on restore's path
 
-    def journal_position(self) -> int:
-        """The journal position the counts in the file reach (0: none counted yet)."""
-        position = self.read().get(_JOURNAL_POSITION, 0)
-        return position if isinstance(position, int) else 0
+        ended = frozenset(get_args(Status)) - LIVE  # how a sign-in ends, as login.completed says
+        ensure_private_dir(self.path.parent)
+        with FlockLock(self.path, timeout=5):
+            data = self.read()
+            position = data.get(_JOURNAL_POSITION, 0)
+            events = since(state_dir, position if isinstance(position, int) else 0)
+            if not events:
+                return
+            for event in events:
+                if counted := _sign_in_count(event, ended):
+                    key = counted[0] + _labels({"outcome": counted[1]})
+                    data[key] = data.get(key, 0) + 1
+            data[_JOURNAL_POSITION] = events[-1].id
+            write_private(self.path, json.dumps(data, indent=1).encode())
 
-    def _write(self, pending: dict[str, Any]) -> None:
+    def _write(self, pending: dict[str, float]) -> None:
         ensure_private_dir(self.path.parent)
         with FlockLock(self.path, timeout=5):
             data = self.read()
             for key, value in pending.items():
-                data[key] = value if key == _JOURNAL_POSITION else data.get(key, 0) + value
+                data[key] = data.get(key, 0) + value
             write_private(self.path, json.dumps(data, indent=1).encode())
 
     def read(self) -> dict[str, Any]:
@@ -129,6 +139,19 @@ HELP = {
     "logins_completed": "Sign-ins ended, by status, whoever ended them.",
     "pastes": "Pasted addresses the API refused while their sign-in went on.",
 }
+
+
+def _sign_in_count(event: Event, ended: frozenset[str]) -> tuple[str, str] | None:
+    """The counter a journal event adds to, if any (a status not ours is not counted: whoever can
+    write the journal must not make up the metrics' labels)."""
+    if event.type == "login.started":
+        return ("logins_started", "new")
+    if event.type == "login.canceled":
+        return ("logins_completed", "canceled")
+    status = event.body.get("status")
+    if event.type == "login.completed" and isinstance(status, str) and status in ended:
+        return ("logins_completed", status)
+    return None
 
 
 def _labels(labels: dict[str, str]) -> str:

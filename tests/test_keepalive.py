@@ -210,44 +210,6 @@ def test_exactly_one_leader_and_a_successor_when_it_dies(keep_settings: ServiceS
             proc.kill()
 
 
-def test_every_sign_in_is_counted_once_whoever_ended_it_and_whoever_leads(
-    keep_settings: ServiceSettings,
-) -> None:
-    """Counted from the journal: a paste through the CLI or the API, a status read that found
-    the attempt expired, a cancel. Counting where the API ended one missed the others (a device
-    sign-in settled by a status read was never counted). The next leader starts where the counts
-    reach: nothing counted twice, nothing ended while no one led missed. A status the journal
-    makes up is not a label."""
-    from skill.events import emit  # noqa: PLC0415
-
-    state = keep_settings.state_dir
-    first = KeepAlive(keep_settings, http_store(keep_settings))
-    assert first.try_lead()
-    emit(state, "login.started", login_id="a", method="browser")
-    emit(state, "login.completed", login_id="a", ok=True, status="succeeded", error=None)
-    emit(state, "credential.updated", why="sign-in", login_id="a")
-    emit(state, "login.started", login_id="b", method="device")
-    emit(state, "login.completed", login_id="b", ok=False, status="expired", error="login_timeout")
-    emit(state, "login.completed", login_id="x", ok=False, status='"}\n# forged', error=None)
-    for _ in range(2):  # a second look at the same journal counts nothing more
-        first.count_sign_ins()
-    assert first._leader is not None
-    first._leader.release()  # the service stops
-    emit(state, "login.started", login_id="c", method="browser")
-    emit(state, "login.canceled", login_id="c")  # by the CLI while no service ran
-    second = KeepAlive(keep_settings, http_store(keep_settings))
-    assert second.try_lead()
-    second.count_sign_ins()
-    counts = second.persistence.metrics.read()
-    assert {k: v for k, v in counts.items() if k.startswith("logins_")} == {
-        'logins_started{outcome="new"}': 3,
-        'logins_completed{outcome="succeeded"}': 1,
-        'logins_completed{outcome="expired"}': 1,
-        'logins_completed{outcome="canceled"}': 1,
-    }
-    assert "journal" not in second.persistence.metrics.render()
-
-
 def test_a_holder_past_due_looks_often_while_another_renews(
     keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
 ) -> None:

@@ -90,7 +90,9 @@ def _checked_here(ctx: Context) -> str:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(context().metrics.render(), mimetype="text/plain; version=0.0.4")
+    ctx = context()
+    ctx.metrics.count_journal(ctx.settings.state_dir)  # sign-ins ended a moment ago count too
+    return Response(ctx.metrics.render(), mimetype="text/plain; version=0.0.4")
 
 
 @bp.get("/v1/openapi.json")

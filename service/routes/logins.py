@@ -35,8 +35,9 @@ def _runner() -> Runner:
 def _live(login_id: str) -> Attempt:
     attempt = _runner().status()
     if attempt is None or attempt.id != login_id:
-        raise ServiceError("not_found", f"No sign-in {login_id!r}. List none; start one with "
-                           "POST /v1/logins.", status=404)  # fmt: skip
+        raise ServiceError("not_found", f"No sign-in {login_id!r} here: the current one has "
+                           "another id (POST /v1/logins answers with it) or none was started.",
+                           status=404)  # fmt: skip
     return attempt
 
 
