@@ -8,16 +8,19 @@ many times a second while it watches a rotation (``add`` then ``flush``).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
+from skill.errors import SkillError
 from skill.events import Event, since
 from skill.files import ensure_private_dir, read_settled, write_private
 from skill.lock import FlockLock
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SUMMARY = "_seconds"  # a family ending so is a summary: <family>_sum and <family>_count
 _JOURNAL_POSITION = "@journal_position"  # kept beside the counts, not one of them
@@ -68,6 +71,12 @@ class Metrics:
         (another worker, a new leader, after a restart). Counted from the journal, not where
         one ends: whoever ended it (a paste through the API or the CLI, a status read that
         found it expired, the keep-alive for an approved device code) wrote the event."""
+        try:
+            self._count_journal(state_dir)
+        except (OSError, SkillError) as exc:  # counting never breaks what asked for it
+            log.warning("sign-ins not counted: %s", getattr(exc, "code", None) or exc)
+
+    def _count_journal(self, state_dir: Path) -> None:
         from skill.attempt import LIVE, Status  # noqa: PLC0415 - not on restore's path
 
         ended = frozenset(get_args(Status)) - LIVE  # how a sign-in ends, as login.completed says

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from service.metrics import Metrics
 from skill import statedir
 from skill.events import emit
@@ -53,3 +55,14 @@ def test_a_journal_that_started_over_is_counted_from_its_start(tmp_path: Path) -
     emit(state, "login.started", login_id="d", method="browser")
     metrics.count_journal(state)
     assert metrics.read()['logins_started{outcome="new"}'] == 4
+
+
+def test_counting_where_the_state_directory_is_a_file_says_so_and_raises_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/metrics still answers and the keep-alive's tick goes on."""
+    state = tmp_path / "state"
+    state.write_text("not a directory")
+    Metrics(state / "metrics.json").count_journal(state)
+    assert "sign-ins not counted" in caplog.text
+    assert state.read_text() == "not a directory"
