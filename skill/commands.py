@@ -168,7 +168,7 @@ def _service_lines(service: dict[str, Any] | None, logout_pending: bool) -> list
     if logout_pending:
         lines.append(
             "Signing out the copy kept for restarts is pending: the service does it when it "
-            "runs (until then nothing restores it)."
+            "runs (until then nothing restores it); a sign-in made since the logout is kept."
         )
     if service is None:
         lines.append(
