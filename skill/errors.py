@@ -239,7 +239,7 @@ CODES: dict[str, _Spec] = {
     ),
     "login_ended": _Spec(
         "user",
-        ExitCode.FAILED,
+        ExitCode.USAGE,  # a paste for a sign-in that is over, like one with none (no_login)
         "That sign-in attempt has already ended. Start a new one with `chatgpt-login start`.",
         next="start_again",
     ),

@@ -309,7 +309,7 @@ def test_a_finished_sign_in_takes_only_its_own_address_again(
         assert "not the address it used" in refused["message"]
     cli(env, "logout")
     code, refused, _ = cli(env, "complete", "-", stdin=url)
-    assert (code, refused["error"]) == (1, "login_ended")
+    assert (code, refused["error"]) == (2, "login_ended")
     assert "no longer on this machine" in refused["message"]
 
 
