@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
+from skill import statedir
 from skill.errors import SkillError
 from skill.events import Event, since
 from skill.files import ensure_private_dir, read_settled, write_private
@@ -32,6 +33,7 @@ class Metrics:
         self._pending: dict[str, float] = {}
         self._lock = threading.Lock()
         self._flushed = time.monotonic()
+        self._journal_looked: tuple[int, int, int] | None = None  # the journal as last counted
 
     def add(self, name: str, value: float = 1, **labels: str) -> None:
         """Count in memory; :meth:`flush` writes it."""
@@ -72,7 +74,15 @@ class Metrics:
         one ends: whoever ended it (a paste through the API or the CLI, a status read that
         found it expired, the keep-alive for an approved device code) wrote the event."""
         try:
-            self._count_journal(state_dir)
+            # The keep-alive loops every few milliseconds while it watches a renewal: a journal
+            # unchanged since this object's last count costs one stat.
+            found = (state_dir / statedir.EVENTS).stat()
+            looked = (found.st_ino, found.st_size, found.st_mtime_ns)
+            if looked != self._journal_looked:
+                self._count_journal(state_dir)
+                self._journal_looked = looked
+        except FileNotFoundError:
+            return  # no journal yet: nothing to count
         except (OSError, SkillError) as exc:  # counting never breaks what asked for it
             log.warning("sign-ins not counted: %s", getattr(exc, "code", None) or exc)
 
