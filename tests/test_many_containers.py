@@ -246,11 +246,19 @@ def test_logout_in_one_container_signs_out_every_one(
 ) -> None:
     start(fleet, 4)
     fleet.run_for(2)
+    # Every one holds the stored copy before the logout: in one CI run the first container had
+    # none yet and its logout found the store unreachable (why is not known; a failure now
+    # shows its log).
+    wait_until(lambda: all(c.refresh_token() for c in fleet.containers), 20,
+               "every container signed in from the stored copy")  # fmt: skip
     first, *others = fleet.containers
     token = first.refresh_token()
     logged_out = time.monotonic()
     out = first.call("DELETE", "/v1/credentials")
-    assert out["stored"] == "tombstoned" and out["revoked"] is True, out
+    assert out["stored"] == "tombstoned" and out["revoked"] is True, (
+        out,
+        first.log.read_text()[-3000:],
+    )
     wait_until(lambda: all(c.view()["status"] == "logged_out" for c in others), 5,
                "every container to report logged_out")  # fmt: skip
     took = time.monotonic() - logged_out
