@@ -68,11 +68,15 @@ from skill.events import emit
 from skill.files import ensure_private_dir, read_settled, write_private
 from skill.lock import FlockLock
 from skill.signout import clear_pending, read_pending
+from skill.waiting import backoff
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _WRITE_ATTEMPTS = 4  # compare-and-set retries (a heartbeat landing in between is the usual cause)
+# A logout must win against every other holder's heartbeats and renewals, which keep writing
+# while it retries: more attempts, spread out (a retry at once meets the same writers in step).
+_LOGOUT_ATTEMPTS = 8
 _VIEW_REFRESH = 10.0  # status says how old the last read is; refreshed at least this often
 
 
@@ -527,7 +531,9 @@ class Persistence:
         made after ``at``) is stored, which is left alone. ``announce``: emit the logout event
         (not for a logout made earlier, which was announced when it was made)."""
         at = at or self.now()
-        for _ in range(_WRITE_ATTEMPTS):
+        for attempt in range(_LOGOUT_ATTEMPTS):
+            if attempt:
+                time.sleep(backoff(attempt, base=0.05, cap=0.5))
             record = self.pull()
             stored, entry = record.live, record.entry
             if stored is not None and account_id is not None and stored.account_id != account_id:
@@ -559,8 +565,9 @@ class Persistence:
                 continue
             break
         else:
-            raise ServiceError("store_conflict", "The stored copy kept changing during the "
-                               "logout. Run `chatgpt-login logout` again.", status=503,
+            raise ServiceError("store_conflict", "The stored copy kept changing (other holders "
+                               "writing) while the logout tried to replace it. Run "
+                               "`chatgpt-login logout` again.", status=503,
                                transient=True)  # fmt: skip
         with self.state.updating() as state:
             _forget(state, tombstone)

@@ -27,15 +27,17 @@ Stored = Literal["tombstoned", "pending", "other_account"]
 class SignOut:
     local: LocalSignOut
     stored: Stored
+    # Why the stored copy's sign-out is pending: the store's error code (it was unreachable, or
+    # it kept changing under the other holders' writes).
+    pending_why: str | None = None
 
     @property
     def message(self) -> str:
         stored = {
             "tombstoned": "the stored copy is replaced with a tombstone, so every container "
             "signs out within seconds and no restart restores it",
-            "pending": "the secrets store could not be reached, so signing out the stored copy "
-            "is pending (it happens as soon as the store answers; until then nothing restores it "
-            "here)",
+            "pending": f"{self._pending_cause()}, so signing out the stored copy is pending (it "
+            "is retried until the store takes it; until then nothing restores it here)",
             "other_account": "the stored copy belongs to another account and was left as it is",
         }[self.stored]
         if self.local.account_id is None:
@@ -51,6 +53,11 @@ class SignOut:
         )
         return f"Signed out: {removed}; {stored}; {revoked}.{moved}"
 
+    def _pending_cause(self) -> str:
+        if self.pending_why == "store_conflict":
+            return "the stored copy kept changing under other holders' writes"
+        return "the secrets store could not be reached"
+
 
 def sign_out(persistence: Persistence) -> SignOut:
     settings = persistence.settings
@@ -58,18 +65,19 @@ def sign_out(persistence: Persistence) -> SignOut:
     account = local.account_id if local else None
     held = _files_holding_ours(persistence)
     stored: Stored
+    why = None
     try:
         tombstone = persistence.log_out(account)
         stored = "tombstoned" if tombstone is not None else "other_account"
-    except ServiceError:
+    except ServiceError as exc:
         note_pending(settings, account)
-        stored = "pending"
+        stored, why = "pending", exc.code
     # The credential read before the tombstone: the keep-alive may drop it meanwhile (it saw
     # the tombstone), so what was removed is what held it before, whoever removed it.
     done = sign_out_locally(settings, credential=local)
     gone = [path for path in held if path not in _files_holding_ours(persistence)]
     removed = sorted(set(done.removed) | set(gone))
-    return SignOut(replace(done, removed=removed), stored)
+    return SignOut(replace(done, removed=removed), stored, why)
 
 
 def _files_holding_ours(persistence: Persistence) -> list[str]:

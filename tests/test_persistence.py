@@ -17,6 +17,7 @@ from service.record import LocalState, StoredRecord, Tombstone, decide, fingerpr
 from service.refresher import Refresher, refresh_due_at
 from service.secrets import FileSecretsStore, HttpSecretsStore, SecretsStore, secrets_store
 from service.settings import ServiceSettings
+from service.signout import sign_out
 from service.vault import VaultSecretsStore
 from skill.authfiles import PiAuthFile
 from skill.credentials import Credential
@@ -291,6 +292,50 @@ def test_a_logout_noted_while_the_service_was_down(
     pb.persist()  # signed in again after the note
     assert pa.carry_out_pending_logout()
     assert pa.pull().live is not None, "the later sign-in stays"
+
+
+class BusyStore(FileSecretsStore):
+    """A compare-and-set store where another holder writes (as a heartbeat does) between each
+    of the next ``busy`` compare-and-set writes and the read it was based on."""
+
+    def __init__(self, path: Path, busy: int) -> None:
+        super().__init__(path)
+        self.busy = busy
+
+    def write(self, patch: dict[str, object], *, if_match: str | None = None) -> str | None:
+        if if_match is not None and self.busy > 0:
+            self.busy -= 1
+            super().write({"someone_else": {"beat": self.busy}})
+        return super().write(patch, if_match=if_match)
+
+
+def test_a_logout_wins_against_other_holders_writing_meanwhile(
+    tmp_path: Path, issuer: FakeIssuer
+) -> None:
+    """Four containers heartbeat and renew while one logs out: its tombstone must still land
+    (a CI run once saw the logout give up after four conflicts and call the store unreachable)."""
+    store = BusyStore(tmp_path / "store.json", busy=0)
+    _, b, pa, pb, mine = pair(tmp_path, issuer, store)
+    assert pb.sync().decision == "adopt"
+    store.busy = 6  # more than any holder's other writes retry for
+    assert pa.log_out(mine.account_id) is not None
+    assert store.busy == 0 and pb.sync().decision == "drop" and local(b) is None
+
+
+def test_a_logout_the_store_keeps_refusing_is_pending_and_says_why(
+    tmp_path: Path, issuer: FakeIssuer
+) -> None:
+    store = BusyStore(tmp_path / "store.json", busy=0)
+    a, _, pa, _, _ = pair(tmp_path, issuer, store)
+    store.busy = 1000
+    done = sign_out(pa)
+    assert done.stored == "pending" and done.pending_why == "store_conflict"
+    assert "kept changing" in done.message and "could not be reached" not in done.message
+    assert done.local.revoked and local(a) is None  # gone here at once
+    assert read_pending(a) is not None  # and from the store when it takes the tombstone
+    store.busy = 0
+    assert pa.carry_out_pending_logout()
+    assert pa.pull().logged_out and read_pending(a) is None
 
 
 def test_the_holders_and_the_lease_are_visible(
