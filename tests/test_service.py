@@ -143,7 +143,9 @@ def test_a_cli_login_is_completable_through_the_api(
     url = issuer.sign_in(state.auth_url)
     done = client.post(f"/v1/logins/{state.id}/redirect", json={"url": url}, headers=auth())
     assert done.json is not None and done.json["status"] == "succeeded"
-    assert client.delete(f"/v1/logins/{state.id}", headers=auth()).status_code == 404
+    ended = client.delete(f"/v1/logins/{state.id}", headers=auth())  # nothing left to cancel
+    assert ended.status_code == 409 and ended.json is not None
+    assert ended.json["error"] == "login_ended" and "succeeded" in ended.json["message"]
 
 
 def test_cancel_through_the_api(client: FlaskClient) -> None:
@@ -151,6 +153,8 @@ def test_cancel_through_the_api(client: FlaskClient) -> None:
     assert login is not None
     gone = client.delete(f"/v1/logins/{login['id']}", headers=auth())
     assert gone.status_code == 200 and gone.json is not None and gone.json["status"] == "canceled"
+    again = client.delete(f"/v1/logins/{login['id']}", headers=auth())  # a retried cancel
+    assert again.status_code == 200 and again.json == gone.json
     assert client.delete("/v1/logins/nope", headers=auth()).status_code == 404
 
 

@@ -77,6 +77,10 @@ def redirect(login_id: str) -> Response:
 def cancel(login_id: str) -> Response:
     _live(login_id)
     attempt = _runner().cancel()
-    if attempt is None:
-        raise ServiceError("not_found", "That sign-in is no longer live.", status=404)
+    if attempt is None:  # it had ended: a cancel repeated (a lost answer) is answered the same
+        attempt = _live(login_id)
+        if attempt.status != "canceled":
+            raise ServiceError("login_ended", f"That sign-in already ended ({attempt.status}); "
+                               "there is nothing to cancel. POST /v1/logins starts a new one.",
+                               status=409, next="start_again")  # fmt: skip
     return jsonify(view(attempt).model_dump(mode="json"))
