@@ -101,9 +101,73 @@ def _serve(args: argparse.Namespace) -> int:
               "directory of this user's (CHATGPT_LOGIN_STATE_DIR), or run as its owner.",
               file=sys.stderr)  # fmt: skip
         return ExitCode.USAGE
+    problem = _hold_state_dir(settings) or _port_taken(settings.bind)
+    if problem:  # said before anything changes: the running service's token stays valid
+        print(f"Error: {problem}", file=sys.stderr)
+        return ExitCode.USAGE
     local_token(settings, new=True)  # made at every start, before the workers read it
     _leave_address(settings)
     _exec_gunicorn(settings.bind, "service.wsgi:app", worker_timeout(settings), args.workers)
+
+
+_SERVING_WAIT = 10.0  # seconds: above gunicorn's graceful stop (service/gunicorn_conf.py)
+
+
+def _hold_state_dir(settings: ServiceSettings) -> str | None:
+    """One service per state directory: a second one would replace the first's local token
+    (every agent command would then be refused by the running service) and share its holder id.
+    The lock is an flock held for the service's whole life: its descriptor goes through the exec
+    into gunicorn's master and through the fork into the worker, and a crash releases it. What
+    is wrong, or None once held."""
+    import fcntl  # noqa: PLC0415
+
+    from skill import statedir  # noqa: PLC0415
+    from skill.files import ensure_private_dir  # noqa: PLC0415
+    from skill.waiting import poll_until  # noqa: PLC0415
+
+    ensure_private_dir(settings.state_dir)
+    path = settings.state_dir / statedir.SERVING
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+    def take() -> bool | None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        return True
+
+    # A service restarted by a supervisor may meet the one before it still stopping (its
+    # graceful stop, or a worker outliving a killed master by a second): that one is waited for.
+    if not poll_until(_SERVING_WAIT, take, every=0.1):
+        os.close(fd)
+        return (f"a chatgpt-login service already runs with the state directory "
+                f"{settings.state_dir} (waited {_SERVING_WAIT:.0f} s for it to stop); nothing "
+                "was changed. Stop it first, or give this one another "
+                "CHATGPT_LOGIN_STATE_DIR.")  # fmt: skip
+    os.set_inheritable(fd, True)  # kept open: released when the last of gunicorn's exits
+    return None
+
+
+def _port_taken(bind: str) -> str | None:
+    """Whether another program listens on ``bind``, said in one line, before gunicorn would
+    spend five seconds retrying with a log line each."""
+    import errno  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    host, port = bind.rsplit(":", 1)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (f"{bind} is in use by another program; nothing was changed. Stop it, or "
+                    "listen elsewhere with --bind HOST:PORT.")  # fmt: skip
+        return None  # anything else is gunicorn's to report, as it would
+    return None
 
 
 def _leave_address(settings: ServiceSettings) -> None:

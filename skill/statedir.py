@@ -21,6 +21,7 @@ SERVICE_STATE = "service.json"  # the service's own record: last persisted, pend
 METRICS = "metrics.json"  # counters shared by the workers
 HOLDER_ID = "holder.id"  # this holder's id among the containers sharing the credential
 KEEPALIVE_LOCK = "keepalive"  # flock: which worker's keep-alive leads
+SERVING = "serving.lock"  # flock: held for a service's whole life, one service per directory
 SECRETS_FILE = "secrets.json"  # the store itself, when no secrets API or Vault is configured
 HOOKED = "hooked.id"  # the last event the on-change hook ran for (service.hook)
 HOOK_RUNNING = "hook.pid"  # the hook's run in progress: process group and start time

@@ -313,6 +313,23 @@ def test_end_to_end_under_gunicorn(
         compiled = [importlib.util.cache_from_source(str(each), optimization=2) for each in sources]
         assert (b"-OO" in argv) == all(map(os.path.exists, compiled)) and b"gunicorn" in argv
         assert b"MALLOC_ARENA_MAX=1" in Path(f"/proc/{server.pid}/environ").read_bytes()
+
+        # A second service on this state directory (another port), and one on this port
+        # (another state directory): each refused in one line, the running one untouched.
+        token = (state_dir / "service.token").read_bytes()
+        other = {**env, "CHATGPT_LOGIN_STATE_DIR": str(state_dir.parent / "other-state")}
+        for what, env_of, bind in (("already runs with the state directory", env, free_port()),
+                                   (f"127.0.0.1:{port} is in use", other, port)):  # fmt: skip
+            second = subprocess.run([*cli, "serve", "--bind", f"127.0.0.1:{bind}"], env=env_of,
+                                    cwd=REPO, capture_output=True, text=True, check=False,
+                                    timeout=30)  # fmt: skip
+            assert second.returncode == 2 and what in second.stderr, second.stderr
+            assert second.stderr.count("\n") == 1 and not second.stdout, second.stderr
+        assert (state_dir / "service.token").read_bytes() == token
+        assert (state_dir / "service.url").read_text() == f"http://127.0.0.1:{port}"
+        status = subprocess.run([*cli, "refresh", "--json"], env=env, cwd=REPO,
+                                capture_output=True, text=True, check=False)  # fmt: skip
+        assert json.loads(status.stdout)["ok"] is True, status.stdout
     finally:
         server.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
