@@ -293,6 +293,10 @@ def decide(  # noqa: PLR0911 - one return per case of the rule reads best
             return "logged_out"
         if record.tombstone.accountId not in (None, local.account_id):
             return "conflict"  # another account was logged out; this one is not ours to drop
+        if not changed and state.synced is not None:
+            # Agreed with the store after the logout (a later sign-in): the tombstone does not
+            # cover it, and its entry is what went missing or bad there. Put it back.
+            return "push" if state.generation > record.tombstone.generation else "drop"
         issued = local.issued_at()
         after = issued is not None and issued > record.tombstone.at.timestamp()
         return "push" if changed and after else "drop"  # a sign-in made after the logout

@@ -126,6 +126,9 @@ def test_the_rule_table(issuer: FakeIssuer) -> None:
             "push",
         ),  # signed in since
         (mine, record(mine, 3, Tombstone(generation=4, at=later)), agreed, "drop"),  # a stale write
+        # Agreed at generation 3, after a logout at 2: only the entry went missing or bad.
+        (mine, record(None, 0, Tombstone(generation=2, at=past)), agreed, "push"),
+        (mine, record(None, 0, Tombstone(generation=3, at=past)), agreed, "drop"),
     ]
     for number, (here, stored, state, expected) in enumerate(cases):
         assert decide(here, stored, state) == expected, number
@@ -274,6 +277,27 @@ def test_logout_is_a_tombstone_everyone_honours(
     assert newcomer.sync().decision == "adopt"
     there = local(c)
     assert there is not None and there.refresh_token == again.refresh_token
+
+
+def test_a_sign_in_after_a_logout_survives_its_entry_going_missing(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    """The tombstone stays in the store after a new sign-in; if the entry is then deleted or
+    broken (by hand, a bad write), the holders put their copy back instead of signing out."""
+    a, b, pa, pb, old = pair(tmp_path, issuer, store)
+    pb.sync()
+    pa.log_out(old.account_id)
+    assert pb.sync().decision == "drop"
+    again = signed_in(issuer, a)
+    assert pa.persist().decision == "push"
+    assert pb.sync().decision == "adopt" and pa.pull().tombstone is not None
+    for broken in (None, "hello"):
+        store.write({"codex_credentials": broken})
+        assert pb.sync().decision == "push" and pa.sync().decision == "in_sync"
+        for settings in (a, b):
+            here = local(settings)
+            assert here is not None and here.refresh_token == again.refresh_token
+        assert pa.pull().live is not None
 
 
 def test_a_logout_noted_while_the_service_was_down(
