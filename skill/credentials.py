@@ -21,6 +21,9 @@ from skill.errors import SkillError
 from skill.tokens import TokenSet
 
 PI_PROVIDER_KEY = "openai-codex"
+# Expiry times, in milliseconds, are bounded by what a datetime holds (9999-12-31): a larger one
+# (from another machine's file or the store) would fail wherever it is shown or compared.
+LATEST_EXPIRY_MS = 253_402_300_799_000
 
 
 class PiEntry(BaseModel):
@@ -31,7 +34,7 @@ class PiEntry(BaseModel):
     type: Literal["oauth"] = "oauth"
     access: str = Field(min_length=1, repr=False)
     refresh: str = Field(min_length=1, repr=False)
-    expires: int
+    expires: int = Field(ge=0, le=LATEST_EXPIRY_MS)
     accountId: str = Field(min_length=1)  # noqa: N815 - pi's field name
 
 
@@ -64,7 +67,7 @@ class Credential(BaseModel):
     refresh_token: str = Field(min_length=1, repr=False)
     id_token: str | None = Field(default=None, repr=False)
     account_id: str = Field(min_length=1)
-    expires_ms: int
+    expires_ms: int = Field(ge=0, le=LATEST_EXPIRY_MS)
     last_refresh: datetime
 
     @classmethod

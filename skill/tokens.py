@@ -14,4 +14,5 @@ class TokenSet(BaseModel):
     access_token: str = Field(min_length=1, repr=False)
     refresh_token: str | None = Field(default=None, repr=False)
     id_token: str | None = Field(default=None, repr=False)
-    expires_in: int | None = None
+    # A lifetime of over ten years is no access token's (and would overflow an expiry time).
+    expires_in: int | None = Field(default=None, ge=0, le=10 * 365 * 86400)

@@ -259,6 +259,8 @@ def test_codex_file_needs_an_id_token(tmp_path: Path, credential: Credential) ->
         {"type": "oauth"},
         {"type": "apikey", "access": "a", "refresh": "r", "expires": 1, "accountId": "x"},
         {"type": "oauth", "access": "a", "refresh": "r", "expires": "soon", "accountId": "x"},
+        {"type": "oauth", "access": "a", "refresh": "r", "expires": 3 * 10**14, "accountId": "x"},
+        {"type": "oauth", "access": "a", "refresh": "r", "expires": -5, "accountId": "x"},
         [],
         "x",
     ],

@@ -114,6 +114,22 @@ def test_a_record_whose_token_names_another_account_is_ignored(
     assert local_credential(service_settings) is None
 
 
+@pytest.mark.parametrize("expires", [10**30, 300_000_000_000_000, -1])
+def test_a_record_with_an_expiry_no_clock_holds_is_not_adopted(
+    service_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI, expires: int
+) -> None:
+    """Adopted, it would fail every status and /v1/credentials after (OverflowError). Ignored
+    where nothing is here; replaced by this machine's copy where one is."""
+    entry = {**credential(issuer).to_pi_entry(), "expires": expires, "generation": 9}
+    api.record["codex_credentials"] = entry
+    assert restore(service_settings, http_store(service_settings)).action == "invalid_record"
+    assert local_credential(service_settings) is None
+    mine = credential(issuer)
+    PiAuthFile(service_settings.pi_auth_file).save(mine)
+    assert restore(service_settings, http_store(service_settings)).action == "pushed_local"
+    assert api.record["codex_credentials"]["refresh"] == mine.refresh_token
+
+
 def test_expired_after_restore_is_renewed_once_and_stored(
     service_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
 ) -> None:
