@@ -27,23 +27,26 @@ def _restore(args: argparse.Namespace) -> int:
     from service.restore import restore_and_refresh, within_limit  # noqa: PLC0415
     from service.secrets import secrets_store  # noqa: PLC0415
     from service.settings import ServiceSettings  # noqa: PLC0415
+    from skill.errors import CODES  # noqa: PLC0415
 
     settings = within_limit(ServiceSettings.from_env())
     # Every store request together (token lookup, reads, a pending logout's writes) within 60%
     # of the limit: the rest is for the issuer.
     until = time.monotonic() + 0.6 * settings.restore_limit
     result = restore_and_refresh(settings, secrets_store(settings, until=until))
+    failure = CODES[result.code] if result.code else None
     if args.json:
-        print(json.dumps({"ok": not result.failed, "action": result.action,
-                          "message": result.message, "notes": result.notes,
-                          "refreshed": result.refreshed}))  # fmt: skip
+        told: dict[str, object] = {"ok": not result.failed, "action": result.action,
+                                   "message": result.message, "notes": result.notes,
+                                   "refreshed": result.refreshed}  # fmt: skip
+        if failure:  # as every command's errors say it
+            told |= {"error": result.code, "next": failure.next}
+        print(json.dumps(told))
     else:
         print(result.message + (" The access token was renewed." if result.refreshed else ""))
         for note in result.notes:
             print(f"Note: {note}")
-    if args.strict and result.failed:
-        return ExitCode.TRANSIENT if result.action == "unreachable" else ExitCode.LOCAL
-    return ExitCode.OK
+    return int(failure.exit_code) if args.strict and failure else ExitCode.OK
 
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -321,7 +324,8 @@ def add_service_commands(commands: skill_cli.Commands) -> None:
             "the stored one when the local file is missing, unreadable or older; push the local "
             "one up when it is newer; never take another account's. If the access token has "
             "expired, renew it once and store the result. When the store cannot be reached, "
-            "prints one line and exits 0 without touching the local file (--strict: exit 4)."
+            "prints one line and exits 0 without touching the local file (--strict: exit 4; 2 when "
+            "the store refused the token or its address is wrong)."
         ),
         "chatgpt-login restore --strict",
     )

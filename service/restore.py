@@ -28,9 +28,19 @@ from skill.errors import SkillError
 log = logging.getLogger(__name__)
 
 Action = Literal[
-    "restored", "pushed_local", "in_sync", "nothing_stored", "unreachable", "conflict",
-    "invalid_record", "logged_out", "not_written",
+    "restored", "pushed_local", "in_sync", "nothing_stored", "unreachable", "misconfigured",
+    "conflict", "invalid_record", "logged_out", "not_written",
 ]  # fmt: skip
+
+# Why a restore failed, as a stable code of every command's errors (skill.errors: its exit
+# code and the agent's next step come with it).
+FAILURES: dict[Action, str] = {
+    "unreachable": "store_unavailable",  # did not answer, or answered nonsense: try again
+    "misconfigured": "store_misconfigured",  # refused us (the token, the address): tell someone
+    "conflict": "account_mismatch",
+    "invalid_record": "credentials_invalid",
+    "not_written": "lock_timeout",
+}
 
 _ACTIONS: dict[Decision, Action] = {
     "adopt": "restored",
@@ -65,10 +75,16 @@ class RestoreResult:
     refreshed: bool = False
     notes: list[str] = field(default_factory=list)
     stored_generation: int = 0
+    error: str | None = None  # the code of what went wrong, when it is more exact than FAILURES'
 
     @property
     def failed(self) -> bool:
-        return self.action in ("unreachable", "conflict", "invalid_record", "not_written")
+        return self.action in FAILURES
+
+    @property
+    def code(self) -> str | None:
+        """The stable code of the failure (None when it did not fail)."""
+        return (self.error or FAILURES[self.action]) if self.failed else None
 
 
 def within_limit(settings: ServiceSettings) -> ServiceSettings:
@@ -87,7 +103,8 @@ def within_limit(settings: ServiceSettings) -> ServiceSettings:
 
 def restore(settings: ServiceSettings, store: SecretsStore) -> RestoreResult:
     """Bring the local file and the store to the newer copy. Never raises for a store fault:
-    the result says ``unreachable`` and the local file is left as it was."""
+    the result says ``unreachable`` (or ``misconfigured``, when the store refused us) and the
+    local file is left as it was."""
     persistence = Persistence(settings, store)
     persistence.adopting_as = "restored"  # what the credential.updated event says
     try:
@@ -98,10 +115,11 @@ def restore(settings: ServiceSettings, store: SecretsStore) -> RestoreResult:
     try:
         persistence.carry_out_pending_logout()
         synced = persistence.sync()
-    except ServiceError as exc:
-        return RestoreResult("unreachable", exc.message)
+    except ServiceError as exc:  # asking again may help, or someone must fix a setting
+        return RestoreResult("unreachable" if exc.transient else "misconfigured", exc.message)
     except SkillError as exc:  # a credential file or its lock in the way: nothing was written
-        return RestoreResult("not_written", f"{MESSAGES['not_written']} ({exc.message})")
+        return RestoreResult("not_written", f"{MESSAGES['not_written']} ({exc.message})",
+                             error=exc.code)  # fmt: skip
     action = _ACTIONS[synced.decision] if synced.written else "not_written"
     if synced.record.invalid and action == "nothing_stored":
         action = "invalid_record"

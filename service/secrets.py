@@ -224,6 +224,16 @@ class HttpSecretsStore:
             return document
         if not isinstance(document, dict):
             return self.client.bad_answer(AnswerError("not a JSON object"), transient=True)
+        if method == "GET" and document.get("ok") is False:
+            # The API's answers say "ok": true; a read answered "ok": false was refused, and
+            # taking it for an empty store would tell the user to sign in again.
+            raise ServiceError(
+                "secrets_rejected",
+                'The secrets API answered the read with "ok": false (refused). Check '
+                "FAT_TOOLS_TOKEN (or the secrets_api_token secret) and "
+                "CHATGPT_LOGIN_SECRETS_API_URL.",
+                status=502,
+            )
         return _Answer(status, etag, document)
 
 

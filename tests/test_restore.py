@@ -130,6 +130,16 @@ def test_a_record_with_an_expiry_no_clock_holds_is_not_adopted(
     assert api.record["codex_credentials"]["refresh"] == mine.refresh_token
 
 
+def test_a_read_the_store_answers_with_ok_false_is_a_refusal_not_an_empty_store(
+    service_settings: ServiceSettings, api: FakeSecretsAPI
+) -> None:
+    api.record.clear()
+    api.record["ok"] = False
+    result = restore(service_settings, http_store(service_settings))
+    assert result.action == "misconfigured" and result.code == "store_misconfigured"
+    assert '"ok": false' in result.message and api.requests.count("GET") == 1  # not retried
+
+
 def test_expired_after_restore_is_renewed_once_and_stored(
     service_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
 ) -> None:
@@ -183,7 +193,23 @@ def test_cli_unreachable_store_touches_nothing_and_exits_0(
     assert told.returncode == 4
     assert json.loads(told.stdout) | {"message": None, "notes": None} == {
         "ok": False, "action": "unreachable", "refreshed": False, "message": None, "notes": None,
+        "error": "store_unavailable", "next": "retry",
     }  # fmt: skip
+
+
+def test_cli_a_store_that_refuses_the_token_is_a_setting_to_fix(
+    service_settings: ServiceSettings, api: FakeSecretsAPI, login_env: dict[str, str]
+) -> None:
+    """Not "unreachable, try again" (exit 4): nothing changes until someone fixes the token."""
+    env = {**login_env, "PI_CODING_AGENT_DIR": str(service_settings.pi_agent_dir),
+           "CHATGPT_LOGIN_SECRETS_API_URL": api.url, "FAT_TOOLS_TOKEN": "wrong-token-0123456789",
+           "CHATGPT_LOGIN_SECRETS_DIR": str(service_settings.state_dir / "none")}  # fmt: skip
+    assert restore_cli(env).returncode == 0  # the entrypoint goes on without it
+    told = restore_cli(env, "--strict", "--json")
+    answer = json.loads(told.stdout)
+    assert told.returncode == 2 and answer["action"] == "misconfigured", told.stdout
+    assert answer["error"] == "store_misconfigured" and answer["next"] == "tell_user"
+    assert "refused the token" in answer["message"] and "wrong-token" not in told.stdout
 
 
 def test_cli_new_home_gets_its_credential_back(
