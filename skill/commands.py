@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,12 @@ def _signed_in(settings: Settings, out: Output, attempt: Attempt) -> int:
     from skill.service_client import request_persist  # noqa: PLC0415
 
     persisted = request_persist(settings)
+    if not persisted.persisted and (stored := _stored_since(settings, attempt)) is not None:
+        # Asked again (a repeated complete or wait) while the service is down: it did store
+        # this sign-in before, and saying "pending" would have the agent tell the user wrong.
+        persisted = replace(persisted, persisted=True, message="Credentials persisted to the "
+                            f"secrets store at {stored:%H:%M:%S} UTC (the service is not "
+                            "answering now).")  # fmt: skip
     lines = [f"Signed in{who}."]
     lines += [f"Credentials saved to {path}" for path in attempt.saved]
     lines += [f"Note: {note}" for note in attempt.notes]
@@ -113,6 +120,28 @@ def _signed_in(settings: Settings, out: Output, attempt: Attempt) -> int:
     out.emit(lines, {**_public(attempt), "persisted": persisted.persisted,
                      "persist_message": persisted.message})  # fmt: skip
     return ExitCode.OK if persisted.persisted else ExitCode.PERSIST_PENDING
+
+
+def _stored_since(settings: Settings, attempt: Attempt) -> datetime | None:
+    """When the service stored the sign-in ``attempt`` made, by the event journal; None when it
+    has not (or a logout came after)."""
+    from skill.events import since  # noqa: PLC0415
+
+    if attempt.finished_at is None:
+        return None
+    stored = None
+    for event in since(settings.state_dir, 0):
+        try:
+            at = datetime.fromisoformat(event.at)
+        except ValueError:
+            continue
+        if at < attempt.finished_at:
+            continue
+        if event.type == "credential.persisted" and event.body.get("reason") == "sign-in":
+            stored = stored or at
+        elif event.type in ("credential.logged_out", "login.started"):
+            stored = None  # what was stored is gone, or belongs to the sign-in after
+    return stored
 
 
 def status(settings: Settings, out: Output) -> int:
@@ -129,10 +158,12 @@ def status(settings: Settings, out: Output) -> int:
                             "logout_pending": pending is not None}  # fmt: skip
     if credential is not None:
         claims = credential.claims()
-        valid = "valid" if not credential.expired() else "expired, renewable"
+        at = f"{credential.expires_at:%Y-%m-%d %H:%M} UTC"
+        token = (f"access token expired at {at} (the service renews it when it runs)"
+                 if credential.expired() else f"access token valid until {at}")  # fmt: skip
         lines.append(
             f"Signed in on this machine as {claims.email or 'unknown'} ({claims.plan_type} plan); "
-            f"access token {valid} until {credential.expires_at:%Y-%m-%d %H:%M} UTC."
+            f"{token}."
         )
         data["credential"] = {
             "account_id": credential.account_id,
@@ -155,7 +186,7 @@ def status(settings: Settings, out: Output) -> int:
         lines.append(f"An OpenAI API key is set ({source}): OPENAI_API_KEY in {api_key['path']}.")
     elif settings.api_key_exchange:
         lines.append("No OpenAI API key: the last sign-in's note says why.")
-    lines += _service_lines(service, pending is not None)
+    lines += _service_lines(service, pending is not None, signed_in=credential is not None)
     if attempt is not None:
         lines.append(_describe(attempt))
     data["login"] = _public(attempt) if attempt else None
@@ -163,7 +194,9 @@ def status(settings: Settings, out: Output) -> int:
     return ExitCode.OK
 
 
-def _service_lines(service: dict[str, Any] | None, logout_pending: bool) -> list[str]:
+def _service_lines(
+    service: dict[str, Any] | None, logout_pending: bool, *, signed_in: bool
+) -> list[str]:
     lines = []
     if logout_pending:
         lines.append(
@@ -174,6 +207,9 @@ def _service_lines(service: dict[str, Any] | None, logout_pending: bool) -> list
         lines.append(
             "The chatgpt-login service is not running here, so the sign-in is neither renewed "
             "nor saved for restarts until it starts."
+            if signed_in
+            else "The chatgpt-login service is not running here: a sign-in made now is saved "
+            "for restarts only once it starts."
         )
         return lines
     if service.get("status") == "needs_relogin":

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,45 @@ def test_start_complete_status_over_the_cli(env: dict[str, str], issuer: FakeIss
     assert code == 0 and status["login"]["status"] == "succeeded"
     assert status["credential"]["account_id"] == "acct-1111"
     assert "auth_url" not in status["login"]
+
+
+def test_a_repeated_complete_tells_a_sign_in_the_service_stored_while_it_is_down(
+    env: dict[str, str], issuer: FakeIssuer, state_dir: Path
+) -> None:
+    """The service stored the sign-in, then stopped: asking again must not say "pending"."""
+    from skill.events import emit  # noqa: PLC0415
+
+    _, started, _ = cli(env, "start")
+    callback = issuer.sign_in(started["auth_url"])
+    assert cli(env, "complete", "-", stdin=callback)[0] == 10  # no service yet: pending
+    emit(state_dir, "credential.persisted", reason="sign-in", generation=1)  # as it writes
+    code, again, _ = cli(env, "complete", callback)
+    assert code == 0 and again["persisted"] is True, again
+    assert "persisted to the secrets store at" in again["persist_message"]
+    emit(state_dir, "credential.logged_out", by="another holder")
+    code, after, _ = cli(env, "complete", callback)
+    assert code == 10 and after["persisted"] is False
+
+
+def test_status_says_when_the_access_token_expired_and_what_renews_it(
+    env: dict[str, str], issuer: FakeIssuer
+) -> None:
+    from skill.authfiles import PiAuthFile  # noqa: PLC0415
+    from skill.credentials import Credential  # noqa: PLC0415
+    from skill.tokens import TokenSet  # noqa: PLC0415
+
+    def status() -> str:
+        done = subprocess.run([PYTHON, "-m", "skill.cli", "status"], capture_output=True,
+                              text=True, env=env, cwd=REPO, timeout=60, check=True)  # fmt: skip
+        return done.stdout
+
+    assert "a sign-in made now is saved for restarts only once it starts" in status()
+    made = Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    expired = made.model_copy(update={"expires_ms": int((time.time() - 60) * 1000)})
+    PiAuthFile(Path(env["PI_CODING_AGENT_DIR"]) / "auth.json").save(expired)
+    said = status()
+    assert "access token expired at " in said and "the service renews it when it runs" in said
+    assert "renewable until" not in said and "neither renewed nor saved" in said
 
 
 def test_a_bad_paste_is_exit_2_and_the_attempt_lives_on(env: dict[str, str]) -> None:
