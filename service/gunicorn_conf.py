@@ -36,6 +36,8 @@ accesslog = "-"
 # %(U)s is the path without the query string: nothing secret reaches the access log.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss'
 errorlog = "-"
+# Control characters in a request's path are escaped, so that no caller can forge a line.
+logger_class = "service.access_log.AccessLogger"
 loglevel = "info"
 # No control socket (gunicorn 25+ makes one in ~/.gunicorn by default, one path for every
 # gunicorn of the user): nothing here manages workers at runtime.

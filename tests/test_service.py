@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -330,6 +331,10 @@ def test_end_to_end_under_gunicorn(
         status = subprocess.run([*cli, "refresh", "--json"], env=env, cwd=REPO,
                                 capture_output=True, text=True, check=False)  # fmt: skip
         assert json.loads(status.stdout)["ok"] is True, status.stdout
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:  # no token needed
+            raw.sendall(b"GET /x%0aFORGED%20line%1b[2J HTTP/1.1\r\nHost: x\r\n"
+                        b"Connection: close\r\n\r\n")  # fmt: skip
+            raw.recv(4096)
     finally:
         server.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
@@ -337,6 +342,8 @@ def test_end_to_end_under_gunicorn(
     assert time.monotonic() - stopped < 10
     assert api.token not in out
     assert "code=" not in out and "state=" not in out  # the access log has no query strings
+    assert "\nFORGED" not in out and "\x1b" not in out  # a path cannot forge a line
+    assert '"GET /x\\x0aFORGED line\\x1b[2J" 401' in out, out[-2000:]
 
 
 def test_a_device_sign_in_started_through_the_api_ends_by_itself(
