@@ -31,6 +31,7 @@ from service.settings import ServiceSettings
 from skill.attempt import AttemptFile
 from skill.authfiles import auth_files
 from skill.errors import SkillError
+from skill.files import unwritable
 from skill.procs import descendants, listener_inodes, listener_pids
 from skill.relay import loopback_request
 from skill.service_client import call, json_body, service_url
@@ -244,6 +245,12 @@ def _credential_files(settings: ServiceSettings) -> Iterator[Check]:
     for file in auth_files(settings):
         path: Path = file.path
         name = f"credential file {path}"
+        why = unwritable(path.parent)
+        if why is not None:
+            yield Check(name, "fail", f"a sign-in could not be saved: {why}",
+                        "make it writable, or point PI_CODING_AGENT_DIR (CODEX_HOME) to a "
+                        "writable directory")  # fmt: skip
+            continue
         try:
             info = path.stat()
         except FileNotFoundError:

@@ -37,6 +37,24 @@ def ensure_private_dir(path: Path) -> None:
         path.chmod(PRIVATE_DIR)
 
 
+def unwritable(directory: Path) -> str | None:
+    """Why no file can be written in ``directory`` (or, while it does not exist, in the nearest
+    parent it would be made in), or None. Asked before a sign-in, not after the user has done
+    their part: a login program that cannot save ends the sign-in it just made."""
+    here = directory
+    while not here.exists() and here.parent != here:
+        here = here.parent
+    if not here.is_dir():
+        return f"{here} is not a directory"
+    if os.access(here, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(here).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return f"{here} is on a read-only file system" if read_only else f"{here} is not writable"
+
+
 def write_private(path: Path, data: bytes) -> bool:
     """Atomically make ``path`` hold ``data`` with mode 0600, whatever the umask.
 

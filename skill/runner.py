@@ -18,6 +18,7 @@ from pathlib import Path
 
 from skill import statedir
 from skill.attempt import Attempt, AttemptFile, Status
+from skill.authfiles import check_writable
 from skill.chat import codes_in, extract_callback
 from skill.drivers import DRIVERS, DriverName, Method, Saved
 from skill.errors import RECOVERABLE, LockError, SkillError
@@ -63,6 +64,7 @@ class Runner:
                 if not restart:
                     return current, True
                 self._end(current, "canceled", message="Replaced by a new sign-in.")
+            check_writable(self.settings)
             end_leftovers(self.settings, self.tmux)  # nothing is live now
             session = Session.launch(self.settings, self.tmux, DRIVERS[driver], method)
             self.attempt_file.save(session.attempt)

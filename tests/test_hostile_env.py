@@ -185,3 +185,31 @@ def _unmount_leftovers(root: Path) -> None:
         if path.exists():
             os.chown(path, 0, 0)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_sign_in_that_could_not_be_saved_is_refused_before_the_user_signs_in(
+    login_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A read-only pi directory: the login program would end the sign-in after the user's part,
+    and the agent was told to start again, forever. Now start says so, and so does doctor."""
+    pi = tmp_path / "pi-read-only"
+    pi.mkdir()
+    env = {**login_env, "PI_CODING_AGENT_DIR": str(pi),
+           "CHATGPT_LOGIN_STATE_DIR": str(tmp_path / "state"),
+           "CHATGPT_LOGIN_SERVICE_URL": "http://127.0.0.1:9"}  # fmt: skip
+    read_only = _in_mounts(f"mount -t tmpfs -o ro,size=64k tmpfs {pi}")
+    try:
+        started = subprocess.run([*read_only, PYTHON, "-m", "skill.cli", "start", "--json"],
+                                 env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+                                 check=False)  # fmt: skip
+    finally:  # a sign-in started anyway (the defect) must not outlive the test
+        subprocess.run(["tmux", "-S", str(tmp_path / "state" / "tmux.sock"), "kill-server"],
+                       capture_output=True, check=False)  # fmt: skip
+    answer = json.loads(started.stdout)
+    assert started.returncode == 7 and answer["error"] == "local_error", started.stdout
+    assert f"{pi} is on a read-only file system" in answer["message"]
+    assert answer["next"] == "tell_user" and not (tmp_path / "state" / "login.json").exists()
+    doctor = subprocess.run([*read_only, PYTHON, "-m", "service.cli", "doctor"], env=env,
+                            cwd=REPO, capture_output=True, text=True, timeout=60,
+                            check=False)  # fmt: skip
+    assert doctor.returncode == 1 and "a sign-in could not be saved" in doctor.stdout, doctor.stdout
