@@ -98,12 +98,6 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return ExitCode.USAGE
-    if settings.state_dir.exists() and settings.state_dir.stat().st_uid != os.geteuid():
-        # Its owner could plant files the service trusts (the journal, the hook's records).
-        print(f"Error: the state directory {settings.state_dir} belongs to another user. Use a "
-              "directory of this user's (CHATGPT_LOGIN_STATE_DIR), or run as its owner.",
-              file=sys.stderr)  # fmt: skip
-        return ExitCode.USAGE
     problem = _hold_state_dir(settings) or _port_taken(settings.bind)
     if problem:  # said before anything changes: the running service's token stays valid
         print(f"Error: {problem}", file=sys.stderr)

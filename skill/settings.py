@@ -226,6 +226,21 @@ class Settings(BaseModel):
             object.__setattr__(self, "state_dir", base / "chatgpt-login")
         return self
 
+    @model_validator(mode="after")
+    def _state_dir_is_ours(self) -> Settings:
+        # Its owner could plant what the commands and the service trust (the attempt, the
+        # journal, the hook's process group), and root would otherwise make it its own (0700).
+        try:
+            owner = self.state_dir.stat().st_uid
+        except OSError:
+            return self  # not made yet; or unreadable, which is said where it is used
+        if owner != os.geteuid():
+            raise ValueError(
+                f"the state directory {self.state_dir} belongs to another user (uid {owner}): "
+                "use one of this user's (CHATGPT_LOGIN_STATE_DIR), or run as its owner"
+            )
+        return self
+
     @property
     def pi_auth_file(self) -> Path:
         return self.pi_agent_dir / "auth.json"

@@ -530,16 +530,20 @@ def test_clients_that_never_close_do_not_freeze_the_service(
         assert took < 5, f"{took:.1f} s"
 
 
-def test_serve_refuses_a_state_directory_of_another_user(
-    login_env: dict[str, str], tmp_path: Path
+@pytest.mark.parametrize(
+    "command", [["serve", "--bind", "127.0.0.1:0"], ["start"], ["status"], ["restore"]]
+)
+def test_every_command_refuses_a_state_directory_of_another_user(
+    login_env: dict[str, str], tmp_path: Path, command: list[str]
 ) -> None:
-    """Its owner could plant what the service trusts there (the journal, the hook's records)."""
+    """Its owner could plant what the commands and the service trust there (the attempt, the
+    journal, the hook's records); root (the tests run as root) used to take it over."""
     state = tmp_path / "theirs"
     state.mkdir(mode=0o700)
-    os.chown(state, 65534, 65534)  # nobody's (the tests run as root)
-    done = subprocess.run([PYTHON, "-m", "service.cli", "serve", "--bind",
-                           f"127.0.0.1:{free_port()}"], env={**login_env,
+    os.chown(state, 65534, 65534)  # nobody's
+    done = subprocess.run([PYTHON, "-m", "service.cli", *command], env={**login_env,
                           "CHATGPT_LOGIN_STATE_DIR": str(state)}, cwd=REPO, capture_output=True,
                           text=True, timeout=30, check=False)  # fmt: skip
     assert done.returncode == 2 and "belongs to another user" in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
     assert list(state.iterdir()) == []  # nothing written into it
