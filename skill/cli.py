@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from skill.errors import ExitCode, exit_code_help
 
@@ -75,13 +75,27 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
 
 
 if TYPE_CHECKING:
-    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+    Commands = argparse._SubParsersAction["_Parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a wrong command line given with --json is answered as every other error
+    is then: one JSON object (argparse prints its usage text), for the agent that reads it."""
+
+    def error(self, message: str) -> NoReturn:
+        if "--json" not in sys.argv[1:]:
+            super().error(message)
+        from skill.errors import SkillError  # noqa: PLC0415
+
+        problem = SkillError("bad_usage", f"{message[:1].upper()}{message[1:]}. Check "
+                             f"`{self.prog} --help`.")  # fmt: skip
+        sys.exit(fail(argparse.Namespace(json=True), problem))
 
 
 def build_parser(extend: Callable[[Commands], None] | None = None) -> argparse.ArgumentParser:
     """The parser; ``extend`` adds more subcommands (the service package adds its own, since
     ``skill`` never imports ``service``)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="chatgpt-login",
         description=DESCRIPTION,
         epilog=exit_code_help(),

@@ -344,6 +344,12 @@ CODES: dict[str, _Spec] = {
         "and the free space, then retry.",
         next="tell_user",
     ),
+    "bad_usage": _Spec(
+        "user",
+        ExitCode.USAGE,
+        "The command line is wrong (an unknown option or value). Check `chatgpt-login --help`.",
+        next="report",
+    ),
     "internal": _Spec(
         "local",
         ExitCode.FAILED,

@@ -444,3 +444,15 @@ def test_a_reader_that_goes_away_gets_no_traceback(env: dict[str, str]) -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.parametrize("args", [["start", "--method", "x"], ["bogus"], ["status", "--nope"]])
+def test_a_wrong_command_line_with_json_is_answered_in_json(
+    env: dict[str, str], args: list[str]
+) -> None:
+    code, answer, said = cli(env, *args)
+    assert code == 2 and answer["ok"] is False and answer["error"] == "bad_usage", said
+    assert answer["next"] == "report" and "--help" in answer["message"]
+    plain = subprocess.run([PYTHON, "-m", "skill.cli", *args], capture_output=True, text=True,
+                           env=env, cwd=REPO, timeout=60, check=False)  # fmt: skip
+    assert plain.returncode == 2 and "usage:" in plain.stderr  # argparse's own, without --json

@@ -20,7 +20,7 @@ from skill.errors import (
 )
 
 # A bad setting, a local file fault and our own bug belong to no family.
-UNFAMILIAR = {"invalid_setting", "local_error", "internal", "store_misconfigured"}
+UNFAMILIAR = {"invalid_setting", "local_error", "internal", "store_misconfigured", "bad_usage"}
 
 
 def test_every_code_has_its_family_and_every_family_code_exists() -> None:
