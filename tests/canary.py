@@ -74,6 +74,7 @@ class Sweep:
     current: str = "(no test)"  # the running test, named in each find
     _files: dict[Path, tuple[str, str]] = field(default_factory=dict)  # path -> (test, text)
     thread: threading.Thread | None = None
+    sampler_failed: str | None = None  # why the sampling thread ended before stop(), if it did
     _stop: threading.Event = field(default_factory=threading.Event)
     _leaks: list[str] | None = None
 
@@ -165,11 +166,21 @@ class Sweep:
         Flask.process_response = process_response  # type: ignore[method-assign]
 
     def _sample(self) -> None:
+        try:
+            self._sample_until_stopped()
+        except Exception as exc:  # the sweep must not say "0 leaks" after sampling stopped
+            self.sampler_failed = f"{type(exc).__name__} in {self.current}"
+            raise
+
+    def _sample_until_stopped(self) -> None:
         while not self._stop.wait(0.05):
             for cmdline in _all_argv():
                 self.argv_seen.setdefault(cmdline, self.current)
-            for path in Path("/tmp").glob("cgl-*/logs/*"):  # the state_dir fixture's
-                self.read_file(path)
+            try:
+                for path in Path("/tmp").glob("cgl-*/logs/*"):  # the state_dir fixture's
+                    self.read_file(path)
+            except OSError:  # a test's directory removed during the walk: look again next time
+                continue  # (raised, it ended this thread, and with it the sampling of argv)
 
     def read_file(self, path: Path) -> None:
         """Keep the longest text seen in ``path`` (pane logs are trimmed and then removed)."""
@@ -209,6 +220,9 @@ class Sweep:
             ):
                 captures.append((f"process argv in {test}", argv))
         found: list[str] = []
+        if self.sampler_failed:
+            found.append(f"the sweep's sampling stopped early ({self.sampler_failed}): argv and "
+                         "log files after it were not searched")  # fmt: skip
         for where, raw in captures:
             text = _AUTHORIZE_LINK.sub("<sign-in link>", raw)
             hits = {"a marked code or token": MARK} if MARK in text else {}
