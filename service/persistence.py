@@ -447,11 +447,11 @@ class Persistence:
             raise
         if renewed.refreshed:
             self.metrics.add("issuer_calls", account=local.account_id, outcome="ok")
+        if renewed.refreshed:  # written here already: said before it is stored, as it happened
+            emit(self.settings.state_dir, "credential.updated", why="refresh")
         # Stored against the record as the lease left it: no read between the issuer's answer
         # and the push, which is the time the other holders hold a spent token.
         self.push(renewed.credential, record, reason="refresh", lease=lease)
-        if renewed.refreshed:
-            emit(self.settings.state_dir, "credential.updated", why="refresh")
         return Renewed("refreshed" if renewed.refreshed else "adopted", renewed.credential)
 
     def take_lease(self, record: StoredRecord) -> tuple[Lease, StoredRecord] | None:

@@ -180,7 +180,7 @@ class Runner:
             attempt = self._settle(self.attempt_file.load())
             if attempt is None or not attempt.live:
                 return None
-            return self._end(attempt, "canceled", message="Canceled.")
+            return self._end(attempt, "canceled")  # "was canceled" says it all
 
     # Completing -----------------------------------------------------------------------------
 
