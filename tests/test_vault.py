@@ -310,7 +310,8 @@ def test_a_token_that_cannot_be_renewed_says_so_when_it_runs_out(
     state = Persistence(configured, vault).state.read()
     assert state.store_error == "vault_token_expired"
     lines = _service_lines({"store_error": state.store_error,
-                            "store_problem": state.store_problem}, False)  # fmt: skip
+                            "store_problem": state.store_problem}, False,
+                           signed_in=True)  # fmt: skip
     assert lines == [f"The store of the copy kept for restarts did not answer as it should "
                      f"(vault_token_expired): {caught.value.message}"]  # fmt: skip
 
