@@ -326,7 +326,12 @@ def _store(settings: ServiceSettings) -> Iterator[Check]:
         try:
             store.read()
         except ServiceError as exc:
-            yield Check("secrets store", "fail", _message(exc), _store_fix(exc.code))
+            yield Check(
+                "secrets store",
+                "fail",
+                _message(exc),
+                _store_fix(exc.code, vault=store.name == "vault"),
+            )
             return
         where = _safe_url(settings.vault_addr if settings.secrets_backend == "vault"
                           else settings.secrets_api_url)  # fmt: skip
@@ -412,9 +417,11 @@ def _untrusted(exc: BaseException | None) -> bool:
     return False
 
 
-def _store_fix(code: str) -> str:
-    if "unauthorized" in code or "forbidden" in code or "token" in code:
-        return "check the store's token (secrets_api_token, vault_token or VAULT_TOKEN)"
+def _store_fix(code: str, *, vault: bool) -> str:
+    if "unauthorized" in code or "forbidden" in code or "token" in code or "rejected" in code:
+        if vault:
+            return "check VAULT_TOKEN (or the vault_token secret) and its policy"
+        return "check FAT_TOOLS_TOKEN (or the secrets_api_token secret) and the store's address"
     if "unavailable" in code or "unreachable" in code or "timeout" in code:
         return "check the store's address and that it is running"
     return "see the message; the store's settings are in README, Settings"
