@@ -133,9 +133,9 @@ def _stored_since(settings: Settings, attempt: Attempt) -> datetime | None:
     for event in since(settings.state_dir, 0):
         try:
             at = datetime.fromisoformat(event.at)
-        except ValueError:
+        except ValueError:  # a line not of ours: the journal's file can be edited
             continue
-        if at < attempt.finished_at:
+        if at.tzinfo is None or at < attempt.finished_at:
             continue
         if event.type == "credential.persisted" and event.body.get("reason") == "sign-in":
             stored = stored or at

@@ -63,6 +63,10 @@ def test_a_repeated_complete_tells_a_sign_in_the_service_stored_while_it_is_down
     _, started, _ = cli(env, "start")
     callback = issuer.sign_in(started["auth_url"])
     assert cli(env, "complete", "-", stdin=callback)[0] == 10  # no service yet: pending
+    with (state_dir / "events.jsonl").open("a") as journal:  # a line not of ours: no zone
+        journal.write('{"id": 900, "type": "credential.persisted", "at": "2999-01-01T00:00:00",'
+                      ' "body": {"reason": "sign-in"}}\n')  # fmt: skip
+    assert cli(env, "complete", callback)[0] == 10
     emit(state_dir, "credential.persisted", reason="sign-in", generation=1)  # as it writes
     code, again, _ = cli(env, "complete", callback)
     assert code == 0 and again["persisted"] is True, again
