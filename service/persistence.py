@@ -445,9 +445,8 @@ class Persistence:
                     self.metrics.add("adopted_after_reuse", account=local.account_id)
                     return Renewed("adopted", again.credential)
             raise
-        if renewed.refreshed:
-            self.metrics.add("issuer_calls", account=local.account_id, outcome="ok")
         if renewed.refreshed:  # written here already: said before it is stored, as it happened
+            self.metrics.add("issuer_calls", account=local.account_id, outcome="ok")
             emit(self.settings.state_dir, "credential.updated", why="refresh")
         # Stored against the record as the lease left it: no read between the issuer's answer
         # and the push, which is the time the other holders hold a spent token.
