@@ -6,8 +6,10 @@
 Each run starts from an empty HOME, so the restore really writes the file. Prints median, min
 and max, with beside it, in the same runs: ``curl`` fetching the same record into a file (what
 the seed's shell one-liner does; the goal is a restore at most 4 times that, the median of the
-paired ratios), a bare ``python3 -c pass``, and the smallest pydantic model with a constrained
-field, built and validated once (what any process that builds a pydantic model pays).
+paired ratios), a bare ``python3 -c pass``, Python importing the standard library's HTTP
+client and json (what any Python restore pays before it reads a byte), and the smallest pydantic
+model with a constrained field, built and validated once (what any process that builds a
+pydantic model pays).
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ def main() -> int:
     cli = str(bench_venv() / "bin" / "chatgpt-login")
     venv_python = str(bench_venv() / "bin" / "python")
     pydantic_floor = "one pydantic model with a Field (floor with pydantic settings)"
+    http_floor = "python3 importing urllib.request and json (floor of a Python HTTP client)"
     curl = "curl of the same record into a file (the seed's one-liner)"
     rows: dict[str, list[float]] = {
         curl: [],
         "python3 -c pass (floor)": [],
+        http_floor: [],
         pydantic_floor: [],
         "chatgpt-login restore": [],
     }
@@ -69,6 +73,7 @@ def main() -> int:
                  f"{home}/record.json", api.url]  # fmt: skip
         for name, argv in ((curl, fetch),
                            ("python3 -c pass (floor)", [sys.executable, "-c", "pass"]),
+                           (http_floor, [sys.executable, "-c", "import urllib.request, json"]),
                            (pydantic_floor, [venv_python, "-c", SMALLEST_MODEL]),
                            ("chatgpt-login restore", [cli, "restore", "--strict"])):  # fmt: skip
             started = time.monotonic()
