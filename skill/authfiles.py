@@ -22,7 +22,6 @@ from skill.files import (
     read_settled,
     sweep_temp_files,
     temp_files,
-    unwritable,
     write_private,
 )
 from skill.lock import DirLock, FlockLock
@@ -313,17 +312,3 @@ def _top_level_entries(text: str) -> list[tuple[str, str]]:
 
 def _obj(value: object) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
-
-
-def check_writable(settings: Settings) -> None:
-    """Refuse to start a sign-in whose credential could not be saved (a read-only home, a
-    directory of another user's): said now, before the user signs in for nothing."""
-    for file in auth_files(settings):
-        why = unwritable(file.path.parent)
-        if why is not None:
-            raise SkillError(
-                "local_error",
-                f"The sign-in could not be saved to {file.path}: {why}. Make it writable, or "
-                "point PI_CODING_AGENT_DIR (CODEX_HOME for codex's file) to a writable "
-                "directory; then start again.",
-            )

@@ -55,6 +55,20 @@ def unwritable(directory: Path) -> str | None:
     return f"{here} is on a read-only file system" if read_only else f"{here} is not writable"
 
 
+def check_writable(paths: list[Path]) -> None:
+    """Refuse to start a sign-in whose credential could not be saved to ``paths`` (a read-only
+    home, a directory of another user's): said now, before the user signs in for nothing."""
+    for path in paths:
+        why = unwritable(path.parent)
+        if why is not None:
+            raise SkillError(
+                "local_error",
+                f"The sign-in could not be saved to {path}: {why}. Make it writable, or point "
+                "PI_CODING_AGENT_DIR (CODEX_HOME for codex's file) to a writable directory; "
+                "then start again.",
+            )
+
+
 def write_private(path: Path, data: bytes) -> bool:
     """Atomically make ``path`` hold ``data`` with mode 0600, whatever the umask.
 

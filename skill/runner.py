@@ -18,12 +18,11 @@ from pathlib import Path
 
 from skill import statedir
 from skill.attempt import Attempt, AttemptFile, Status
-from skill.authfiles import check_writable
 from skill.chat import codes_in, extract_callback
 from skill.drivers import DRIVERS, DriverName, Method, Saved
 from skill.errors import RECOVERABLE, LockError, SkillError
 from skill.events import emit
-from skill.files import ensure_private_dir
+from skill.files import check_writable, ensure_private_dir
 from skill.redirect import Callback
 from skill.session import Session, Tick, end_leftovers
 from skill.settings import Settings
@@ -64,7 +63,7 @@ class Runner:
                 if not restart:
                     return current, True
                 self._end(current, "canceled", message="Replaced by a new sign-in.")
-            check_writable(self.settings)
+            check_writable(self.settings.credential_paths)
             end_leftovers(self.settings, self.tmux)  # nothing is live now
             session = Session.launch(self.settings, self.tmux, DRIVERS[driver], method)
             self.attempt_file.save(session.attempt)

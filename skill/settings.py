@@ -246,5 +246,11 @@ class Settings(BaseModel):
         return self.pi_agent_dir / "auth.json"
 
     @property
+    def credential_paths(self) -> list[Path]:
+        """The credential files a sign-in writes, pi first (skill.authfiles has their logic)."""
+        chosen = {"pi": self.pi_auth_file, "codex": self.codex_auth_file}
+        return [path for name, path in chosen.items() if name in self.credential_files]
+
+    @property
     def codex_auth_file(self) -> Path:
         return self.codex_home / "auth.json"
