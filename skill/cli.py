@@ -82,8 +82,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a wrong command line given with --json is answered as every other error
     is then: one JSON object (argparse prints its usage text), for the agent that reads it."""
 
+    # Whether the command line being parsed asked for JSON: set by main() from the arguments it
+    # parses (a caller's own, not always sys.argv), for the subcommand's parser too.
+    answer_in_json = False
+
     def error(self, message: str) -> NoReturn:
-        if "--json" not in sys.argv[1:]:
+        if not _Parser.answer_in_json:
             super().error(message)
         from skill.errors import SkillError  # noqa: PLC0415
 
@@ -220,6 +224,7 @@ def _add_agent_commands(commands: Commands) -> None:
 
 def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     parser = parser or build_parser()
+    _Parser.answer_in_json = "--json" in (sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

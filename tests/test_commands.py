@@ -460,3 +460,18 @@ def test_a_wrong_command_line_with_json_is_answered_in_json(
     plain = subprocess.run([PYTHON, "-m", "skill.cli", *args], capture_output=True, text=True,
                            env=env, cwd=REPO, timeout=60, check=False)  # fmt: skip
     assert plain.returncode == 2 and "usage:" in plain.stderr  # argparse's own, without --json
+
+
+def test_main_answers_a_wrong_command_line_in_json_for_the_arguments_it_is_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What decides is the command line main() parses, not this process's own (pytest's)."""
+    from skill.cli import main  # noqa: PLC0415
+
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "--json", "--nope"])
+    answer = json.loads(capsys.readouterr().out)
+    assert exited.value.code == 2 and answer["error"] == "bad_usage"
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "--nope"])
+    assert exited.value.code == 2 and "usage:" in capsys.readouterr().err
