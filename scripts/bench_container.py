@@ -43,7 +43,9 @@ from tests.fake_secrets import FakeSecretsAPI  # noqa: E402
 
 NAME = "cgl-bench-mem"
 
-# Run inside the container: the PSS (MiB) of the service's gunicorn master and worker(s).
+# Run inside the container: the PSS (MiB) of the service's gunicorn master and worker(s), and
+# how much of it is anonymous memory (the rest is mapped files: libraries' code and data, which
+# the kernel can drop and read again under memory pressure as long as they are clean).
 SERVICE_PSS = """
 import json, pathlib
 parents = {}
@@ -58,8 +60,9 @@ found = {}
 for pid, parent in sorted(parents.items()):
     name = "worker" if parent in parents else "master"
     for line in pathlib.Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            found[name] = found.get(name, 0) + int(line.split()[1]) / 1024
+        for field, key in (("Pss:", name), ("Pss_Anon:", "anonymous")):
+            if line.startswith(field):
+                found[key] = found.get(key, 0) + int(line.split()[1]) / 1024
 print(json.dumps(found))
 """
 
@@ -92,7 +95,8 @@ def measure(image: str, *, secrets_dir: Path, api: FakeSecretsAPI, issuer: FakeI
 
         def pss() -> dict[str, float]:
             found = json.loads(podman("exec", name, "python3", "-c", SERVICE_PSS))
-            return found | {"total": sum(found.values())}
+            anonymous = found.pop("anonymous")
+            return found | {"total": sum(found.values()), "total: anonymous part": anonymous}
 
         client = Client(port, operator_token)
         for path in PATHS:
