@@ -126,6 +126,19 @@ class ServiceSettings(Settings):
             raise ValueError(f"it is not a command line ({exc})") from None
         return value
 
+    @field_validator("bind")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        # Checked before `serve` writes anything: gunicorn would fail only after the address
+        # the agent's commands read was left in the state directory.
+        host, colon, port = value.strip().rpartition(":")
+        if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"{value!r} is not HOST:PORT with a port from 1 to 65535 (for example "
+                "127.0.0.1:8080)"
+            )
+        return f"{host}:{int(port)}"
+
     @field_validator("secrets_api_url", "vault_addr")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

@@ -25,7 +25,7 @@ from skill.errors import CODES, SkillError
 from skill.procs import listener_uids, peer_uid
 from skill.redirect import LOOPBACK_HOSTS
 from skill.relay import Answer, loopback_request
-from skill.settings import Settings
+from skill.settings import Settings, http_address_problem
 from skill.waiting import backoff
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -194,9 +194,10 @@ def service_url(settings: Settings) -> str:
         return settings.service_url
     try:
         found = (settings.state_dir / statedir.SERVICE_URL).read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         found = ""
-    return found or DEFAULT_URL
+    # Not an address (left by an older version, or damaged): as if none was left.
+    return found if found and http_address_problem(found) is None else DEFAULT_URL
 
 
 def json_body(answer: Answer) -> dict[str, Any]:

@@ -71,6 +71,20 @@ def _unusable_secret(path: Path, why: str) -> Exception:
     return SkillError("invalid_setting", f"The file secret {path} {why}, then start again.")
 
 
+def http_address_problem(url: str) -> str | None:
+    """What is wrong with an http(s)://HOST[:PORT] address, or None."""
+    from urllib.parse import urlsplit  # noqa: PLC0415 - most commands never need it
+
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # ValueError when it is not a number from 0 to 65535
+    except ValueError:
+        return f"{url!r} is not an address: its port must be a number from 1 to 65535"
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        return f"{url!r} is not an http:// address with a host and a port from 1 to 65535"
+    return None
+
+
 def _passthrough_env() -> dict[str, str]:
     return {name: os.environ[name] for name in PASSTHROUGH_ENV if name in os.environ}
 
@@ -200,6 +214,16 @@ class Settings(BaseModel):
         if not value or any(not 0 < port < 65536 for port in value):
             raise ValueError("callback_ports must list TCP ports between 1 and 65535")
         return value
+
+    @field_validator("service_url")
+    @classmethod
+    def _service_url_is_http(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        problem = http_address_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value.rstrip("/")
 
     @field_validator("proxy_ca")
     @classmethod

@@ -130,3 +130,30 @@ def test_a_file_secret_that_is_a_directory_is_named_not_skipped(
                           check=False)  # fmt: skip
     assert done.returncode == ExitCode.USAGE, done.stderr
     assert "secrets_api_token is a directory, not a file" in done.stderr
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:99999", "127.0.0.1:http", "garbage"])
+def test_a_bind_address_without_a_usable_port_is_refused_before_anything_is_written(
+    tmp_path: Path, bind: str
+) -> None:
+    """gunicorn would fail only after `serve` left the address for the agent's commands, and
+    every one of them then broke on it (a review found `logout` among them)."""
+    state = tmp_path / "state"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CHATGPT_LOGIN_STATE_DIR": str(state),
+           "CHATGPT_LOGIN_SECRETS_DIR": str(tmp_path / "none"),
+           "CHATGPT_LOGIN_OPERATOR_TOKEN": "an-operator-token-long-enough"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--bind", bind],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=30,
+                          check=False)  # fmt: skip
+    assert done.returncode == 2 and "port from 1 to 65535" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (state / "service.url").exists()
+
+
+def test_an_address_left_damaged_in_the_state_directory_is_taken_for_none(tmp_path: Path) -> None:
+    from skill.service_client import DEFAULT_URL, service_url  # noqa: PLC0415
+
+    settings = Settings(state_dir=tmp_path)
+    (tmp_path / "service.url").write_text("http://127.0.0.1:99999")
+    assert service_url(settings) == DEFAULT_URL
+    (tmp_path / "service.url").write_text("http://127.0.0.1:8123")
+    assert service_url(settings) == "http://127.0.0.1:8123"
