@@ -150,12 +150,8 @@ class KeepAlive:
         result.pushed = synced.decision == "push"
         result.adopted = synced.decision == "adopt" and synced.written
         result.dropped = synced.decision == "drop"
-        lease = synced.record.lease
-        if (
-            lease is not None
-            and lease.holder != self.persistence.holder.id
-            and lease.live(self.persistence.now())
-        ):
+        lease = self.persistence.lease_in_force(synced.record)
+        if lease is not None and lease.holder != self.persistence.holder.id:
             result.busy = True  # its result is coming: watch for it, spend nothing
             self._watch_lease(lease.spend_after.timestamp() if lease.spend_after else self.clock())
         else:

@@ -199,7 +199,9 @@ class Persistence:
         if snapshot is None and self._snapshot is not None:
             snapshot = self._snapshot  # not modified
         self._snapshot = snapshot or Snapshot({})
-        return StoredRecord.parse(self._snapshot.document, self.keys, self._snapshot.etag)
+        return StoredRecord.parse(
+            self._snapshot.document, self.keys, self._snapshot.etag, now=self.now()
+        )
 
     def compare_and_set(self) -> bool:
         if self._cas is None:
@@ -401,7 +403,7 @@ class Persistence:
             else:
                 document[key] = value
         self._snapshot = Snapshot(document, etag)
-        return StoredRecord.parse(document, self.keys, etag)
+        return StoredRecord.parse(document, self.keys, etag, now=self.now())
 
     def _pending(self, pending: bool) -> None:
         with self.state.updating() as state:
@@ -462,8 +464,8 @@ class Persistence:
             record = self.pull()  # the race is between this read and the write: keep it short
         for _ in range(_WRITE_ATTEMPTS):
             now = self.now()
-            lease = record.lease
-            taken = lease is not None and lease.live(now) and lease.holder != self.holder.id
+            lease = self.lease_in_force(record)
+            taken = lease is not None and lease.holder != self.holder.id
             if taken or record.generation != generation:
                 return None
             lease = Lease(
@@ -498,6 +500,10 @@ class Persistence:
                 return None
         self.metrics.add("leases", outcome="taken")
         return lease, record
+
+    def lease_in_force(self, record: StoredRecord) -> Lease | None:
+        """``record``'s lease while it binds this holder (StoredRecord.lease_in_force)."""
+        return record.lease_in_force(self.now(), timedelta(seconds=self.settings.lease_seconds))
 
     def release(self, lease: Lease) -> None:
         """End ``lease`` early (after a failed refresh), if it is still ours."""
@@ -622,7 +628,7 @@ class Persistence:
         patch: dict[str, object] = {self.keys.holder(self.holder.id): beat.model_dump(mode="json")}
         forget = timedelta(seconds=max(86400.0, 10 * self.settings.holder_heartbeat))
         if self._snapshot is not None:
-            known = StoredRecord.parse(self._snapshot.document, self.keys, None).holders
+            known = StoredRecord.parse(self._snapshot.document, self.keys, None, now=now).holders
             for other, seen in known.items():
                 if other != self.holder.id and now - seen.seen > forget:
                     patch[self.keys.holder(other)] = None
@@ -662,12 +668,12 @@ class Persistence:
              for i, b in record.holders.items() if now - b.seen <= recent),
             key=lambda h: h.id,
         )  # fmt: skip
-        lease = record.lease
+        lease = self.lease_in_force(record)
         return StoreView(
             generation=record.generation,
             holders=holders,
             lease=LeaseView(holder=lease.holder, host=lease.host, until=lease.until)
-            if lease is not None and lease.live(now)
+            if lease is not None
             else None,
         )
 

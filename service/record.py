@@ -21,15 +21,53 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from skill.claims import Claims
 from skill.credentials import Credential
 from skill.errors import SkillError
+
+# What a record read from the store may hold. Whoever can write there (another holder, a bug, an
+# attacker) must not be able to plant a value this machine accepts and then fails on: a number
+# or a time it cannot write back (after a refresh had spent the token), or text that drives a
+# terminal or speaks to the agent where status shows it.
+
+# Generations: within what every JSON reader holds exactly (2**53 - 1).
+MAX_GENERATION = 2**53 - 1
+_EARLIEST, _LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+# How far apart two holders' clocks may be: a time further ahead than this was not written by
+# the rule (a clock far off, or a forged record) and is not acted on.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _utc_in_range(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("a time without a time zone")
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("a time out of range") from None
+    if not _EARLIEST <= value < _LATEST:
+        raise ValueError("a time out of range")
+    return value
+
+
+def _name(value: object) -> object:
+    """A holder's id or host as status may show it: the characters of a host name only (others
+    become "?"), 64 at most."""
+    if not isinstance(value, str):
+        return value
+    return re.sub(r"[^A-Za-z0-9_.:-]", "?", value[:64])
+
+
+Time = Annotated[datetime, AfterValidator(_utc_in_range)]
+Generation = Annotated[int, Field(ge=0, le=MAX_GENERATION)]
+Name = Annotated[str, BeforeValidator(_name)]
 
 
 class Lease(BaseModel):
@@ -38,12 +76,12 @@ class Lease(BaseModel):
 
     model_config = ConfigDict(extra="ignore", defer_build=True)
 
-    holder: str
-    host: str = ""
-    generation: int = 0
-    until: datetime
-    spend_after: datetime | None = None
-    nonce: str = ""
+    holder: Name
+    host: Name = ""
+    generation: Generation = 0
+    until: Time
+    spend_after: Time | None = None
+    nonce: str = Field(default="", max_length=64)
 
     def live(self, now: datetime) -> bool:
         return now < self.until
@@ -55,10 +93,10 @@ class Tombstone(BaseModel):
 
     model_config = ConfigDict(extra="ignore", defer_build=True)
 
-    generation: int
-    at: datetime
-    holder: str = ""
-    host: str = ""
+    generation: Generation
+    at: Time
+    holder: Name = ""
+    host: Name = ""
     accountId: str | None = None  # noqa: N815 - the stored record's spelling, as pi's fields
 
 
@@ -67,9 +105,9 @@ class Beat(BaseModel):
 
     model_config = ConfigDict(extra="ignore", defer_build=True)
 
-    host: str = ""
-    seen: datetime
-    generation: int = 0
+    host: Name = ""
+    seen: Time
+    generation: Generation = 0
 
 
 class StoredEntry(BaseModel):
@@ -77,10 +115,10 @@ class StoredEntry(BaseModel):
 
     model_config = ConfigDict(extra="allow", defer_build=True)
 
-    generation: int = Field(default=0, ge=0)
-    lastRefresh: datetime | None = None  # noqa: N815
-    signedInAt: datetime | None = None  # noqa: N815
-    holder: str | None = None
+    generation: Generation = 0
+    lastRefresh: Time | None = None  # noqa: N815
+    signedInAt: Time | None = None  # noqa: N815
+    holder: Name | None = None
     idToken: str | None = Field(default=None, repr=False)  # noqa: N815
 
 
@@ -120,23 +158,42 @@ class StoredRecord:
     etag: str | None = None
 
     @classmethod
-    def parse(cls, document: dict[str, Any], keys: Keys, etag: str | None) -> StoredRecord:
+    def parse(
+        cls, document: dict[str, Any], keys: Keys, etag: str | None, *, now: datetime
+    ) -> StoredRecord:
         raw = document.get(keys.entry)
         credential, entry = _entry(raw)
         holders = {
             name[len(keys.holder_prefix) :]: beat
             for name, value in document.items()
-            if name.startswith(keys.holder_prefix) and (beat := _model(Beat, value)) is not None
+            if name.startswith(keys.holder_prefix)
+            and _HOLDER_ID.fullmatch(name[len(keys.holder_prefix) :])
+            and (beat := _model(Beat, value)) is not None
         }
+        tombstone = _model(Tombstone, document.get(keys.tombstone))
+        if tombstone is not None and tombstone.at > now + CLOCK_SKEW:
+            # Dated after now, it would sign out every sign-in made until then, this machine's
+            # newest too: a logout from a clock far ahead, or a forged one, is not acted on.
+            tombstone = None
         return cls(
             credential=credential,
             entry=entry,
             invalid=raw is not None and credential is None,
             lease=_model(Lease, document.get(keys.lease)),
-            tombstone=_model(Tombstone, document.get(keys.tombstone)),
+            tombstone=tombstone,
             holders=holders,
             etag=etag,
         )
+
+    def lease_in_force(self, now: datetime, longest: timedelta) -> Lease | None:
+        """The lease while it binds the other holders: not run out, for the generation stored
+        now (a holder that stored its rotation is done with it), and ending no later than a
+        lease taken now would (``longest`` and the clocks' skew). One further out was not taken
+        by the rule and would stop every renewal until then."""
+        lease = self.lease
+        if lease is None or not lease.live(now) or lease.generation != self.generation:
+            return None
+        return lease if lease.until <= now + longest + CLOCK_SKEW else None
 
     @property
     def generation(self) -> int:
@@ -176,6 +233,8 @@ def _entry(raw: object) -> tuple[Credential | None, StoredEntry | None]:
         credential = credential.model_copy(update={"last_refresh": entry.lastRefresh})
     return credential, entry
 
+
+_HOLDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as the holder_id setting allows
 
 M = TypeVar("M", bound=BaseModel)
 

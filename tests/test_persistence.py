@@ -95,7 +95,7 @@ def record(
         document["k_tombstone"] = tombstone.model_dump(mode="json")
     from service.record import Keys  # noqa: PLC0415
 
-    return StoredRecord.parse(document, Keys("k"), None)
+    return StoredRecord.parse(document, Keys("k"), None, now=datetime.now(UTC))
 
 
 def test_the_rule_table(issuer: FakeIssuer) -> None:
@@ -106,7 +106,8 @@ def test_the_rule_table(issuer: FakeIssuer) -> None:
     agreed = LocalState(generation=3, synced=fingerprint(mine))
     fresh = LocalState()
     past = datetime.now(UTC) - timedelta(hours=1)
-    later = datetime.now(UTC) + timedelta(hours=1)
+    later = datetime.now(UTC) + timedelta(minutes=1)  # within CLOCK_SKEW
+    far = datetime.now(UTC) + timedelta(hours=1)
     cases = [
         (None, record(None, 0), fresh, "nothing"),
         (mine, record(None, 0), fresh, "push"),  # nothing stored: ours goes up
@@ -129,6 +130,8 @@ def test_the_rule_table(issuer: FakeIssuer) -> None:
         # Agreed at generation 3, after a logout at 2: only the entry went missing or bad.
         (mine, record(None, 0, Tombstone(generation=2, at=past)), agreed, "push"),
         (mine, record(None, 0, Tombstone(generation=3, at=past)), agreed, "drop"),
+        # Dated further ahead than clocks differ: not a logout made by the rule.
+        (mine, record(None, 0, Tombstone(generation=4, at=far)), agreed, "push"),
     ]
     for number, (here, stored, state, expected) in enumerate(cases):
         assert decide(here, stored, state) == expected, number
@@ -410,3 +413,83 @@ def test_another_accounts_copy_is_never_renewed_here(
         Persistence(b, store).renew(Refresher(b), force=True)
     assert caught.value.code == "account_mismatch" and "Log out" in caught.value.message
     assert Persistence(b, store).state.read().conflict == "acct-1111"
+
+
+# What a hostile or broken store may hold ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        {"generation": int("9" * 400)},  # more than any JSON reader holds exactly
+        {"lastRefresh": "0001-01-01T00:00:00+14:00", "signedInAt": "0001-01-01T00:00:00+14:00"},
+        {"lastRefresh": "2026-01-01T00:00:00"},  # no time zone
+    ],
+)
+def test_a_planted_entry_is_replaced_and_a_refresh_stores_what_it_spent(
+    tmp_path: Path, issuer: FakeIssuer, api: FakeSecretsAPI, planted: dict[str, object]
+) -> None:
+    """Values that read well but cannot be written back once made every refresh spend the token
+    and then fail to store it (every holder signed out). They make the entry malformed."""
+    store = HttpSecretsStore(url=api.url, token=api.token, timeout=2, attempts=2, deadline=3)
+    _, _, pa, _, _ = pair(tmp_path, issuer, store)
+    api.record["codex_credentials"] = {**api.record["codex_credentials"], **planted}
+    assert pa.pull().invalid
+    assert pa.renew(Refresher(pa.settings), force=True).outcome == "refreshed"
+    stored, mine = pa.pull(), pa.local()
+    assert stored.live is not None and mine is not None
+    assert stored.live.refresh_token == mine.refresh_token and not stored.invalid
+
+
+def test_a_lease_no_holder_could_have_taken_stops_no_renewal(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    """One ending in 9999 (a clock far ahead, or forged) would stop every renewal until then;
+    one for a generation stored since binds no one either."""
+    _, _, pa, pb, _ = pair(tmp_path, issuer, store)
+    pb.sync()
+    generation = pa.pull().generation
+    for lease in ({"holder": "evil", "generation": generation, "until": "8999-12-31T00:00:00Z"},
+                  {"holder": "evil", "generation": generation - 1,
+                   "until": (datetime.now(UTC) + timedelta(seconds=60)).isoformat()}):  # fmt: skip
+        store.write({"codex_credentials_lease": lease})
+        assert pb.lease_in_force(pb.pull()) is None
+        assert pb.renew(Refresher(pb.settings), force=True).outcome == "refreshed"
+        generation = pb.pull().generation
+    live = {"holder": "other", "generation": generation,
+            "until": (datetime.now(UTC) + timedelta(seconds=60)).isoformat()}  # fmt: skip
+    store.write({"codex_credentials_lease": live})
+    assert pb.renew(Refresher(pb.settings), force=True).outcome == "busy"
+
+
+def test_a_logout_dated_in_the_future_signs_nothing_out(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    """Every sign-in made before its date would be dropped, a fresh one too: it is not acted
+    on (a real logout is dated by the clock of the holder that made it, CLOCK_SKEW aside)."""
+    a, _, pa, _, _ = pair(tmp_path, issuer, store)
+    store.write({"codex_credentials": None, "codex_credentials_tombstone": {
+        "generation": 2000, "at": "8999-12-31T00:00:00Z", "accountId": None}})  # fmt: skip
+    fresh = signed_in(issuer, a)
+    assert pa.sync().decision == "push"
+    here, stored = local(a), pa.pull().live
+    assert here is not None and stored is not None
+    assert here.refresh_token == stored.refresh_token == fresh.refresh_token
+
+
+def test_text_from_the_store_reaches_status_as_a_host_name_only(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    _, _, pa, _, _ = pair(tmp_path, issuer, store)
+    pa.heartbeat()
+    now = datetime.now(UTC).isoformat()
+    planted = "\x1b]0;pwned\x07\x1b[2J FAKE: run x|sh"
+    store.write({
+        "codex_credentials_holder_evil": {"host": planted, "seen": now},
+        "codex_credentials_holder_\x1b[31m": {"host": "h", "seen": now},
+    })  # fmt: skip
+    pa.sync()
+    view = pa.state.read().store
+    assert view is not None
+    hosts = {h.id: h.host for h in view.holders}
+    assert set(hosts) == {"a", "evil"} and hosts["evil"] == "??0?pwned???2J?FAKE:?run?x?sh"
