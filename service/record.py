@@ -227,6 +227,14 @@ def _entry(raw: object) -> tuple[Credential | None, StoredEntry | None]:
         return None, None
     if claims.account_id != credential.account_id:
         return None, None
+    if (
+        claims.expires_at is not None
+        and credential.expires_ms > claims.expires_at.timestamp() * 1000
+    ):
+        # The token's own expiry, from the issuer's clock, bounds the one its writer computed:
+        # a writer's clock far ahead (or a forged entry) would stop every holder renewing it.
+        expires_ms = int(claims.expires_at.timestamp() * 1000)
+        credential = credential.model_copy(update={"expires_ms": expires_ms})
     if entry.idToken:
         credential = credential.model_copy(update={"id_token": entry.idToken})
     if entry.lastRefresh:

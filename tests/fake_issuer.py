@@ -158,8 +158,11 @@ class FakeIssuer(loopback.LoopbackFake):
 
     # Tokens --------------------------------------------------------------------------------------
 
-    def issue_tokens(self, account: Account, *, include_id: bool = True) -> dict[str, Any]:
+    def issue_tokens(
+        self, account: Account, *, include_id: bool = True, expires_in: int | None = None
+    ) -> dict[str, Any]:
         now = int(time.time())
+        lifetime = self.expires_in if expires_in is None else expires_in
         auth = {
             "chatgpt_account_id": account.account_id,
             "chatgpt_plan_type": account.plan,
@@ -169,7 +172,7 @@ class FakeIssuer(loopback.LoopbackFake):
             {
                 "iss": self.url,
                 "aud": ["https://api.openai.com/v1"],
-                "exp": now + self.expires_in,
+                "exp": now + lifetime,
                 "iat": now,
                 "jti": secrets.token_hex(8),
                 AUTH_CLAIM: auth,
@@ -183,7 +186,7 @@ class FakeIssuer(loopback.LoopbackFake):
         answer: dict[str, Any] = {
             "access_token": access,
             "refresh_token": refresh,
-            "expires_in": self.expires_in,
+            "expires_in": lifetime,
             "token_type": "Bearer",
         }
         if include_id:
@@ -202,10 +205,12 @@ class FakeIssuer(loopback.LoopbackFake):
             )
         return answer
 
-    def seed_refresh_token(self, account: Account | None = None) -> dict[str, Any]:
+    def seed_refresh_token(
+        self, account: Account | None = None, *, expires_in: int | None = None
+    ) -> dict[str, Any]:
         """Tokens as if a sign-in had happened earlier (for refresh tests)."""
         with self.lock:
-            return self.issue_tokens(account or self.account)
+            return self.issue_tokens(account or self.account, expires_in=expires_in)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

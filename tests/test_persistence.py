@@ -493,3 +493,20 @@ def test_text_from_the_store_reaches_status_as_a_host_name_only(
     assert view is not None
     hosts = {h.id: h.host for h in view.holders}
     assert set(hosts) == {"a", "evil"} and hosts["evil"] == "??0?pwned???2J?FAKE:?run?x?sh"
+
+
+def test_a_stored_expiry_beyond_the_tokens_own_is_cut_to_it(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    """An expiry from a writer's clock far ahead (or forged) would keep every holder from
+    renewing until the token had long expired: the token's exp claim bounds it."""
+    _, b, _, pb, _ = pair(tmp_path, issuer, store)
+    entry = dict(store.read().document["codex_credentials"])  # type: ignore[union-attr]
+    entry.update(expires=253_402_300_799_000, generation=entry["generation"] + 1)
+    store.write({"codex_credentials": entry})
+    assert pb.sync().decision == "adopt"
+    adopted = local(b)
+    assert adopted is not None
+    exp = adopted.claims().expires_at
+    assert exp is not None and adopted.expires_ms == int(exp.timestamp() * 1000)
+    assert refresh_due_at(adopted, pb.settings) < time.time() + 3600

@@ -38,9 +38,12 @@ def local_credential(settings: ServiceSettings) -> Credential | None:
 def credential(
     issuer: FakeIssuer, *, account: str = "acct-1111", expires_in: float = 3600
 ) -> Credential:
-    tokens = TokenSet.model_validate(issuer.seed_refresh_token(Account(account_id=account)))
-    made = Credential.from_tokens(tokens)
-    return made.model_copy(update={"expires_ms": int((time.time() + expires_in) * 1000)})
+    """A credential whose token lives ``expires_in`` seconds (expiring when its token says)."""
+    answer = issuer.seed_refresh_token(Account(account_id=account), expires_in=int(expires_in))
+    made = Credential.from_tokens(TokenSet.model_validate({**answer, "expires_in": 0}))
+    exp = made.claims().expires_at
+    assert exp is not None
+    return made.model_copy(update={"expires_ms": int(exp.timestamp() * 1000)})
 
 
 def same(a: Credential | None, b: Credential) -> bool:
@@ -257,7 +260,6 @@ def test_cli_strict_says_so_when_the_lock_keeps_it_from_writing(
     """pi holds its lock on auth.json past the time restore has (its waits are cut to fit
     CHATGPT_LOGIN_RESTORE_LIMIT, the entrypoint's bound): nothing is written, --strict exits 7
     and says why, within the limit; it never says restored."""
-    import time  # noqa: PLC0415
 
     from skill.lock import DirLock  # noqa: PLC0415
 
