@@ -64,6 +64,7 @@ class Attempt(BaseModel):
                              description="e.g. an unreadable file moved aside")  # fmt: skip
     signed_in_as: str | None = None  # "<email> (<plan> plan)": for messages, not a secret
     code_sha256: str | None = None  # which pasted code finished it (for a repeated complete)
+    state_sha256: str | None = None  # and its state, kept past the end for the same reason
     pane_pid: int | None = None
 
     @property

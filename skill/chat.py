@@ -83,9 +83,10 @@ def extract_callback(message: str, *, state: str, port: int) -> Callback:
     raise _the_problem(text, problems, port)
 
 
-def codes_in(message: str) -> set[str]:
-    """The codes of every callback address in ``message``, whatever attempt it is from (to
-    recognise the address that finished an attempt when it is pasted again)."""
+def values_in(message: str, name: str) -> set[str]:
+    """The values of query parameter ``name`` (``code``, ``state``) of every callback address
+    in ``message``, whatever attempt it is from (to recognise the address that finished an
+    attempt when it is pasted again)."""
     if len(message) > MAX_MESSAGE:
         return set()
     text = _decoded(message)
@@ -96,7 +97,7 @@ def codes_in(message: str) -> set[str]:
                 query = urlsplit(reading).query
             except ValueError:
                 continue
-            found.update(code for code in parse_qs(query).get("code", []) if code)
+            found.update(value for value in parse_qs(query).get(name, []) if value)
     return found
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from skill import statedir
 from skill.attempt import Attempt, AttemptFile, Status
-from skill.chat import codes_in, extract_callback
+from skill.chat import extract_callback, values_in
 from skill.drivers import DRIVERS, DriverName, Method, Saved
 from skill.errors import RECOVERABLE, LockError, SkillError
 from skill.events import emit
@@ -125,9 +125,12 @@ class Runner:
             here = any(f.load() is not None for f in auth_files(self.settings))
         except SkillError:
             here = False
-        same = attempt.code_sha256 is not None and attempt.code_sha256 in map(
-            _sha, codes_in(pasted)
-        )
+        # The code that finished it; when the browser reached the login program itself, no code
+        # passed through us, and the attempt's own state tells its address.
+        if attempt.code_sha256 is not None:
+            same = _among(attempt.code_sha256, values_in(pasted, "code"))
+        else:
+            same = _among(attempt.state_sha256, values_in(pasted, "state"))
         if same and here:
             return attempt
         if here:
@@ -212,9 +215,10 @@ class Runner:
         return self._succeeded(attempt, saved, code_sha=code_sha)
 
     def _succeeded(self, attempt: Attempt, saved: Saved, *, code_sha: str | None) -> Attempt:
+        state_sha = _sha(attempt.oauth_state) if attempt.oauth_state else None
         done = attempt.model_copy(update={
             "saved": saved.paths, "notes": saved.notes, "code_sha256": code_sha,
-            "signed_in_as": saved.who,
+            "state_sha256": state_sha, "signed_in_as": saved.who,
         })  # fmt: skip
         return self._end(done, "succeeded", message="Signed in.")
 
@@ -277,6 +281,10 @@ def _with_link(exc: SkillError, attempt: Attempt) -> SkillError:
 
 def _sha(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _among(digest: str | None, values: set[str]) -> bool:
+    return digest is not None and digest in {_sha(value) for value in values}
 
 
 def ended_message(attempt: Attempt) -> str:

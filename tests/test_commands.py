@@ -475,3 +475,22 @@ def test_main_answers_a_wrong_command_line_in_json_for_the_arguments_it_is_given
     with pytest.raises(SystemExit) as exited:
         main(["status", "--nope"])
     assert exited.value.code == 2 and "usage:" in capsys.readouterr().err
+
+
+def test_the_address_the_browser_took_to_the_program_itself_is_a_repeated_paste(
+    env: dict[str, str], issuer: FakeIssuer
+) -> None:
+    """Outside a container the browser can reach the login program's listener: the user then
+    pastes the same address anyway, and is told the sign-in's result, not "already signed in"
+    (no code passed through us: the attempt's state tells its address)."""
+    import urllib.request  # noqa: PLC0415
+
+    _, started, _ = cli(env, "start")
+    url = issuer.sign_in(started["auth_url"])
+    with urllib.request.urlopen(url, timeout=30) as page:  # the login program, on loopback
+        assert page.status == 200
+    code, done, said = cli(env, "complete", "-", stdin=url)
+    assert code in (0, 10) and done["status"] == "succeeded" and done["id"] == started["id"], said
+    code, refused, _ = cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]).replace(
+        "state=", "state=x"))  # fmt: skip
+    assert (code, refused["error"]) == (2, "already_signed_in")
