@@ -227,13 +227,12 @@ def _entry(raw: object) -> tuple[Credential | None, StoredEntry | None]:
         return None, None
     if claims.account_id != credential.account_id:
         return None, None
-    if (
-        claims.expires_at is not None
-        and credential.expires_ms > claims.expires_at.timestamp() * 1000
-    ):
-        # The token's own expiry, from the issuer's clock, bounds the one its writer computed:
-        # a writer's clock far ahead (or a forged entry) would stop every holder renewing it.
-        expires_ms = int(claims.expires_at.timestamp() * 1000)
+    latest = claims.expires_at + CLOCK_SKEW if claims.expires_at is not None else None
+    if latest is not None and credential.expires_ms > latest.timestamp() * 1000:
+        # The token's own expiry, by the issuer's clock, bounds the one its writer computed
+        # (give or take the clocks' skew): a writer's clock far ahead, or a forged entry, would
+        # stop every holder renewing it.
+        expires_ms = int((latest - CLOCK_SKEW).timestamp() * 1000)
         credential = credential.model_copy(update={"expires_ms": expires_ms})
     if entry.idToken:
         credential = credential.model_copy(update={"id_token": entry.idToken})

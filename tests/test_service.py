@@ -531,7 +531,7 @@ def test_clients_that_never_close_do_not_freeze_the_service(
 
 
 @pytest.mark.parametrize(
-    "command", [["serve", "--bind", "127.0.0.1:0"], ["start"], ["status"], ["restore"]]
+    "command", [["serve", "--bind", "127.0.0.1:9"], ["start"], ["status"], ["restore"]]
 )
 def test_every_command_refuses_a_state_directory_of_another_user(
     login_env: dict[str, str], tmp_path: Path, command: list[str]
