@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.conftest import PYTHON, REPO, free_port
+from tests.conftest import PYTHON, REPO, free_port, port_is_free, wait_until
 from tests.fake_issuer import FakeIssuer
 
 
@@ -487,6 +487,8 @@ def test_the_address_the_browser_took_to_the_program_itself_is_a_repeated_paste(
 
     _, started, _ = cli(env, "start")
     url = issuer.sign_in(started["auth_url"])
+    # The link is out as soon as the program prints it; its listener may come up a moment later.
+    wait_until(lambda: not port_is_free(started["redirect_port"]), 10, "the program's listener")
     with urllib.request.urlopen(url, timeout=30) as page:  # the login program, on loopback
         assert page.status == 200
     code, done, said = cli(env, "complete", "-", stdin=url)
