@@ -189,9 +189,15 @@ class Session:
             elif driver.rejected is not None and (match := driver.rejected.search(fresh)):
                 code = match.group(2) if match.group(2) in CODES else "bad_paste"
                 return SkillError(code, match.group(1).strip())
-            else:
+            elif not self.tmux.status(self.attempt.tmux_session).alive:
+                # Its end is final: the screen read now holds all it printed, a success line
+                # printed since the look above, or before ``mark`` was taken (a device code
+                # approved between wait's first look and its mark) included.
+                final = self.screen()
+                if driver.success.search(final):
+                    return True
                 try:
-                    self.raise_if_dead(screen)
+                    self.raise_if_dead(final)
                 except SkillError as exc:
                     return exc
             on_tick(time.monotonic() - started)
