@@ -121,14 +121,20 @@ class StoreClient:
             return self.bad_answer(exc, transient=True)
 
     def bad_answer(self, exc: AnswerError, *, transient: bool) -> ServiceError:
+        if transient:
+            then = f"It will be retried; if it persists, check {self.label}."
+        elif "larger than" in exc.reason:  # a store that holds more than ours: no address fault
+            then = (f"If that is the stored document (every key in it, not only this tool's), "
+                    "remove the keys nothing uses, or raise CHATGPT_LOGIN_ANSWER_MAX_BYTES; else "
+                    f"check its address ({self.address_hint}).")  # fmt: skip
+        else:
+            then = f"Check its address ({self.address_hint})."
         return ServiceError(
             "secrets_bad_response",
-            f"{self.label} sent an answer this tool does not take ({exc.reason}). "
-            + (f"It will be retried; if it persists, check {self.label}." if transient
-               else f"Check its address ({self.address_hint})."),
+            f"{self.label} sent an answer this tool does not take ({exc.reason}). {then}",
             status=502,
             transient=transient,
-        )  # fmt: skip
+        )
 
 
 def _retry_after(response: Answer) -> float | None:

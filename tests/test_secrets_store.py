@@ -171,3 +171,14 @@ def test_wrong_types_in_a_readable_answer_are_refused_as_such(api: FakeSecretsAP
     with pytest.raises(ServiceError) as caught:
         store(api).write(PATCH)
     assert caught.value.code == "secrets_rejected"
+
+
+def test_a_document_larger_than_the_limit_says_what_to_remove(api: FakeSecretsAPI) -> None:
+    """Keys of other tools (or left by a bug) can outgrow what this tool reads: that is not a
+    wrong address, and the message says what to do."""
+    api.record["someone_elses"] = "x" * (300 * 1024)
+    with pytest.raises(ServiceError) as caught:
+        HttpSecretsStore(url=api.url, token=TOKEN, timeout=2, attempts=1, deadline=3).read()
+    assert caught.value.code == "secrets_bad_response" and not caught.value.transient
+    assert "larger than" in caught.value.message and "remove the keys" in caught.value.message
+    assert "CHATGPT_LOGIN_ANSWER_MAX_BYTES" in caught.value.message
