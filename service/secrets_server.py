@@ -42,6 +42,10 @@ from skill.files import ensure_private_dir
 from skill.outbound import AnswerError, parse_json
 
 MAX_BODY = 256 * 1024
+# A whole document, as GET returns it, stays within what every client reads (skill.outbound's
+# answer cap is the same 256 KiB): PATCHes that each fit could otherwise grow it past that, and
+# no client could read it again, or clean it up.
+MAX_DOCUMENT = MAX_BODY - 1024
 MAX_DEPTH = 32
 DEFAULT_AGENT = "agent"
 ROUTE = "/api/agent/secrets"
@@ -142,12 +146,20 @@ class Documents:
             if if_rev is not None and if_rev != rev:
                 return None
             merged = merge_patch(json.loads(row[0]) if row else {}, patch)
+            body = json.dumps(merged, separators=(",", ":"))
+            if len(body.encode()) > MAX_DOCUMENT and len(body) >= len(row[0] if row else ""):
+                raise ServiceError(
+                    "document_too_large",
+                    f"The document would be larger than {MAX_DOCUMENT} bytes, more than a "
+                    "client reads back. Remove keys nothing uses (PATCH them to null) first.",
+                    status=413,
+                )
             db.execute(
                 "INSERT INTO documents (agent, body, updated, rev) "
                 "VALUES (?, ?, julianday('now'), ?) "
                 "ON CONFLICT (agent) DO UPDATE "
                 "SET body = excluded.body, updated = excluded.updated, rev = excluded.rev",
-                (agent, json.dumps(merged, separators=(",", ":")), rev + 1),
+                (agent, body, rev + 1),
             )
             return rev + 1
 

@@ -213,3 +213,18 @@ def test_merge_patch_is_rfc_7396() -> None:
     assert merge_patch({"a": [{"b": "c"}]}, {"a": [1]}) == {"a": [1]}
     assert merge_patch({"e": None}, {"a": 1}) == {"e": None, "a": 1}
     assert merge_patch({}, {"a": {"bb": {"ccc": None}}}) == {"a": {"bb": {}}}
+
+
+def test_a_document_never_grows_past_what_a_client_reads(server: Server) -> None:
+    """Each PATCH fits, but together they would make a document no client could read back (or
+    clean up): the one that would is refused, and a PATCH that removes keys still works."""
+    headers = {"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"}
+
+    def patch(body: dict[str, object]) -> int:
+        return server.status("PATCH", "/api/agent/secrets", json.dumps(body).encode(), **headers)
+
+    assert patch({"junk1": "x" * 200_000}) == 200
+    assert patch({"junk2": "x" * 200_000}) == 413
+    assert set(document(server.store(ALICE))) == {"junk1"}
+    assert patch({"junk1": None, "codex_credentials": {"generation": 1}}) == 200
+    assert document(server.store(ALICE)) == {"codex_credentials": {"generation": 1}}
