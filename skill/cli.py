@@ -210,10 +210,22 @@ def _add_agent_commands(commands: Commands) -> None:
         sub = add_command(commands, name, summary, description, example)
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         if name == "start":
-            sub.add_argument("--method", choices=("browser", "device"), default="browser")
+            # Unset: the live sign-in's, if there is one (else browser, native); set to another
+            # than the live one's, it replaces that one.
+            sub.add_argument(
+                "--method",
+                choices=("browser", "device"),
+                default=None,
+                help="browser (the default) or device (a code to enter: phones)",
+            )
             from skill.drivers import DRIVERS  # noqa: PLC0415 - light: names and patterns
 
-            sub.add_argument("--driver", choices=tuple(DRIVERS), default="native")
+            sub.add_argument(
+                "--driver",
+                choices=tuple(DRIVERS),
+                default=None,
+                help="the login program (default: native)",
+            )
             sub.add_argument("--restart", action="store_true", help="replace a live sign-in")
         elif name == "complete":
             sub.add_argument("url", nargs="?", help="the pasted address, or - to read stdin")

@@ -60,11 +60,29 @@ def _public(attempt: Attempt) -> dict[str, Any]:
 
 
 def start(
-    settings: Settings, out: Output, *, method: Method, driver: DriverName, restart: bool
+    settings: Settings,
+    out: Output,
+    *,
+    method: Method | None,
+    driver: DriverName | None,
+    restart: bool,
 ) -> int:
-    attempt, reused = Runner(settings).start(method=method, driver=driver, restart=restart)
+    """Start a sign-in, or give the live one back. Asked for another method or login program
+    than the live one's (a user on a phone who cannot copy the address), it replaces it."""
+    runner = Runner(settings)
+    live = runner.status()
+    switch = (
+        live is not None
+        and live.live
+        and ((method or live.method) != live.method or (driver or live.driver) != live.driver)
+    )
+    attempt, reused = runner.start(
+        method=method or "browser", driver=driver or "native", restart=restart or switch
+    )
     until = attempt.expires_at.strftime("%H:%M UTC")
     lead = "A sign-in is already in progress" if reused else f"Sign-in started ({attempt.driver})"
+    if switch and live is not None and not reused:
+        lead = f"Replaced the {live.method} sign-in in progress ({live.driver}). {lead}"
     if attempt.method == "device":
         lines = [
             f"{lead}. Ask the user to open {attempt.verification_url} and enter the code "
@@ -78,7 +96,7 @@ def start(
             f"(http://localhost:{attempt.redirect_port}/auth/callback?...) and paste it back. "
             f"It works until {until}.",
         ]
-    out.emit(lines, {**_public(attempt), "reused": reused})
+    out.emit(lines, {**_public(attempt), "reused": reused, "replaced": bool(switch and not reused)})
     return ExitCode.OK
 
 

@@ -496,3 +496,23 @@ def test_the_address_the_browser_took_to_the_program_itself_is_a_repeated_paste(
     code, refused, _ = cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]).replace(
         "state=", "state=x"))  # fmt: skip
     assert (code, refused["error"]) == (2, "already_signed_in")
+
+
+def test_start_for_another_method_replaces_the_live_sign_in_and_says_so(
+    env: dict[str, str],
+) -> None:
+    """A user on a phone cannot copy the address: `start --method device` while a browser
+    sign-in is live replaces it (it used to hand the browser one back, which has no code);
+    a plain `start` still gives the live one back, whatever its method."""
+    code, browser, _ = cli(env, "start")
+    assert code == 0 and browser["method"] == "browser" and not browser["replaced"]
+    code, device, said = cli(env, "start", "--method", "device")
+    assert code == 0 and device["method"] == "device" and device["id"] != browser["id"], said
+    assert device["replaced"] and not device["reused"]
+    code, again, _ = cli(env, "start")
+    assert (again["id"], again["method"], again["reused"]) == (device["id"], "device", True)
+    human = subprocess.run([PYTHON, "-m", "skill.cli", "start", "--method", "browser"],
+                           capture_output=True, text=True, env=env, cwd=REPO, timeout=60,
+                           check=False)  # fmt: skip
+    assert "Replaced the device sign-in in progress (native)" in human.stdout, human.stderr
+    cli(env, "cancel")
