@@ -212,11 +212,15 @@ def request_persist(settings: Settings) -> PersistResult:
     try:
         answer = call(settings, "POST", PERSIST_PATH, body=b"{}")
     except SkillError as down:
-        return PersistResult(False, _pending(down.message))
+        return PersistResult(False, _pending(down.message, "the service stores it as soon as "
+                                             "it runs"))  # fmt: skip
     if answer.status == 200:
         return PersistResult(True, "Credentials persisted to the secrets store.")
     reason = str(json_body(answer).get("message") or "")
-    return PersistResult(False, _pending(reason or f"the service answered HTTP {answer.status}"))
+    if reason:  # the service's own words: it says what it does next
+        return PersistResult(False, f"Persistence pending: {reason}")
+    why = f"the service answered HTTP {answer.status}"
+    return PersistResult(False, _pending(why, "the service tries again by itself"))
 
 
 def credential_view(settings: Settings) -> dict[str, Any] | None:
@@ -228,8 +232,7 @@ def credential_view(settings: Settings) -> dict[str, Any] | None:
     return json_body(answer) if answer.status == 200 else None
 
 
-def _pending(why: str) -> str:
+def _pending(why: str, then: str) -> str:
     return (
-        f"Persistence pending: {why.rstrip('.')}. The credential is saved on this machine; the "
-        "service stores it as soon as it runs."
+        f"Persistence pending: {why.rstrip('.')}. The credential is saved on this machine; {then}."
     )

@@ -113,8 +113,8 @@ def persist_route() -> Response:
                            "persist. Sign in first (POST /v1/logins).", status=409)  # fmt: skip
     if not persist_now():
         raise ServiceError("secrets_unreachable", "The secrets store did not take the credential; "
-                           "it stays on this machine and the persist is pending. Retry later.",
-                           status=503)  # fmt: skip
+                           "it stays on this machine, and the service stores it by itself as "
+                           "soon as the store takes it.", status=503)  # fmt: skip
     return jsonify(Outcome(action="persisted", message="Credential stored.").model_dump())
 
 
