@@ -114,9 +114,9 @@ def wait(settings: Settings, out: Output, *, timeout: float | None) -> int:
     finally:
         out.end_tick()
     if attempt.status != "succeeded":
-        from skill.runner import ended_message  # noqa: PLC0415
+        from skill.runner import ended_error  # noqa: PLC0415
 
-        raise SkillError("login_ended", ended_message(attempt))
+        raise ended_error(attempt)
     return _signed_in(settings, out, attempt)
 
 

@@ -234,7 +234,7 @@ CODES: dict[str, _Spec] = {
     "no_login": _Spec(
         "user",
         ExitCode.USAGE,
-        "No sign-in is in progress. Start one with `chatgpt-login start`, then paste the address.",
+        "No sign-in is in progress. Start one with `chatgpt-login start`.",
         next="start_again",
     ),
     "login_ended": _Spec(

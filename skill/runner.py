@@ -89,7 +89,7 @@ class Runner:
             if attempt.status == "succeeded":
                 return self._repeated(attempt, pasted)
             if not attempt.live:
-                raise SkillError("login_ended", ended_message(attempt))
+                raise ended_error(attempt)
             if (
                 attempt.method != "browser"
                 or attempt.oauth_state is None
@@ -159,10 +159,15 @@ class Runner:
                 current = self._settle(self.attempt_file.load())
             if current is None or not current.live:  # the attempt itself ran out
                 raise SkillError("login_timeout")
+            until = f"{attempt.expires_at:%H:%M} UTC"
             raise SkillError(
                 "approval_pending",
-                f"Not approved yet. The code stays valid until {attempt.expires_at:%H:%M} UTC: "
-                "remind the user, then run `chatgpt-login wait` again.",
+                f"Not approved yet. The code stays valid until {until}: remind the user, then "
+                "run `chatgpt-login wait` again."
+                if attempt.method == "device"
+                else f"Not signed in yet: the user has not finished in the browser. The link "
+                f"works until {until}: remind them, then run `chatgpt-login wait` again, or "
+                "`chatgpt-login complete` with the address they paste.",
             )
         with self.attempt_file.locked():
             return self._conclude(session, verdict, code_sha=None)
@@ -285,6 +290,13 @@ def _sha(value: str) -> str:
 
 def _among(digest: str | None, values: set[str]) -> bool:
     return digest is not None and digest in {_sha(value) for value in values}
+
+
+def ended_error(attempt: Attempt) -> SkillError:
+    """The error for an attempt that ended without signing in: ``login_timeout`` when its time
+    ran out, else ``login_ended`` (failed or canceled); its message says which."""
+    code = "login_timeout" if attempt.status == "expired" else "login_ended"
+    return SkillError(code, ended_message(attempt))
 
 
 def ended_message(attempt: Attempt) -> str:

@@ -516,3 +516,19 @@ def test_start_for_another_method_replaces_the_live_sign_in_and_says_so(
                            check=False)  # fmt: skip
     assert "Replaced the device sign-in in progress (native)" in human.stdout, human.stderr
     cli(env, "cancel")
+
+
+def test_an_attempt_that_ran_out_says_so_and_wait_speaks_of_the_browser(
+    env: dict[str, str], issuer: FakeIssuer
+) -> None:
+    code, started, _ = cli(env, "start")
+    url = issuer.sign_in(started["auth_url"])
+    code, waited, _ = cli(env, "wait", "--timeout", "0.5")
+    assert (code, waited["error"]) == (6, "approval_pending")
+    assert "finished in the browser" in waited["message"] and "code" not in waited["message"]
+    short = {**env, "CHATGPT_LOGIN_LOGIN_TIMEOUT": "3"}
+    cli(short, "start", "--restart")
+    time.sleep(3.5)
+    code, ended, _ = cli(short, "complete", "-", stdin=url)
+    assert (code, ended["error"], ended["next"]) == (6, "login_timeout", "start_again")
+    assert "expired" in ended["message"]
