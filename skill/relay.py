@@ -78,15 +78,30 @@ def relay_http(port: int, callback: Callback, *, timeout: float) -> Answer:
             answer = loopback_request("GET", url, timeout=timeout)
         except TimeoutError as exc:
             raise SkillError("program_timeout") from exc
-        except OSError as exc:
+        except ConnectionRefusedError as exc:
+            raise _not_listening() from exc
+        except ConnectionError as exc:
+            # Taken, then closed unread: the listener turns away connections beyond its few
+            # (another program on this machine holding them). The attempt lives on.
             raise SkillError(
-                "login_ended",
-                "The login program stopped listening before the address reached it. "
-                "Check `chatgpt-login status`, then start again if needed.",
+                "program_timeout",
+                "The login program's listener closed the connection before it took the address "
+                "(it was busy with other connections). Run the same `complete` again in a "
+                "moment.",
             ) from exc
+        except OSError as exc:
+            raise _not_listening() from exc
         if answer.status not in (301, 302, 303, 307, 308) or not answer.location:
             return answer
         url = urljoin(url, answer.location)
         if urlsplit(url).hostname not in LOOPBACK_HOSTS:
             return Answer(answer.status, "")
     return Answer(310, "too many redirects")
+
+
+def _not_listening() -> SkillError:
+    return SkillError(
+        "login_ended",
+        "The login program stopped listening before the address reached it. "
+        "Check `chatgpt-login status`, then start again if needed.",
+    )

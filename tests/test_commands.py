@@ -532,3 +532,27 @@ def test_an_attempt_that_ran_out_says_so_and_wait_speaks_of_the_browser(
     code, ended, _ = cli(short, "complete", "-", stdin=url)
     assert (code, ended["error"], ended["next"]) == (6, "login_timeout", "start_again")
     assert "expired" in ended["message"]
+
+
+def test_a_listener_held_busy_by_another_program_keeps_the_attempt(
+    env: dict[str, str], issuer: FakeIssuer
+) -> None:
+    """Another program on the machine can hold the listener's few connections: the paste then
+    cannot reach it, which is said as something to retry, not as a sign-in that ended."""
+    _, started, _ = cli(env, "start")
+    url = issuer.sign_in(started["auth_url"])
+    port = started["redirect_port"]
+    wait_until(lambda: not port_is_free(port), 10, "the program's listener")
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+    try:
+        for each in held:
+            each.sendall(b"G")  # a request begun, never ended: each holds its place
+        time.sleep(0.3)
+        code, busy, said = cli(env, "complete", "-", stdin=url)
+        assert (code, busy["error"], busy["next"]) == (6, "program_timeout", "retry"), said
+        assert "busy" in busy["message"]
+    finally:
+        for each in held:
+            each.close()
+    code, done, said = cli(env, "complete", "-", stdin=url)
+    assert code in (0, 10) and done["status"] == "succeeded", said
