@@ -96,7 +96,15 @@ def start(
             f"(http://localhost:{attempt.redirect_port}/auth/callback?...) and paste it back. "
             f"It works until {until}.",
         ]
-    out.emit(lines, {**_public(attempt), "reused": reused, "replaced": bool(switch and not reused)})
+    from skill.drivers import DRIVERS  # noqa: PLC0415 - imported by the runner already
+
+    ignored = DRIVERS[attempt.driver].ignored_settings(settings)
+    note = (f"The {attempt.driver} login program signs in at auth.openai.com and listens on "
+            f"port 1455 whatever {' and '.join(ignored)} say.") if ignored else None  # fmt: skip
+    if note:
+        lines.append(note)
+    out.emit(lines, {**_public(attempt), "reused": reused, "replaced": bool(switch and not reused),
+                     "note": note})  # fmt: skip
     return ExitCode.OK
 
 

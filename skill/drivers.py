@@ -74,6 +74,20 @@ class Driver:
     # It may still be starting when `complete` comes (its link was made in advance): wait for
     # its listener or its ready line before relaying.
     starts_late: ClassVar[bool] = False
+    # Its own issuer and callback port are built in (auth.openai.com, 1455): ours do not reach it.
+    built_in_address: ClassVar[bool] = False
+
+    def ignored_settings(self, settings: Settings) -> list[str]:
+        """Our settings that this program does not follow, when they are not the defaults."""
+        if not self.built_in_address:
+            return []
+        from skill.settings import DEFAULT_ISSUER, Settings  # noqa: PLC0415
+
+        ignored = [] if settings.issuer == DEFAULT_ISSUER else ["CHATGPT_LOGIN_ISSUER"]
+        default_ports = Settings.model_fields["callback_ports"].default
+        if settings.callback_ports != default_ports:
+            ignored.append("CHATGPT_LOGIN_CALLBACK_PORTS")
+        return ignored
 
     def launch(self, settings: Settings, method: Method, workdir: Path) -> Launch:
         """The program to run in ``workdir`` (private, made by the runner) for ``method``."""
@@ -186,6 +200,7 @@ class NativeDriver(Driver):
 class PiAiDriver(Driver):
     name = "pi-ai"
     methods = ("browser",)
+    built_in_address = True
     success = re.compile(r"^Credentials saved to auth\.json", re.MULTILINE)
     failure = re.compile(r"^Error:? (.+)$", re.MULTILINE)
     paste_prompt = re.compile(r"Paste the authorization code")
@@ -206,6 +221,7 @@ class PiAiDriver(Driver):
 class CodexDriver(Driver):
     name = "codex"
     methods = ("browser", "device")
+    built_in_address = True
     success = re.compile(r"Successfully logged in")
     failure = re.compile(r"(?:Error logging in|Login failed|Error): (.+)$", re.MULTILINE)
 

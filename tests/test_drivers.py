@@ -107,3 +107,16 @@ def test_its_own_failure_line_is_what_the_user_is_told(
     assert failed.value.code == "program_failed"
     assert "The toy login program failed: the toy is broken today." in failed.value.message
     assert runner.tmux.sessions() == []
+
+
+def test_the_settings_a_real_client_does_not_follow_are_named(tmp_path: Path) -> None:
+    """pi-ai and codex sign in at auth.openai.com on port 1455 whatever ours say: `start`
+    says so when they are set (the new-user review found the pi-ai driver silent about it)."""
+    from skill.settings import Settings  # noqa: PLC0415
+
+    ours = Settings(state_dir=tmp_path, issuer="http://127.0.0.1:9", callback_ports=(23455,))
+    both = ["CHATGPT_LOGIN_ISSUER", "CHATGPT_LOGIN_CALLBACK_PORTS"]
+    assert DRIVERS["pi-ai"].ignored_settings(ours) == both
+    assert DRIVERS["codex"].ignored_settings(ours) == both
+    assert DRIVERS["native"].ignored_settings(ours) == []
+    assert DRIVERS["pi-ai"].ignored_settings(Settings(state_dir=tmp_path)) == []
