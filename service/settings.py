@@ -18,6 +18,26 @@ from skill import statedir
 from skill.settings import Settings
 
 TINYFAT_SECRETS_URL = "https://tinyfat.com/api/agent/secrets"
+_PRIVATE_SUFFIXES = (".internal", ".local", ".lan")
+
+
+def _private_host(url: str) -> bool:
+    """Whether an http:// address stays on a private network: loopback or private addresses,
+    and the names a container network or a LAN gives (no dot, or a private suffix)."""
+    import ipaddress  # noqa: PLC0415 - only when a store address is set
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    try:
+        host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return bool(host) and ("." not in host or host.endswith(_PRIVATE_SUFFIXES))
+    return address.is_private or address.is_loopback
+
+
 MIN_TOKEN_LENGTH = 16
 
 
@@ -145,6 +165,13 @@ class ServiceSettings(Settings):
         # urllib would also open file:// and ftp:// addresses; only HTTP(S) is a store.
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("must be an https:// URL (http:// only on a private network)")
+        if value is not None and value.startswith("http://") and not _private_host(value):
+            # The store's token and every credential would cross the network in the clear.
+            raise ValueError(
+                f"{value!r} is plain http:// to a host that is not on a private network: use "
+                "https:// (http:// is taken for loopback and private addresses, and for names "
+                "without a dot or under .internal, .local or .lan, as a container network has)"
+            )
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")

@@ -157,3 +157,21 @@ def test_an_address_left_damaged_in_the_state_directory_is_taken_for_none(tmp_pa
     assert service_url(settings) == DEFAULT_URL
     (tmp_path / "service.url").write_text("http://127.0.0.1:8123")
     assert service_url(settings) == "http://127.0.0.1:8123"
+
+
+@pytest.mark.parametrize(
+    ("url", "taken"),
+    [("http://127.0.0.1:8090/api", True), ("http://secrets-api:8090/api", True),
+     ("http://10.1.2.3/api", True), ("http://vault.internal:8200", True),
+     ("https://secrets.example.com/api", True), ("http://secrets.example.com/api", False),
+     ("http://8.8.8.8/api", False)],
+)  # fmt: skip
+def test_a_store_over_plain_http_is_taken_only_on_a_private_network(url: str, taken: bool) -> None:
+    """The store's token and every credential would cross the internet in the clear."""
+    from service.settings import ServiceSettings  # noqa: PLC0415
+
+    if taken:
+        assert ServiceSettings(secrets_api_url=url, vault_addr=url).secrets_api_url
+    else:
+        with pytest.raises(ValidationError, match="not on a private network"):
+            ServiceSettings(secrets_api_url=url)
