@@ -13,11 +13,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from service.gunicorn_conf import API_THREADS
 from skill import cli as skill_cli
-from skill.errors import ExitCode
+from skill.errors import ExitCode, SkillError
 
 if TYPE_CHECKING:
     from service.settings import ServiceSettings
@@ -185,16 +185,29 @@ def _events(args: argparse.Namespace) -> int:
     def gap(why: str) -> None:
         print(f"({why})", file=sys.stderr, flush=True)
 
-    for event in follow_events(ServiceSettings.from_env(), after=args.after, on_gap=gap):
-        if args.json:
-            print(json.dumps(event), flush=True)
-        else:
-            body = event.get("body") or {}
-            said = " ".join(f"{k}={json.dumps(v)}" for k, v in body.items() if v is not None) if (
-                isinstance(body, dict)) else ""  # fmt: skip
-            print(f"{event.get('at')} #{event.get('id')} {event.get('type')} {said}".rstrip(),
-                  flush=True)  # fmt: skip
+    try:
+        for event in follow_events(ServiceSettings.from_env(), after=args.after, on_gap=gap):
+            _print_event(event, as_json=args.json)
+    except SkillError as exc:
+        if exc.code != "service_unavailable":
+            raise
+        raise SkillError(
+            exc.code,
+            f"{exc.message[:1].upper()}{exc.message[1:]}: the events "
+            "come from it. Start it (`chatgpt-login serve`; in the container, its "
+            "entrypoint does), then run `chatgpt-login events` again.",
+        ) from None
     return ExitCode.OK
+
+
+def _print_event(event: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(event), flush=True)
+        return
+    body = event.get("body") or {}
+    said = " ".join(f"{k}={json.dumps(v)}" for k, v in body.items() if v is not None) if (
+        isinstance(body, dict)) else ""  # fmt: skip
+    print(f"{event.get('at')} #{event.get('id')} {event.get('type')} {said}".rstrip(), flush=True)
 
 
 def _doctor(args: argparse.Namespace) -> int:

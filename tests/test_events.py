@@ -850,3 +850,14 @@ def test_a_change_made_while_the_first_stream_opens_is_heard(
         more.write('{"id": 2}\n')
     go.set()
     assert watcher.wait(seen, 3.0) != seen
+
+
+def test_events_without_the_service_says_what_to_do(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+           "CHATGPT_LOGIN_STATE_DIR": str(tmp_path / "state"),
+           "CHATGPT_LOGIN_SECRETS_DIR": str(tmp_path / "none")}  # fmt: skip
+    done = subprocess.run([PYTHON, "-m", "service.cli", "events", "--json"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    answer = json.loads(done.stdout)
+    assert done.returncode == 4 and answer["error"] == "service_unavailable"
+    assert "chatgpt-login serve" in answer["message"] and answer["next"] == "retry"
