@@ -345,6 +345,8 @@ class Persistence:
             patch: dict[str, object] = {self.keys.entry: entry}
             if lease is not None or (record.lease and record.lease.holder == self.holder.id):
                 patch[self.keys.lease] = None
+            if record.implausible:  # replaced whole: no part of it may count any more
+                patch[self.keys.lease] = patch[self.keys.tombstone] = None
             try:
                 record = self._write(patch, record)
             except ServiceError as exc:

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from skill.claims import Claims
-from skill.credentials import Credential
+from skill.credentials import ACCOUNT_ID, Credential
 from skill.errors import SkillError
 
 # What a record read from the store may hold. Whoever can write there (another holder, a bug, an
@@ -37,12 +37,19 @@ from skill.errors import SkillError
 # or a time it cannot write back (after a refresh had spent the token), or text that drives a
 # terminal or speaks to the agent where status shows it.
 
-# Generations: within what every JSON reader holds exactly (2**53 - 1).
+# Generations: within what every JSON reader holds exactly (2**53 - 1). One at or above
+# IMPLAUSIBLE (a rotation a second for 68 years) was not reached by the rule: a record holding
+# one is replaced whole, from generation 1, since every write would take the next one and soon
+# pass any bound.
 MAX_GENERATION = 2**53 - 1
+IMPLAUSIBLE = 2**31
 _EARLIEST, _LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
 # How far apart two holders' clocks may be: a time further ahead than this was not written by
 # the rule (a clock far off, or a forged record) and is not acted on.
 CLOCK_SKEW = timedelta(minutes=5)
+# An access token living longer than this was not made by ChatGPT's issuer (its tokens live
+# days): taken as it says, it would stop every holder renewing until then.
+LONGEST_TOKEN = timedelta(days=365)
 
 
 def _utc_in_range(value: datetime) -> datetime:
@@ -97,7 +104,7 @@ class Tombstone(BaseModel):
     at: Time
     holder: Name = ""
     host: Name = ""
-    accountId: str | None = None  # noqa: N815 - the stored record's spelling, as pi's fields
+    accountId: str | None = Field(default=None, pattern=ACCOUNT_ID)  # noqa: N815 - as pi's
 
 
 class Beat(BaseModel):
@@ -156,13 +163,14 @@ class StoredRecord:
     tombstone: Tombstone | None = None
     holders: dict[str, Beat] = field(default_factory=dict)
     etag: str | None = None
+    implausible: bool = False  # a generation no holder reached: replaced whole on the next write
 
     @classmethod
     def parse(
         cls, document: dict[str, Any], keys: Keys, etag: str | None, *, now: datetime
     ) -> StoredRecord:
         raw = document.get(keys.entry)
-        credential, entry = _entry(raw)
+        credential, entry = _entry(raw, now)
         holders = {
             name[len(keys.holder_prefix) :]: beat
             for name, value in document.items()
@@ -175,11 +183,15 @@ class StoredRecord:
             # Dated after now, it would sign out every sign-in made until then, this machine's
             # newest too: a logout from a clock far ahead, or a forged one, is not acted on.
             tombstone = None
+        lease = _model(Lease, document.get(keys.lease))
+        if any(part is not None and part.generation >= IMPLAUSIBLE
+               for part in (entry, tombstone, lease)):  # fmt: skip
+            return cls(invalid=True, holders=holders, etag=etag, implausible=True)
         return cls(
             credential=credential,
             entry=entry,
             invalid=raw is not None and credential is None,
-            lease=_model(Lease, document.get(keys.lease)),
+            lease=lease,
             tombstone=tombstone,
             holders=holders,
             etag=etag,
@@ -215,7 +227,7 @@ class StoredRecord:
         return self.tombstone is not None and self.live is None
 
 
-def _entry(raw: object) -> tuple[Credential | None, StoredEntry | None]:
+def _entry(raw: object, now: datetime) -> tuple[Credential | None, StoredEntry | None]:
     """The credential in a stored entry, if it is a valid one whose token names its account."""
     if raw is None:
         return None, None
@@ -227,13 +239,14 @@ def _entry(raw: object) -> tuple[Credential | None, StoredEntry | None]:
         return None, None
     if claims.account_id != credential.account_id:
         return None, None
-    latest = claims.expires_at + CLOCK_SKEW if claims.expires_at is not None else None
-    if latest is not None and credential.expires_ms > latest.timestamp() * 1000:
-        # The token's own expiry, by the issuer's clock, bounds the one its writer computed
-        # (give or take the clocks' skew): a writer's clock far ahead, or a forged entry, would
-        # stop every holder renewing it.
-        expires_ms = int((latest - CLOCK_SKEW).timestamp() * 1000)
-        credential = credential.model_copy(update={"expires_ms": expires_ms})
+    if claims.expires_at is None or claims.expires_at > now + LONGEST_TOKEN:
+        return None, None  # nothing bounds the stored expiry: renewal could stop for good
+    # The token's own expiry, by the issuer's clock, bounds the one its writer computed (give or
+    # take the clocks' skew): a writer's clock far ahead, or a forged entry, would stop every
+    # holder renewing it.
+    exp_ms = int(claims.expires_at.timestamp() * 1000)
+    if credential.expires_ms > exp_ms + CLOCK_SKEW.total_seconds() * 1000:
+        credential = credential.model_copy(update={"expires_ms": exp_ms})
     if entry.idToken:
         credential = credential.model_copy(update={"id_token": entry.idToken})
     if entry.lastRefresh:
@@ -376,8 +389,13 @@ def decide(  # noqa: PLR0911 - one return per case of the rule reads best
     if stored.refresh_token == local.refresh_token:
         return "in_sync"
     generation = record.entry.generation if record.entry else 0
-    if not changed:  # only the store moved (or went back: then ours is the newer)
-        return "adopt" if generation >= state.generation else "push"
+    if not changed:
+        if generation >= state.generation:  # only the store moved
+            return "adopt"
+        # The store went back (restored from a backup, or a malformed record replaced from
+        # generation 1): the later expiry wins, as below. Taking ours for the newer because it
+        # was once agreed at a higher generation would put a spent token over a fresh one.
+        return "push" if local.expires_ms > stored.expires_ms else "adopt"
     if state.synced is not None and generation <= state.generation:  # only this machine moved
         return "push"
     # Both moved, or this machine never agreed with the store (a new container whose file came

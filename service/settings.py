@@ -8,6 +8,7 @@ hidden from ``repr`` and never logged.
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Literal
@@ -25,16 +26,22 @@ def _private_host(url: str) -> bool:
     """Whether an http:// address stays on a private network: loopback or private addresses,
     and the names a container network or a LAN gives (no dot, or a private suffix)."""
     import ipaddress  # noqa: PLC0415 - only when a store address is set
+    import socket  # noqa: PLC0415
     from urllib.parse import urlsplit  # noqa: PLC0415
 
     try:
         host = (urlsplit(url).hostname or "").rstrip(".").lower()
     except ValueError:
         return False
+    if not re.fullmatch(r"[a-z0-9.-]+|[0-9a-f:.]+", host):  # "%2e" and the like: urllib unquotes
+        return False
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return bool(host) and ("." not in host or host.endswith(_PRIVATE_SUFFIXES))
+        try:  # the forms the resolver reads as IPv4 too: 134744072, 0x08080808, 10.1
+            address = ipaddress.ip_address(socket.inet_aton(host))
+        except OSError:
+            return "." not in host or host.endswith(_PRIVATE_SUFFIXES)
     return address.is_private or address.is_loopback
 
 
@@ -152,7 +159,8 @@ class ServiceSettings(Settings):
         # Checked before `serve` writes anything: gunicorn would fail only after the address
         # the agent's commands read was left in the state directory.
         host, colon, port = value.strip().rpartition(":")
-        if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        host_ok = re.fullmatch(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*", host)  # empty: every address
+        if not colon or not host_ok or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(
                 f"{value!r} is not HOST:PORT with a port from 1 to 65535 (for example "
                 "127.0.0.1:8080)"

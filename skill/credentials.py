@@ -24,6 +24,9 @@ PI_PROVIDER_KEY = "openai-codex"
 # Expiry times, in milliseconds, are bounded by what a datetime holds (9999-12-31): a larger one
 # (from another machine's file or the store) would fail wherever it is shown or compared.
 LATEST_EXPIRY_MS = 253_402_300_799_000
+# An account id as ChatGPT makes them (a UUID; the tests' "acct-1111"): it is shown in messages,
+# so a file or a store holding one with other characters (escapes, prose) holds no credential.
+ACCOUNT_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
 
 
 class PiEntry(BaseModel):
@@ -35,7 +38,7 @@ class PiEntry(BaseModel):
     access: str = Field(min_length=1, repr=False)
     refresh: str = Field(min_length=1, repr=False)
     expires: int = Field(ge=0, le=LATEST_EXPIRY_MS)
-    accountId: str = Field(min_length=1)  # noqa: N815 - pi's field name
+    accountId: str = Field(pattern=ACCOUNT_ID)  # noqa: N815 - pi's field name
 
 
 class CodexTokens(BaseModel):
@@ -66,7 +69,7 @@ class Credential(BaseModel):
     access_token: str = Field(min_length=1, repr=False)
     refresh_token: str = Field(min_length=1, repr=False)
     id_token: str | None = Field(default=None, repr=False)
-    account_id: str = Field(min_length=1)
+    account_id: str = Field(pattern=ACCOUNT_ID)
     expires_ms: int = Field(ge=0, le=LATEST_EXPIRY_MS)
     last_refresh: datetime
 
