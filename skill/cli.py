@@ -168,7 +168,8 @@ AGENT_COMMANDS = {
     "wait": (
         "wait for a device-code sign-in to be approved",
         "Wait until the user approves the device code shown by `chatgpt-login start --method "
-        "device` (or the sign-in ends), then finish like complete.",
+        "device` (or the sign-in ends), then finish like complete. On a browser sign-in it "
+        "waits 30 seconds unless --timeout says otherwise: those end with `complete`.",
         "chatgpt-login wait --timeout 300",
     ),
     "status": (

@@ -301,8 +301,9 @@ def logout(settings: Settings, out: Output) -> int:
         lines.append("The sign-in was revoked." if local.revoked else "Could not revoke the "
                      "sign-in at OpenAI (offline?); it ends when it expires.")  # fmt: skip
     lines.append(
-        "The chatgpt-login service is not running, so the copy kept for restarts is signed out "
-        "when it starts; until then nothing restores it."
+        "The chatgpt-login service is not running: the copy kept for restarts is signed out "
+        "when it starts (or at the next `chatgpt-login restore` here), and until then the "
+        "user's other containers stay signed in."
     )
     out.emit(lines, {"removed": local.removed, "moved_aside": local.moved_aside,
                      "revoked": local.revoked, "stored": "pending"})  # fmt: skip

@@ -33,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.execvpe(program[0], program, {str(k): str(v) for k, v in env.items()})  # noqa: S606 - our own argv
     except OSError as exc:
         print(f"Error: could not start {program[0]} ({exc.strerror}). Check that it is "
-              "installed, then start a new sign-in.", file=sys.stderr)  # fmt: skip
+              "installed, or point CHATGPT_LOGIN_CODEX_COMMAND (codex) or "
+              "CHATGPT_LOGIN_PI_AI_COMMAND (pi-ai) at it.", file=sys.stderr)  # fmt: skip
         return 127
 
 

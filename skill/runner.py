@@ -31,6 +31,7 @@ from skill.tmux import TmuxServer
 # `wait` looks at a device sign-in this often: the user takes minutes to approve, and each look
 # reads the pane (a tmux command).
 WAIT_POLL = 0.5
+BROWSER_WAIT = 30.0  # seconds `wait` gives a browser sign-in unless told (--timeout)
 
 
 def _no_tick(_: float) -> None:
@@ -150,6 +151,10 @@ class Runner:
         if not attempt.live:
             return attempt
         limit = (attempt.expires_at - datetime.now(UTC)).total_seconds()
+        if timeout is None and attempt.method == "browser":
+            # A browser sign-in ends with a paste (`complete`); waiting is for one the browser
+            # took to the program itself. Not the whole attempt: an agent would hang on it.
+            timeout = BROWSER_WAIT
         deadline = time.monotonic() + max(0.0, min(limit, timeout or limit))
         session = self.session(attempt)
         mark = session.screen().count("\n")

@@ -456,3 +456,21 @@ def test_a_state_file_written_before_oauth_state_was_named_so_still_loads(tmp_pa
     store.save(loaded)
     written = json.loads((tmp_path / "login.json").read_text())
     assert (written["oauth_state"], written["tmux_session"]) == ("s" * 43, "login-a1b2c3d4")
+
+
+def test_wait_on_a_browser_sign_in_does_not_hold_the_agent_for_the_whole_attempt(
+    runner_settings: Settings, issuer: FakeIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Those end with a paste: `wait` gives them BROWSER_WAIT (30 s), not the attempt's 10
+    minutes, unless told otherwise (second new-user review)."""
+    import skill.runner  # noqa: PLC0415
+
+    monkeypatch.setattr(skill.runner, "BROWSER_WAIT", 1.0)
+    runner = Runner(runner_settings)
+    runner.start(method="browser")
+    started = time.monotonic()
+    with pytest.raises(SkillError) as caught:
+        runner.wait()
+    assert caught.value.code == "approval_pending" and time.monotonic() - started < 10
+    assert runner.status().live  # type: ignore[union-attr]
+    runner.cancel()
