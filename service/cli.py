@@ -189,8 +189,8 @@ def _events(args: argparse.Namespace) -> int:
         for event in follow_events(ServiceSettings.from_env(), after=args.after, on_gap=gap):
             _print_event(event, as_json=args.json)
     except SkillError as exc:
-        if exc.code != "service_unavailable":
-            raise
+        if exc.code != "service_unavailable" or "chatgpt-login serve" in exc.message:
+            raise  # not that, or it says how to start it already
         raise SkillError(
             exc.code,
             f"{exc.message[:1].upper()}{exc.message[1:]}: the events "

@@ -219,6 +219,15 @@ class HttpSecretsStore:
             )
         if status == 429 or status >= 500:
             return unreachable(f"HTTP {status}")
+        if method != "GET" and 400 <= status < 500 and status != 409:
+            # Nothing there takes a write (a wrong path: 404, 405): asking again will not help.
+            raise ServiceError(
+                "secrets_bad_response",
+                f"The secrets API refused the write (HTTP {status}). Check its address "
+                "(CHATGPT_LOGIN_SECRETS_API_URL): the path of the secrets API itself, such as "
+                "https://tinyfat.com/api/agent/secrets.",
+                status=502,
+            )
         document = self.client.json(response)
         if isinstance(document, ServiceError):
             return document

@@ -8,6 +8,7 @@ hidden from ``repr`` and never logged.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from pathlib import Path
@@ -25,7 +26,6 @@ _PRIVATE_SUFFIXES = (".internal", ".local", ".lan")
 def _private_host(url: str) -> bool:
     """Whether an http:// address stays on a private network: loopback or private addresses,
     and the names a container network or a LAN gives (no dot, or a private suffix)."""
-    import ipaddress  # noqa: PLC0415 - only when a store address is set
     import socket  # noqa: PLC0415
     from urllib.parse import urlsplit  # noqa: PLC0415
 
@@ -160,6 +160,11 @@ class ServiceSettings(Settings):
         # the agent's commands read was left in the state directory.
         host, colon, port = value.strip().rpartition(":")
         host_ok = re.fullmatch(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*", host)  # empty: every address
+        if host_ok and re.fullmatch(r"[0-9.]+", host):  # an IPv4 address: a real one
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                host_ok = None
         if not colon or not host_ok or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(
                 f"{value!r} is not HOST:PORT with a port from 1 to 65535 (for example "

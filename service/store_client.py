@@ -122,7 +122,7 @@ class StoreClient:
 
     def bad_answer(self, exc: AnswerError, *, transient: bool) -> ServiceError:
         if transient:
-            then = f"It will be retried; if it persists, check {self.label}."
+            then = f"It will be retried; if it persists, check its address ({self.address_hint})."
         elif "larger than" in exc.reason:  # a store that holds more than ours: no address fault
             then = (f"If that is the stored document (every key in it, not only this tool's), "
                     "remove the keys nothing uses, or raise CHATGPT_LOGIN_ANSWER_MAX_BYTES; else "

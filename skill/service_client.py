@@ -218,7 +218,7 @@ def request_persist(settings: Settings) -> PersistResult:
         return PersistResult(True, "Credentials persisted to the secrets store.")
     reason = str(json_body(answer).get("message") or "")
     if reason:  # the service's own words: it says what it does next
-        return PersistResult(False, f"Persistence pending: {reason}")
+        return PersistResult(False, f"Persistence pending: {reason[:1].lower()}{reason[1:]}")
     why = f"the service answered HTTP {answer.status}"
     return PersistResult(False, _pending(why, "the service tries again by itself"))
 

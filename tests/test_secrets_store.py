@@ -182,3 +182,12 @@ def test_a_document_larger_than_the_limit_says_what_to_remove(api: FakeSecretsAP
     assert caught.value.code == "secrets_bad_response" and not caught.value.transient
     assert "larger than" in caught.value.message and "remove the keys" in caught.value.message
     assert "CHATGPT_LOGIN_ANSWER_MAX_BYTES" in caught.value.message
+
+
+def test_a_write_to_a_wrong_path_is_said_at_once_as_a_wrong_address(api: FakeSecretsAPI) -> None:
+    """A 404 to a write is no outage to wait out: the service would retry a typo for ever."""
+    api.faults.extend(["status:404", "status:404", "status:404"])
+    with pytest.raises(ServiceError) as caught:
+        store(api).write(PATCH)
+    assert not caught.value.transient and "CHATGPT_LOGIN_SECRETS_API_URL" in caught.value.message
+    assert len(api.faults) == 2, "asked once, not retried"

@@ -132,7 +132,9 @@ def test_a_file_secret_that_is_a_directory_is_named_not_skipped(
     assert "secrets_api_token is a directory, not a file" in done.stderr
 
 
-@pytest.mark.parametrize("bind", ["127.0.0.1:99999", "127.0.0.1:http", "garbage", "a host:80"])
+@pytest.mark.parametrize(
+    "bind", ["127.0.0.1:99999", "127.0.0.1:http", "garbage", "a host:80", "999.1.1.1:80"]
+)
 def test_a_bind_address_without_a_usable_port_is_refused_before_anything_is_written(
     tmp_path: Path, bind: str
 ) -> None:
