@@ -58,7 +58,7 @@ def _refresh(args: argparse.Namespace) -> int:
     store's token) this machine cannot take the lease, and another container of this user may
     be spending the token at this very moment."""
     from service.settings import ServiceSettings  # noqa: PLC0415
-    from skill.errors import CODES, SkillError  # noqa: PLC0415
+    from skill.errors import CODES  # noqa: PLC0415
     from skill.service_client import REFRESH_PATH, call, json_body  # noqa: PLC0415
 
     settings = ServiceSettings.from_env()
