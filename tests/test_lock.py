@@ -289,12 +289,19 @@ def test_a_lock_another_user_left_is_taken_over_by_age_as_pi_would(tmp_path: Pat
         lock_dir = shared / "auth.json.lock"
         lock_dir.mkdir(mode=0o700)  # root's, unreadable to the taker
         os.utime(lock_dir, (time.time() - 3600, time.time() - 3600))
+        # Our code where that user can read it: a checkout may sit in a directory only its owner
+        # may enter (`mktemp -d` makes them 0700).
+        code = shared / "code"
+        shutil.copytree(Path(__file__).resolve().parent.parent / "skill", code / "skill",
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        for path in (code, *code.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         take = ("import sys; from pathlib import Path; from skill.lock import DirLock\n"
                 "with DirLock(Path(sys.argv[1]), stale=30, timeout=3): print('held')")  # fmt: skip
         done = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
              "-c", take, str(shared / "auth.json")],
-            env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin"},
+            env={"PYTHONPATH": str(code), "PATH": "/usr/bin"},
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
         assert done.stdout.strip() == "held", done.stderr[-1500:]
