@@ -29,6 +29,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 WIDTH, HEIGHT = 220, 50
+_START_ATTEMPTS = 3
 
 
 def strip_ansi(text: str) -> str:
@@ -111,22 +113,28 @@ class TmuxServer:
         fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         os.close(fd)
         target = f"={name}:"
-        try:
-            # One tmux invocation: start the server if needed (through _run, so with the clean
-            # environment), create the gated session, keep the pane after exit, log it, then
-            # open the gate. The server exits by itself when its last session is gone.
-            self._run(
-                "start-server", ";",
-                "new-session", "-d", "-s", name, "-x", str(width), "-y", str(HEIGHT),
-                "-c", str(cwd), f"{opener} && exec {program}", ";",
-                "set-option", "-t", target, "remain-on-exit", "on", ";",
-                "set-option", "-t", target, "history-limit", "5000", ";",
-                "pipe-pane", "-o", "-t", target, f"cat >> {shlex.quote(str(log_file))}", ";",
-                "wait-for", "-S", gate,
-            )  # fmt: skip
-        except SkillError:
-            self.kill(name)
-            raise
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                # One tmux invocation: start the server if needed (through _run, so with the
+                # clean environment), create the gated session, keep the pane after exit, log
+                # it, then open the gate.
+                self._run(
+                    "start-server", ";",
+                    "new-session", "-d", "-s", name, "-x", str(width), "-y", str(HEIGHT),
+                    "-c", str(cwd), f"{opener} && exec {program}", ";",
+                    "set-option", "-t", target, "remain-on-exit", "on", ";",
+                    "set-option", "-t", target, "history-limit", "5000", ";",
+                    "pipe-pane", "-o", "-t", target, f"cat >> {shlex.quote(str(log_file))}", ";",
+                    "wait-for", "-S", gate,
+                )  # fmt: skip
+                return
+            except SkillError as exc:
+                self.kill(name)
+                # The server exits by itself when its last session is gone: a start that meets
+                # one still exiting (a sign-in canceled a moment ago) finds it gone. Once more.
+                if "server exited unexpectedly" not in exc.message or attempt == _START_ATTEMPTS:
+                    raise
+                time.sleep(0.05 * attempt)
 
     def _pane(self, name: str) -> libtmux.Pane | None:
         from libtmux.exc import LibTmuxException  # noqa: PLC0415
