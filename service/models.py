@@ -12,9 +12,14 @@ from service.record import HolderView, LeaseView
 from skill.attempt import PUBLIC_FIELDS, Attempt
 from skill.drivers import DRIVERS, known_driver
 
+# Every model here is built when first used, not when the service starts: each costs the
+# worker memory for as long as it lives (BENCHMARKS.md, service memory), and most are used
+# rarely (a sign-in's, a logout's) or never (the documentation's).
+_DEFERRED = ConfigDict(defer_build=True)
+
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class LoginRequest(Request):
@@ -36,12 +41,15 @@ class RedirectRequest(Request):
 # two cannot drift apart.
 Login = create_model(
     "Login",
+    __config__=_DEFERRED,
     **{name: (Attempt.model_fields[name].annotation, Attempt.model_fields[name])
        for name in PUBLIC_FIELDS},
 )  # type: ignore[call-overload]  # fmt: skip
 
 
 class CredentialStatus(BaseModel):
+    model_config = _DEFERRED
+
     status: Literal["not_logged_in", "logged_in", "needs_relogin", "logged_out"]
     account_id: str | None = None
     email: str | None = None
@@ -69,6 +77,8 @@ class CredentialStatus(BaseModel):
 
 
 class Outcome(BaseModel):
+    model_config = _DEFERRED
+
     ok: bool = True
     action: str
     message: str
@@ -86,11 +96,15 @@ class SignedOut(Outcome):
 
 
 class Health(BaseModel):
+    model_config = _DEFERRED
+
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
 
 
 class ErrorBody(BaseModel):
+    model_config = _DEFERRED
+
     error: str
     message: str
     next: str | None = Field(

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, Field, ValidationError
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from skill import statedir
 from skill.drivers import Method, known_driver
@@ -37,6 +37,8 @@ PUBLIC_FIELDS = (
 
 
 class Attempt(BaseModel):
+    model_config = ConfigDict(defer_build=True)  # built on the first attempt read or made
+
     id: str
     driver: Annotated[str, AfterValidator(known_driver)]
     method: Method

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from skill import statedir
 from skill.errors import SkillError
@@ -73,6 +73,8 @@ def sign_out_locally(settings: Settings, *, credential: Credential | None = None
 
 class PendingLogout(BaseModel):
     """A logout the stored copy has not seen yet."""
+
+    model_config = ConfigDict(defer_build=True)  # built when a logout is first read or noted
 
     at: datetime
     account_id: str | None = None

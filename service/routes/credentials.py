@@ -1,6 +1,9 @@
 """``/v1/credentials``: status, persist, refresh, restore and log out. Never a token value.
 
-Every change of the stored copy goes through :mod:`service.persistence`."""
+Every change of the stored copy goes through :mod:`service.persistence`. A restore and a logout
+through the API are rare (a container restores before the service starts; a logout ends the
+sign-in): their modules are imported when first asked for, not held by the worker from its start
+(BENCHMARKS.md, service memory)."""
 
 from __future__ import annotations
 
@@ -14,8 +17,6 @@ from service.errors import ServiceError
 from service.models import CredentialStatus, Outcome, SignedOut
 from service.persistence import Renewed, dead_refresh_token
 from service.refresher import Refresher
-from service.restore import restore_and_refresh
-from service.signout import sign_out
 from skill.errors import SkillError
 from skill.signout import pending_path
 
@@ -151,6 +152,8 @@ def refresh_route() -> Response:
 
 @bp.post("/restore")
 def restore_route() -> Response:
+    from service.restore import restore_and_refresh  # noqa: PLC0415 - rare: see the docstring
+
     ctx = context()
     result = restore_and_refresh(ctx.settings, ctx.store)
     ctx.metrics.count("restores", result.action)
@@ -162,6 +165,8 @@ def restore_route() -> Response:
 @bp.delete("")
 def logout() -> Response:
     """Log out everywhere: tombstone the stored copy, revoke (best effort), remove our entries."""
+    from service.signout import sign_out  # noqa: PLC0415 - rare: see the docstring
+
     done = sign_out(context().persistence())
     context().metrics.count("logouts", done.stored)
     body = SignedOut(action="logged_out", message=done.message, revoked=done.local.revoked,
