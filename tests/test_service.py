@@ -23,6 +23,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service.app import create_app
+from service.cli import _with_tunable
 from service.openapi import ROUTES
 from service.settings import ServiceSettings
 from skill.authfiles import PiAuthFile
@@ -274,6 +275,16 @@ def test_readyz_reports_the_keepalives_failed_read_without_asking_the_store(
     assert api.requests.count("GET") == reads
 
 
+def test_serve_adds_its_malloc_tunable_and_keeps_the_users() -> None:
+    tcache = "glibc.malloc.tcache_count"
+    assert _with_tunable("", tcache, "0") == "glibc.malloc.tcache_count=0"
+    assert _with_tunable("glibc.malloc.arena_max=2", tcache, "0") == (
+        "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"
+    )
+    given = "glibc.malloc.tcache_count=7:glibc.malloc.arena_max=2"
+    assert _with_tunable(given, tcache, "0") == given
+
+
 def test_end_to_end_under_gunicorn(
     login_env: dict[str, str], issuer: FakeIssuer, api: FakeSecretsAPI, state_dir: Path
 ) -> None:
@@ -307,13 +318,17 @@ def test_end_to_end_under_gunicorn(
         assert url_file.read_text() == f"http://127.0.0.1:{port}"
         assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
         # serve became gunicorn: -OO where that bytecode is (scripts/install and the image
-        # compile it), and one malloc arena (BENCHMARKS.md, "In the container").
+        # compile it), no column positions, one malloc arena and no per-thread malloc cache
+        # (BENCHMARKS.md, "In the container").
         argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
         flask = importlib.util.find_spec("flask")
         sources = [logging.__file__, flask and flask.origin, str(REPO / "service" / "app.py")]
         compiled = [importlib.util.cache_from_source(str(each), optimization=2) for each in sources]
         assert (b"-OO" in argv) == all(map(os.path.exists, compiled)) and b"gunicorn" in argv
-        assert b"MALLOC_ARENA_MAX=1" in Path(f"/proc/{server.pid}/environ").read_bytes()
+        assert b"no_debug_ranges" in argv
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        assert b"MALLOC_ARENA_MAX=1" in environ
+        assert b"GLIBC_TUNABLES=glibc.malloc.tcache_count=0" in environ
 
         # A second service on this state directory (another port), and one on this port
         # (another state directory): each refused in one line, the running one untouched.
