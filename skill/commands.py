@@ -143,8 +143,11 @@ def _signed_in(settings: Settings, out: Output, attempt: Attempt) -> int:
     lines += [f"Credentials saved to {path}" for path in attempt.saved]
     lines += [f"Note: {note}" for note in attempt.notes]
     lines.append(persisted.message)
-    out.emit(lines, {**_public(attempt), "persisted": persisted.persisted,
-                     "persist_message": persisted.message})  # fmt: skip
+    data = {**_public(attempt), "persisted": persisted.persisted,
+            "persist_message": persisted.message}  # fmt: skip
+    if persisted.refused:  # still exit 10 (signed in here), with what the agent must pass on
+        data |= {"persist_error": "store_misconfigured", "next": "tell_user"}
+    out.emit(lines, data)
     return ExitCode.OK if persisted.persisted else ExitCode.PERSIST_PENDING
 
 
@@ -225,9 +228,11 @@ def _service_lines(
 ) -> list[str]:
     lines = []
     if logout_pending:
+        who = ("the service does it when it runs" if service is None else
+               "the secrets store has not taken it yet, and the service keeps trying")  # fmt: skip
         lines.append(
-            "Signing out the copy kept for restarts is pending: the service does it when it "
-            "runs (until then nothing restores it); a sign-in made since the logout is kept."
+            f"Signing out the copy kept for restarts is pending: {who} (until then nothing "
+            "restores it); a sign-in made since the logout is kept."
         )
     if service is None:
         lines.append(

@@ -38,6 +38,9 @@ REFRESH_PATH = "/v1/credentials/refresh"
 class PersistResult:
     persisted: bool
     message: str
+    # The store refused the service (its token, its address): not pending in the sense that it
+    # passes by itself; the user must hear it, since an operator has to act.
+    refused: bool = False
 
 
 def call(
@@ -216,7 +219,11 @@ def request_persist(settings: Settings) -> PersistResult:
                                              "it runs"))  # fmt: skip
     if answer.status == 200:
         return PersistResult(True, "Credentials persisted to the secrets store.")
-    reason = str(json_body(answer).get("message") or "")
+    said = json_body(answer)
+    reason = str(said.get("message") or "")
+    if reason and said.get("next") == "tell_user":
+        return PersistResult(False, f"Not saved for restarts: {reason[:1].lower()}{reason[1:]}",
+                             refused=True)  # fmt: skip
     if reason:  # the service's own words: it says what it does next
         return PersistResult(False, f"Persistence pending: {reason[:1].lower()}{reason[1:]}")
     why = f"the service answered HTTP {answer.status}"

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import PYTHON, REPO, free_port, port_is_free, wait_until
 from tests.fake_issuer import FakeIssuer
+from tests.fake_secrets import FakeSecretsAPI
 
 
 @pytest.fixture
@@ -282,6 +283,43 @@ def running_service(env: dict[str, str], state_dir: Path) -> Iterator[str]:
     server.shutdown()
 
 
+def test_a_store_that_refuses_the_service_is_told_not_pending(
+    env: dict[str, str], issuer: FakeIssuer, state_dir: Path, api: FakeSecretsAPI
+) -> None:
+    """The sign-in stands (exit 10), but a store that refuses the service's token does not take
+    it by itself later: the agent is told to pass that on (next: tell_user), not 'nothing to
+    do'; the API's answer says the same."""
+    from werkzeug.serving import make_server  # noqa: PLC0415
+
+    from service.app import create_app  # noqa: PLC0415
+    from service.settings import ServiceSettings  # noqa: PLC0415
+
+    settings = ServiceSettings.from_env(
+        {**env, "CHATGPT_LOGIN_SECRETS_DIR": str(state_dir / "x"),
+         "CHATGPT_LOGIN_SECRETS_API_URL": api.url, "FAT_TOOLS_TOKEN": "not-the-token-0123456789",
+         "CHATGPT_LOGIN_SECRETS_DEADLINE": "2"}
+    )  # fmt: skip
+    server = make_server("127.0.0.1", free_port(), create_app(settings), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env["CHATGPT_LOGIN_SERVICE_URL"] = f"http://127.0.0.1:{server.server_port}"
+    try:
+        _, started, _ = cli(env, "start")
+        code, done, _ = cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
+        assert code == 10 and done["status"] == "succeeded" and done["persisted"] is False
+        assert (done["persist_error"], done["next"]) == ("store_misconfigured", "tell_user")
+        assert "refused the token" in done["persist_message"]
+        assert "until an operator fixes that" in done["persist_message"]
+        assert (Path(env["PI_CODING_AGENT_DIR"]) / "auth.json").exists()  # signed in here
+        client = create_app(settings).test_client()
+        header = {"Authorization": f"Bearer {(state_dir / 'service.token').read_text()}"}
+        again = client.post("/v1/credentials/persist", headers=header)
+        assert again.status_code == 502 and again.json is not None
+        assert (again.json["error"], again.json["next"]) == ("secrets_forbidden", "tell_user")
+    finally:
+        server.shutdown()
+    assert "codex_credentials" not in api.record
+
+
 def stored_document(state_dir: Path) -> dict[str, Any]:
     found = json.loads((state_dir / "secrets.json").read_text())
     assert isinstance(found, dict)
@@ -324,7 +362,8 @@ def test_a_logout_with_the_service_down_waits_for_it(
     assert status["logout_pending"] is True and status["credential"] is None
     human = subprocess.run([PYTHON, "-m", "skill.cli", "status"], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-    assert "Signing out the copy kept for restarts is pending" in human.stdout
+    assert "Signing out the copy kept for restarts is pending: the service does it when it runs" \
+        in human.stdout  # fmt: skip
     restored = subprocess.run(
         [PYTHON, "-m", "service.cli", "restore"], env={**env, "CHATGPT_LOGIN_SECRETS_DIR":
         str(state_dir / "x")}, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
@@ -333,6 +372,18 @@ def test_a_logout_with_the_service_down_waits_for_it(
     assert "codex_credentials" not in stored_document(state_dir)
     _, status, _ = cli(env, "status")
     assert status["logout_pending"] is False and status["credential"] is None
+
+
+def test_a_pending_logout_with_the_service_up_is_the_store_s_to_take() -> None:
+    """With the service answering, a logout still pending waits on the store, not on a service
+    to start (the user would look for a stopped service that is not stopped)."""
+    from skill.commands import _service_lines  # noqa: PLC0415
+
+    lines = _service_lines({"status": "logged_out", "store_error": "secrets_unreachable",
+                            "store_problem": "The secrets API could not be reached."},
+                           True, signed_in=False)  # fmt: skip
+    assert "the secrets store has not taken it yet, and the service keeps trying" in lines[0]
+    assert not any("service is not running" in line for line in lines)
 
 
 def test_a_finished_sign_in_takes_only_its_own_address_again(

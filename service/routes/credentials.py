@@ -26,14 +26,24 @@ bp = Blueprint("credentials", __name__)
 _BUSY_WAIT = 15.0
 
 
-def persist_now() -> bool:
-    """Store the local credential as a new sign-in; False when the store did not take it (the
-    persist is then pending and the keep-alive retries)."""
+def persist_now() -> ServiceError | None:
+    """Store the local credential as a new sign-in; None when stored, else why not (the persist
+    is then pending and the keep-alive retries), in the words the caller passes on: a store that
+    did not answer takes it by itself later; one that refused the service (its token, its
+    address) does so only once an operator fixes that."""
     try:
         context().persistence().persist()
-    except ServiceError:
-        return False
-    return True
+    except ServiceError as exc:
+        if exc.transient:
+            return ServiceError("secrets_unreachable", "The secrets store did not take the "
+                                "credential; it stays on this machine, and the service stores "
+                                "it by itself as soon as the store takes it.", status=503,
+                                transient=True)  # fmt: skip
+        return ServiceError(exc.code, f"{exc.message.rstrip('.')}. The credential stays on this "
+                            "machine, and is not saved for restarts or shared with other "
+                            "containers until an operator fixes that; then the service stores "
+                            "it by itself.", status=exc.status, next="tell_user")  # fmt: skip
+    return None
 
 
 # The status view is what the operator API serves most, and it only changes when one of three
@@ -112,10 +122,9 @@ def persist_route() -> Response:
     if ctx.persistence().local() is None:
         raise ServiceError("credentials_missing", "No ChatGPT credential on this machine to "
                            "persist. Sign in first (POST /v1/logins).", status=409)  # fmt: skip
-    if not persist_now():
-        raise ServiceError("secrets_unreachable", "The secrets store did not take the credential; "
-                           "it stays on this machine, and the service stores it by itself as "
-                           "soon as the store takes it.", status=503)  # fmt: skip
+    problem = persist_now()
+    if problem is not None:
+        raise problem
     return jsonify(Outcome(action="persisted", message="Credential stored.").model_dump())
 
 

@@ -69,7 +69,11 @@ def redirect(login_id: str) -> Response:
             context().metrics.count("pastes", "refused")
         raise
     data = view(attempt).model_dump(mode="json")
-    data["persisted"] = persist_now() if attempt.status == "succeeded" else False
+    problem = persist_now() if attempt.status == "succeeded" else None
+    data["persisted"] = attempt.status == "succeeded" and problem is None
+    if problem is not None:  # signed in here; why the copy kept for restarts is not stored yet
+        data |= {"persist_error": problem.code, "persist_message": problem.message,
+                 "next": problem.next}  # fmt: skip
     return jsonify(data)
 
 
