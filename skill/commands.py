@@ -247,6 +247,13 @@ def _service_lines(
         lines.append(f"Needs a new sign-in ({service.get('reason')}): run `chatgpt-login start`.")
     elif service.get("persist_pending"):
         lines.append("Storing the credential in the secrets store is pending.")
+    elif (
+        service.get("status") == "logged_in"
+        and service.get("generation")
+        and not any(service.get(key) for key in ("conflict", "store_error"))
+    ):  # said plainly, or a user cannot tell a running service from a stopped one
+        lines.append(f"The service renews it and keeps it in the secrets store for restarts "
+                     f"(stored generation {service['generation']}).")  # fmt: skip
     if service.get("store_error"):
         lines.append(
             f"The store of the copy kept for restarts did not answer as it should "

@@ -386,6 +386,18 @@ def test_a_pending_logout_with_the_service_up_is_the_store_s_to_take() -> None:
     assert not any("service is not running" in line for line in lines)
 
 
+def test_status_says_when_the_service_keeps_the_sign_in() -> None:
+    from skill.commands import _service_lines  # noqa: PLC0415
+
+    kept = "The service renews it and keeps it in the secrets store for restarts (stored " \
+        "generation 3)."  # fmt: skip
+    view = {"status": "logged_in", "generation": 3, "holder": "me"}
+    assert kept in _service_lines(view, False, signed_in=True)
+    for trouble in ({"persist_pending": True}, {"store_error": "secrets_unreachable"},
+                    {"conflict": "acct-2"}, {"generation": 0}):  # fmt: skip
+        assert kept not in _service_lines(view | trouble, False, signed_in=True)
+
+
 def test_a_finished_sign_in_takes_only_its_own_address_again(
     env: dict[str, str], issuer: FakeIssuer
 ) -> None:

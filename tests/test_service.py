@@ -271,7 +271,7 @@ def test_readyz_reports_the_keepalives_failed_read_without_asking_the_store(
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json is not None
         check = ready.json["checks"]["secrets_store"]
-        assert check.startswith("secrets_unreachable, read") and "by the keep-alive" in check
+        assert check.startswith("secrets_unreachable, tried") and "by the keep-alive" in check
     assert api.requests.count("GET") == reads
 
 

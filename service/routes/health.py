@@ -66,7 +66,8 @@ def _store(ctx: Context) -> str:
         age = (datetime.now(UTC) - state.store_tried_at).total_seconds()
         if age <= fresh:
             result = state.store_error or f"ok ({ctx.store.name})"
-            return f"{result}, read {age:.0f} s ago by the keep-alive"
+            done = "tried" if state.store_error else "read"  # a failed read is no read
+            return f"{result}, {done} {age:.0f} s ago by the keep-alive"
     return _checked_here(ctx)
 
 
