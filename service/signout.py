@@ -30,12 +30,17 @@ class SignOut:
     # Why the stored copy's sign-out is pending: the store's error code (it was unreachable, or
     # it kept changing under the other holders' writes).
     pending_why: str | None = None
+    already: bool = False  # the stored copy was a tombstone before this logout: a repeat
 
     @property
     def message(self) -> str:
+        tombstoned = (
+            "the stored copy was already signed out by an earlier logout, and no restart "
+            "restores it" if self.already else "the stored copy is replaced with a tombstone, "
+            "so every container signs out within seconds and no restart restores it"
+        )  # fmt: skip
         stored = {
-            "tombstoned": "the stored copy is replaced with a tombstone, so every container "
-            "signs out within seconds and no restart restores it",
+            "tombstoned": tombstoned,
             "pending": f"{self._pending_cause()}, so signing out the stored copy is pending (it "
             "is retried until the store takes it; until then nothing restores it here)",
             "other_account": "the stored copy belongs to another account and was left as it is",
@@ -66,18 +71,20 @@ def sign_out(persistence: Persistence) -> SignOut:
     held = _files_holding_ours(persistence)
     stored: Stored
     why = None
+    at = persistence.now()
     try:
-        tombstone = persistence.log_out(account)
+        tombstone = persistence.log_out(account, at=at)
         stored = "tombstoned" if tombstone is not None else "other_account"
+        already = tombstone is not None and tombstone.at != at  # log_out kept the one it found
     except ServiceError as exc:
         note_pending(settings, account)
-        stored, why = "pending", exc.code
+        stored, why, already = "pending", exc.code, False
     # The credential read before the tombstone: the keep-alive may drop it meanwhile (it saw
     # the tombstone), so what was removed is what held it before, whoever removed it.
     done = sign_out_locally(settings, credential=local)
     gone = [path for path in held if path not in _files_holding_ours(persistence)]
     removed = sorted(set(done.removed) | set(gone))
-    return SignOut(replace(done, removed=removed), stored, why)
+    return SignOut(replace(done, removed=removed), stored, why, already)
 
 
 def _files_holding_ours(persistence: Persistence) -> list[str]:

@@ -297,8 +297,9 @@ def logout(settings: Settings, out: Output) -> int:
         answer = None
     if answer is not None and answer.status == 200:
         done = json_body(answer)
+        message = str(done.get("message") or "Signed out.")
         data = {key: done.get(key) for key in ("removed", "moved_aside", "revoked", "stored")}
-        out.emit([str(done.get("message") or "Signed out.")], data)
+        out.emit([message], {**data, "message": message})
         return ExitCode.OK
     credential = _local_credential(settings)
     note_pending(settings, credential.account_id if credential else None)
@@ -318,7 +319,8 @@ def logout(settings: Settings, out: Output) -> int:
         "user's other containers stay signed in."
     )
     out.emit(lines, {"removed": local.removed, "moved_aside": local.moved_aside,
-                     "revoked": local.revoked, "stored": "pending"})  # fmt: skip
+                     "revoked": local.revoked, "stored": "pending",
+                     "message": " ".join(lines)})  # fmt: skip
     return ExitCode.OK
 
 

@@ -339,8 +339,14 @@ def test_logout_through_the_service_signs_out_the_stored_copy_too(
     assert code == 0 and out["stored"] == "tombstoned" and out["revoked"] is True, text
     document = stored_document(state_dir)
     assert "codex_credentials" not in document and document["codex_credentials_tombstone"]
+    assert "replaced with a tombstone" in text
     _, status, _ = cli(env, "status")
     assert status["credential"] is None and status["service"]["status"] == "logged_out"
+    tombstone = document["codex_credentials_tombstone"]
+    code, out, text = cli(env, "logout")  # a repeat says so, and leaves the tombstone as it was
+    assert code == 0 and out["stored"] == "tombstoned" and not out["removed"], text
+    assert "already signed out by an earlier logout" in text and "replaced with" not in text
+    assert stored_document(state_dir)["codex_credentials_tombstone"] == tombstone
 
 
 def test_a_logout_with_the_service_down_waits_for_it(
