@@ -45,6 +45,23 @@ Login = create_model(
     **{name: (Attempt.model_fields[name].annotation, Attempt.model_fields[name])
        for name in PUBLIC_FIELDS},
 )  # type: ignore[call-overload]  # fmt: skip
+# Starting one: the sign-in, and what it would replace.
+StartedLogin = create_model(
+    "StartedLogin",
+    __base__=Login,
+    note=(str | None, Field(default=None, description="this machine is signed in already: "
+                            "completing the sign-in replaces that credential")),
+)  # fmt: skip
+# Relaying the pasted address: the sign-in, and whether the copy kept for restarts took it.
+RelayedLogin = create_model(
+    "RelayedLogin",
+    __base__=Login,
+    persisted=(bool, Field(default=False, description="stored in the secrets store")),
+    persist_error=(str | None, Field(default=None, description="why not, when the store "
+                                     "refused the service (an operator must act)")),
+    persist_message=(str | None, None),
+    next=(str | None, Field(default=None, description="tell_user with persist_error")),
+)  # fmt: skip
 
 
 class CredentialStatus(BaseModel):

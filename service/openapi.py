@@ -19,26 +19,28 @@ from service.models import (
     LoginRequest,
     Outcome,
     RedirectRequest,
+    RelayedLogin,
     SignedOut,
+    StartedLogin,
 )
 from service.record import HolderView, LeaseView
 
 MODELS: list[type[BaseModel]] = [
-    LoginRequest, RedirectRequest, Login, CredentialStatus, HolderView, LeaseView, Outcome,
-    SignedOut, Health, ErrorBody,
+    LoginRequest, RedirectRequest, Login, StartedLogin, RelayedLogin, CredentialStatus,
+    HolderView, LeaseView, Outcome, SignedOut, Health, ErrorBody,
 ]  # fmt: skip
 
 # (method, path, summary, request model, {status: response model or None for plain text})
 ROUTES: list[tuple[str, str, str, type[BaseModel] | None, dict[int, type[BaseModel] | None]]] = [
-    ("post", "/v1/logins", "Start a sign-in", LoginRequest, {201: Login, 409: Login}),
+    ("post", "/v1/logins", "Start a sign-in", LoginRequest, {201: StartedLogin, 409: StartedLogin}),
     ("get", "/v1/logins/{login_id}", "Show a sign-in", None, {200: Login, 404: ErrorBody}),
     ("post", "/v1/logins/{login_id}/redirect", "Relay the pasted address", RedirectRequest,
-     {200: Login, 400: ErrorBody, 404: ErrorBody}),
+     {200: RelayedLogin, 400: ErrorBody, 404: ErrorBody}),
     ("delete", "/v1/logins/{login_id}", "Cancel a sign-in", None,
      {200: Login, 404: ErrorBody, 409: ErrorBody}),
     ("get", "/v1/credentials", "Credential status (never a token)", None, {200: CredentialStatus}),
     ("post", "/v1/credentials/persist", "Store the local credential", None,
-     {200: Outcome, 409: ErrorBody, 503: ErrorBody}),
+     {200: Outcome, 409: ErrorBody, 502: ErrorBody, 503: ErrorBody}),
     ("post", "/v1/credentials/refresh", "Renew the access token now (under the store's lease)",
      None, {200: Outcome, 409: ErrorBody, 503: ErrorBody}),
     ("post", "/v1/credentials/restore", "Restore from the secrets store", None, {200: Outcome}),

@@ -99,10 +99,12 @@ def start(
     from skill.drivers import DRIVERS  # noqa: PLC0415 - imported by the runner already
 
     ignored = DRIVERS[attempt.driver].ignored_settings(settings)
-    note = (f"The {attempt.driver} login program signs in at auth.openai.com and listens on "
-            f"port 1455 whatever {' and '.join(ignored)} say.") if ignored else None  # fmt: skip
-    if note:
-        lines.append(note)
+    notes = [f"The {attempt.driver} login program signs in at auth.openai.com and listens on "
+             f"port 1455 whatever {' and '.join(ignored)} say."] if ignored else []  # fmt: skip
+    if (already := signed_in_note(settings)) is not None:
+        notes.append(already)
+    lines += notes
+    note = " ".join(notes) or None
     out.emit(lines, {**_public(attempt), "reused": reused, "replaced": bool(switch and not reused),
                      "note": note})  # fmt: skip
     return ExitCode.OK
@@ -322,6 +324,16 @@ def logout(settings: Settings, out: Output) -> int:
                      "revoked": local.revoked, "stored": "pending",
                      "message": " ".join(lines)})  # fmt: skip
     return ExitCode.OK
+
+
+def signed_in_note(settings: Settings) -> str | None:
+    """What a new sign-in would replace, if this machine is signed in: said when one starts (an
+    operator's API start, or an agent that skipped looking first)."""
+    credential = _local_credential(settings)
+    if credential is None:
+        return None
+    who = credential.claims().email or credential.account_id
+    return f"Already signed in on this machine as {who}: completing this sign-in replaces that."
 
 
 def _local_credential(settings: Settings) -> Credential | None:

@@ -53,6 +53,12 @@ def test_start_complete_status_over_the_cli(env: dict[str, str], issuer: FakeIss
     assert code == 0 and status["login"]["status"] == "succeeded"
     assert status["credential"]["account_id"] == "acct-1111"
     assert "auth_url" not in status["login"]
+    assert started["note"] is None
+    code, second, _ = cli(env, "start")  # signed in: a new sign-in says what it replaces
+    assert code == 0 and second["status"] == "waiting" and second["id"] != started["id"]
+    assert second["note"] == ("Already signed in on this machine as user@example.com: "
+                              "completing this sign-in replaces that.")  # fmt: skip
+    cli(env, "cancel")
 
 
 def test_a_repeated_complete_tells_a_sign_in_the_service_stored_while_it_is_down(

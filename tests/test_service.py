@@ -110,7 +110,7 @@ def test_sign_in_through_the_api_and_persist(
     done = client.post(f"/v1/logins/{login['id']}/redirect", json={"url": callback}, headers=auth())
     assert done.status_code == 200 and done.json is not None
     assert done.json["status"] == "succeeded" and done.json["persisted"] is True
-    assert done.json["auth_url"] is None
+    assert done.json["auth_url"] is None and started.json["note"] is None
     other = callback.replace("code=", "code=other")
     late = client.post(f"/v1/logins/{login['id']}/redirect", json={"url": other}, headers=auth())
     assert late.status_code >= 400  # the sign-in is over: not a refusal of its paste
@@ -126,6 +126,10 @@ def test_sign_in_through_the_api_and_persist(
     assert view["persist_pending"] is False and view["last_persisted_at"]
     text = status.get_data(as_text=True)
     assert stored["access"] not in text and stored["refresh"] not in text
+    anew = client.post("/v1/logins", json={}, headers=auth())
+    assert anew.status_code == 201 and anew.json is not None
+    assert "Already signed in on this machine as" in anew.json["note"]
+    client.delete(f"/v1/logins/{anew.json['id']}", headers=auth())
 
 
 def test_a_cli_login_is_completable_through_the_api(

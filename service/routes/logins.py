@@ -47,7 +47,11 @@ def start() -> tuple[Response, int]:
     attempt, reused = _runner().start(method=request.method, driver=request.driver)
     if reused:  # a new one is counted from the journal, as those the CLI starts
         context().metrics.count("logins_started", "reused")
-    return jsonify(view(attempt).model_dump(mode="json")), 409 if reused else 201
+    from skill.commands import signed_in_note  # noqa: PLC0415 - with the runner, on first use
+
+    data = view(attempt).model_dump(mode="json")
+    data["note"] = signed_in_note(context().settings)
+    return jsonify(data), 409 if reused else 201
 
 
 @bp.get("/<login_id>")
