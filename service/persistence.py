@@ -233,6 +233,7 @@ class Persistence:
                 "No ChatGPT credential on this machine to persist. Sign in first "
                 "(`chatgpt-login start`).",
                 status=409,
+                next="start_again",  # as every credentials_missing (skill/errors.py)
             )
         try:
             record = self.pull()

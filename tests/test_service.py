@@ -279,6 +279,12 @@ def test_readyz_reports_the_keepalives_failed_read_without_asking_the_store(
     assert api.requests.count("GET") == reads
 
 
+def test_persist_without_a_credential_says_to_sign_in(client: FlaskClient) -> None:
+    answer = client.post("/v1/credentials/persist", headers=auth())
+    assert answer.status_code == 409 and answer.json is not None
+    assert (answer.json["error"], answer.json["next"]) == ("credentials_missing", "start_again")
+
+
 def test_serve_adds_its_malloc_tunable_and_keeps_the_users() -> None:
     tcache = "glibc.malloc.tcache_count"
     assert _with_tunable("", tcache, "0") == "glibc.malloc.tcache_count=0"

@@ -121,7 +121,8 @@ def persist_route() -> Response:
     ctx = context()
     if ctx.persistence().local() is None:
         raise ServiceError("credentials_missing", "No ChatGPT credential on this machine to "
-                           "persist. Sign in first (POST /v1/logins).", status=409)  # fmt: skip
+                           "persist. Sign in first (POST /v1/logins).", status=409,
+                           next="start_again")  # fmt: skip
     problem = persist_now()
     if problem is not None:
         raise problem
