@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 from skill.authorize import CALLBACK_PATH
 from skill.errors import SkillError
+from skill.procs import peer_uid
 from skill.protocol import ERROR_HEADER
 from skill.redirect import LOOPBACK_HOSTS, Callback
 
@@ -71,11 +73,16 @@ def callback_url(port: int, callback: Callback) -> str:
 
 
 def relay_http(port: int, callback: Callback, *, timeout: float) -> Answer:
-    """GET the callback on loopback and follow loopback redirects; the last answer wins."""
-    url = callback_url(port, callback)
+    """GET the callback from the program's listener and follow its redirects to that same
+    listener (codex completes only after its ``/success`` page, PROTOCOL.md §6); the last
+    answer wins. Every hop goes to 127.0.0.1, where the program listens, and only to a listener
+    of this user: ``localhost`` in a redirect may resolve to ::1 first, where another local
+    user can listen on the same port and would be handed what the page carries."""
+    url, host = callback_url(port, callback), None
     for _ in range(MAX_HOPS + 1):
         try:
-            answer = loopback_request("GET", url, timeout=timeout)
+            answer = loopback_request("GET", url, timeout=timeout, before_sending=_ours,
+                                      headers={"Host": host} if host else None)  # fmt: skip
         except TimeoutError as exc:
             raise SkillError("program_timeout") from exc
         except ConnectionRefusedError as exc:
@@ -93,10 +100,22 @@ def relay_http(port: int, callback: Callback, *, timeout: float) -> Answer:
             raise _not_listening() from exc
         if answer.status not in (301, 302, 303, 307, 308) or not answer.location:
             return answer
-        url = urljoin(url, answer.location)
-        if urlsplit(url).hostname not in LOOPBACK_HOSTS:
-            return Answer(answer.status, "")
+        target = urlsplit(urljoin(url, answer.location))
+        try:
+            elsewhere = target.hostname not in LOOPBACK_HOSTS or target.port != port
+        except ValueError:  # a port that is no number
+            elsewhere = True
+        if elsewhere:
+            return Answer(answer.status, "")  # not the program's page
+        host = f"[::1]:{port}" if target.hostname == "::1" else f"{target.hostname}:{port}"
+        url = urlunsplit(("http", f"127.0.0.1:{port}", target.path, target.query, ""))
     return Answer(310, "too many redirects")
+
+
+def _ours(sock: socket.socket) -> None:
+    """Before a byte is sent: the listener must be this user's (the login program is)."""
+    if peer_uid(sock) != os.getuid():
+        raise SkillError("listener_not_ours")
 
 
 def _not_listening() -> SkillError:
