@@ -201,6 +201,29 @@ def test_followers_adopt_and_never_spend(
     )
 
 
+def test_a_persist_of_an_older_copy_adopts_the_stored_one(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    """persist stores a new sign-in; an older copy of the same account is none (a repeated
+    `complete` after another holder renewed, a home restored from a backup): pushed as newest,
+    its spent refresh token would go over the one every holder renews."""
+    a, b, pa, pb, first = pair(tmp_path, issuer, store)
+    assert pb.sync().decision == "adopt"  # B agreed on the first copy
+    time.sleep(1.1)  # access tokens say when they were issued, to the second
+    assert pa.renew(Refresher(a), force=True).outcome == "refreshed"
+    renewed = local(a)
+    assert renewed is not None
+    pb.persist()  # B still holds the first copy, which it agreed on before
+    assert (there := local(b)) is not None and there.refresh_token == renewed.refresh_token
+    c = holder(tmp_path, issuer, "c")  # a home restored from before: never agreed, older
+    PiAuthFile(c.pi_auth_file).save(first)
+    Persistence(c, store).persist()
+    assert (restored := local(c)) is not None and restored.refresh_token == renewed.refresh_token
+    entry = Persistence(a, store).pull().live
+    assert entry is not None and entry.refresh_token == renewed.refresh_token
+    assert issuer.calls["refresh_token_reused"] == 0
+
+
 def test_one_lease_per_credential(tmp_path: Path, issuer: FakeIssuer, store: SecretsStore) -> None:
     """Eight holders due at once, racing for the lease: one refresh, the rest adopt. Without
     compare-and-set (``seed``) the lease is read back after a wait; with it, exact."""
