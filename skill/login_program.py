@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import http.server
+import os
 import queue
 import signal
 import sys
@@ -40,6 +41,7 @@ from skill.authorize import CALLBACK_PATH, authorize_url, redirect_uri
 from skill.errors import RECOVERABLE, ExitCode, SkillError
 from skill.pkce import Pkce, new_state
 from skill.premade import PremadeLink
+from skill.procs import peer_uid
 from skill.redirect import Callback, parse_redirect
 from skill.settings import Settings
 
@@ -273,9 +275,12 @@ def _echo_off(stdin: IO[str]) -> Iterator[None]:
 
 
 class _Listener(http.server.ThreadingHTTPServer):
-    """The callback listener. Anyone on this machine can connect to it, so what a connection
-    may hold is bounded: at most ``MAX_OPEN`` at once (more are closed at once, not queued),
-    and each is dropped after ``_CallbackHandler.timeout`` seconds without a byte."""
+    """The callback listener. Its callers are this user's: the relay of a pasted address, or
+    a browser of this user outside a container. A connection from another user's process is
+    closed unread: a few of them, each sending a byte now and then, would otherwise hold every
+    slot until the code expired. What this user's connections may hold is bounded too: at most
+    ``MAX_OPEN`` at once (more are closed at once, not queued), each dropped after
+    ``_CallbackHandler.timeout`` seconds without a byte."""
 
     daemon_threads = True
     allow_reuse_address = True  # TIME_WAIT only; two live listeners still cannot share a port
@@ -297,7 +302,8 @@ class _Listener(http.server.ThreadingHTTPServer):
         self._open = threading.BoundedSemaphore(self.MAX_OPEN)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._open.acquire(blocking=False):
+        owner = peer_uid(request)  # None: gone already (or no /proc), and it is read as such
+        if (owner is not None and owner != os.getuid()) or not self._open.acquire(blocking=False):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)

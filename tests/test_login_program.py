@@ -347,3 +347,50 @@ def test_connections_that_never_finish_are_bounded(
     status, _ = callback_get(issuer.sign_in(url).replace("localhost", "127.0.0.1"))
     assert status == 200
     assert program.finish() == 0
+
+
+# Another local user (uid 65534, Debian's python3): opens connections to the listener, sends a
+# byte on each, then says how many the listener closed unread within 2 s.
+STRANGER = """
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+closed = 0
+for sock in held:
+    sock.settimeout(2)
+    try:
+        sock.sendall(b"G")
+        closed += sock.recv(1) == b""
+    except TimeoutError:  # held open: not closed
+        pass
+    except OSError:  # reset: closed
+        closed += 1
+print(closed, flush=True)
+input()  # held open until the test ends
+"""
+
+
+def test_another_users_connections_are_closed_unread(
+    login_env: dict[str, str], issuer: FakeIssuer, ports: tuple[int, int]
+) -> None:
+    """A few connections of another local user, each dripping a byte, held every slot until
+    the code expired (attacker's review): now each is closed unread, and the real callback gets
+    through while they stay open."""
+    import subprocess  # noqa: PLC0415
+
+    program = start(login_env)
+    url = program.authorize_url()
+    program.wait_for(r"^Waiting \(listening")
+    stranger = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+         "-c", STRANGER, str(ports[0]), "12"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert stranger.stdout is not None and stranger.stdout.readline().strip() == "12"
+        status, _ = callback_get(issuer.sign_in(url).replace("localhost", "127.0.0.1"))
+        assert status == 200
+        assert program.finish() == 0
+    finally:
+        stranger.kill()
+        stranger.wait()
