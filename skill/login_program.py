@@ -302,8 +302,8 @@ class _Listener(http.server.ThreadingHTTPServer):
         self._open = threading.BoundedSemaphore(self.MAX_OPEN)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        owner = peer_uid(request)  # None: gone already (or no /proc), and it is read as such
-        if (owner is not None and owner != os.getuid()) or not self._open.acquire(blocking=False):
+        # None: not in the kernel's tables, so closed already: nothing to keep either.
+        if peer_uid(request) != os.getuid() or not self._open.acquire(blocking=False):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)

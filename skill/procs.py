@@ -60,13 +60,19 @@ def _listening(port: int) -> Iterator[tuple[str, int]]:
 
 def peer_uid(sock: socket.socket) -> int | None:
     """The user owning the other end of a connected loopback socket (the server's accepted
-    socket carries its listener's owner), read from the kernel's table; None if not found."""
-    mine, theirs = _proc_address(*sock.getsockname()[:2]), _proc_address(*sock.getpeername()[:2])
+    socket carries its listener's owner), read from the kernel's table; None if not found.
+    An IPv4 connection's other end may be an IPv6 socket (a dual-stack listener, a client
+    connecting to ::ffff:127.0.0.1): the kernel lists it in tcp6, its addresses mapped."""
+    (my_host, my_port), (their_host, their_port) = sock.getsockname()[:2], sock.getpeername()[:2]
+    pairs = {(_proc_address(their_host, their_port), _proc_address(my_host, my_port))}
+    if ":" not in their_host:
+        pairs.add((_proc_address(f"::ffff:{their_host}", their_port),
+                   _proc_address(f"::ffff:{my_host}", my_port)))  # fmt: skip
     for table in ("tcp", "tcp6"):
         with contextlib.suppress(OSError):
             for line in (PROC / "net" / table).read_text().splitlines()[1:]:
                 fields = line.split()
-                if fields[1] == theirs and fields[2] == mine:
+                if (fields[1], fields[2]) in pairs:
                     return int(fields[7])
     return None
 

@@ -113,10 +113,9 @@ def relay_http(port: int, callback: Callback, *, timeout: float) -> Answer:
 
 
 def _ours(sock: socket.socket) -> None:
-    """Before a byte is sent: the listener must be this user's (the login program is). One the
-    kernel no longer lists closed the connection already: sending fails as it would have."""
-    owner = peer_uid(sock)
-    if owner is not None and owner != os.getuid():
+    """Before a byte is sent: the listener must be this user's (the login program is); one the
+    kernel does not list as this user's gets nothing."""
+    if peer_uid(sock) != os.getuid():
         raise SkillError("listener_not_ours")
 
 

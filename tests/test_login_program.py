@@ -353,8 +353,9 @@ def test_connections_that_never_finish_are_bounded(
 # byte on each, then says how many the listener closed unread within 2 s.
 STRANGER = """
 import socket, sys
-port, count = int(sys.argv[1]), int(sys.argv[2])
-held = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+port, count, over = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+host = "::ffff:127.0.0.1" if over == "v6" else "127.0.0.1"  # v6: an IPv6 socket, mapped address
+held = [socket.create_connection((host, port)) for _ in range(count)]
 closed = 0
 for sock in held:
     sock.settimeout(2)
@@ -370,8 +371,9 @@ input()  # held open until the test ends
 """
 
 
+@pytest.mark.parametrize("over", ["v4", "v6"])
 def test_another_users_connections_are_closed_unread(
-    login_env: dict[str, str], issuer: FakeIssuer, ports: tuple[int, int]
+    login_env: dict[str, str], issuer: FakeIssuer, ports: tuple[int, int], over: str
 ) -> None:
     """A few connections of another local user, each dripping a byte, held every slot until
     the code expired (attacker's review): now each is closed unread, and the real callback gets
@@ -383,7 +385,7 @@ def test_another_users_connections_are_closed_unread(
     program.wait_for(r"^Waiting \(listening")
     stranger = subprocess.Popen(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
-         "-c", STRANGER, str(ports[0]), "12"],
+         "-c", STRANGER, str(ports[0]), "12", over],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

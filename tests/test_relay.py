@@ -4,13 +4,16 @@ goes to the program's own listener on 127.0.0.1, never to whatever ``localhost``
 from __future__ import annotations
 
 import http.server
+import subprocess
 import threading
 from collections.abc import Iterator
 
 import pytest
 
+from skill.errors import SkillError
 from skill.redirect import Callback
 from skill.relay import relay_http
+from tests.conftest import free_port
 
 
 class Program(http.server.BaseHTTPRequestHandler):
@@ -75,3 +78,39 @@ def test_a_redirect_elsewhere_is_not_followed(
     handler.location = location  # type: ignore[attr-defined]
     answer = relay_http(program.server_port, CALLBACK, timeout=5)
     assert answer.status == 302 and len(handler.seen) == 1  # type: ignore[attr-defined]
+
+
+# Another local user (uid 65534, Debian's python3) listening dual-stack on [::]:port, which
+# takes 127.0.0.1 too: the kernel lists the connection in tcp6, its addresses IPv4-mapped.
+DUAL_STACK_STRANGER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
+s.listen()
+print("up", flush=True)
+c, _ = s.accept()
+c.settimeout(2)
+try:
+    print(repr(c.recv(4096)), flush=True)
+except TimeoutError:
+    print("nothing", flush=True)
+"""
+
+
+def test_a_dual_stack_listener_of_another_user_gets_nothing() -> None:
+    port = free_port()
+    stranger = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+         "-c", DUAL_STACK_STRANGER, str(port)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert stranger.stdout is not None and stranger.stdout.readline().strip() == "up"
+        with pytest.raises(SkillError) as refused:
+            relay_http(port, CALLBACK, timeout=5)
+        assert refused.value.code == "listener_not_ours"
+        assert stranger.stdout.readline().strip() in ("nothing", "b''")
+    finally:
+        stranger.kill()
+        stranger.wait()
