@@ -244,12 +244,15 @@ class Persistence:
         if record.live is not None and record.live.refresh_token == local.refresh_token:
             self.metrics.count("persists", "ok")
             return self._carry_out("in_sync", local, record)
-        if _older_copy(local, record.live, self.state.read()):
-            # Not a sign-in: a copy this machine agreed on before, or one issued before the
-            # stored one (a repeated `complete` after another container renewed it, a home
-            # restored from a backup). Pushed as the newest sign-in, its spent refresh token
-            # would go over the one every holder renews; the rule decides instead (it adopts).
-            return self._carry_out(decide(local, record, self.state.read()), local, record)
+        state = self.state.read()
+        if record.live is not None and fingerprint(local) == state.synced:
+            # Not a sign-in: the copy this machine agreed on last (a repeated `complete` after
+            # another container renewed it). Pushed as the newest sign-in, its spent refresh
+            # token would go over the one every holder renews; the rule decides instead (it
+            # adopts). Only this machine's own record tells: an issue time in the store's copy
+            # is whatever its writer put there, and would let it pin its copy over every
+            # sign-in to come.
+            return self._carry_out(decide(local, record, state), local, record)
         stored = self.push(local, record, reason="sign_in")
         return Synced("push", stored, local)
 
@@ -724,17 +727,6 @@ def _forget(state: LocalState, tombstone: Tombstone) -> None:
     state.synced = state.signed_in_at = None
     state.persist_pending = False
     state.needs_relogin = state.dead_refresh = state.conflict = None
-
-
-def _older_copy(local: Credential, stored: Credential | None, state: LocalState) -> bool:
-    """Whether ``local`` is no new sign-in over ``stored`` (the same account's live copy): this
-    machine agreed on it before, or its access token was issued before the stored one's."""
-    if stored is None or stored.account_id != local.account_id:
-        return False
-    if fingerprint(local) == state.synced:
-        return True
-    mine, theirs = local.issued_at(), stored.issued_at()
-    return mine is not None and theirs is not None and mine < theirs
 
 
 def dead_refresh_token(state: LocalState, credential: Credential) -> str | None:

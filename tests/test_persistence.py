@@ -204,23 +204,30 @@ def test_followers_adopt_and_never_spend(
 def test_a_persist_of_an_older_copy_adopts_the_stored_one(
     tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
 ) -> None:
-    """persist stores a new sign-in; an older copy of the same account is none (a repeated
-    `complete` after another holder renewed, a home restored from a backup): pushed as newest,
-    its spent refresh token would go over the one every holder renews."""
-    a, b, pa, pb, first = pair(tmp_path, issuer, store)
+    """persist stores a new sign-in; the copy this machine agreed on last is none (a repeated
+    `complete` after another holder renewed): pushed as newest, its spent refresh token would
+    go over the one every holder renews. A copy that was never agreed here is taken for a
+    sign-in, whatever the store's copy says of its own issue time (a writer of the store could
+    otherwise pin its copy over every sign-in to come)."""
+    a, b, pa, pb, _ = pair(tmp_path, issuer, store)
     assert pb.sync().decision == "adopt"  # B agreed on the first copy
-    time.sleep(1.1)  # access tokens say when they were issued, to the second
     assert pa.renew(Refresher(a), force=True).outcome == "refreshed"
     renewed = local(a)
     assert renewed is not None
     pb.persist()  # B still holds the first copy, which it agreed on before
     assert (there := local(b)) is not None and there.refresh_token == renewed.refresh_token
-    c = holder(tmp_path, issuer, "c")  # a home restored from before: never agreed, older
-    PiAuthFile(c.pi_auth_file).save(first)
-    Persistence(c, store).persist()
-    assert (restored := local(c)) is not None and restored.refresh_token == renewed.refresh_token
     entry = Persistence(a, store).pull().live
     assert entry is not None and entry.refresh_token == renewed.refresh_token
+    c = holder(tmp_path, issuer, "c")  # a new sign-in, under a stored copy dated ahead
+    fresh = signed_in(issuer, c)
+    exp = int(time.time()) + 364 * 86400
+    ahead = make_jwt({"https://api.openai.com/auth": {"chatgpt_account_id": fresh.account_id},
+                      "iat": int(time.time()) + 300 * 86400, "exp": exp})  # fmt: skip
+    planted = renewed.model_copy(update={"access_token": ahead, "expires_ms": exp * 1000})
+    Persistence(a, store).push(planted, Persistence(a, store).pull(), reason="sign_in")
+    Persistence(c, store).persist()
+    entry = Persistence(a, store).pull().live
+    assert entry is not None and entry.refresh_token == fresh.refresh_token
     assert issuer.calls["refresh_token_reused"] == 0
 
 
