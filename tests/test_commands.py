@@ -313,7 +313,7 @@ def test_a_store_that_refuses_the_service_is_told_not_pending(
         code, done, _ = cli(env, "complete", "-", stdin=issuer.sign_in(started["auth_url"]))
         assert code == 10 and done["status"] == "succeeded" and done["persisted"] is False
         assert (done["persist_error"], done["next"]) == ("store_misconfigured", "tell_user")
-        assert "refused the token" in done["persist_message"]
+        assert "refused the service's token (FAT_TOOLS_TOKEN" in done["persist_message"]
         assert "until an operator fixes that" in done["persist_message"]
         assert (Path(env["PI_CODING_AGENT_DIR"]) / "auth.json").exists()  # signed in here
         client = create_app(settings).test_client()

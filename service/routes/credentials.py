@@ -39,11 +39,27 @@ def persist_now() -> ServiceError | None:
                                 "credential; it stays on this machine, and the service stores "
                                 "it by itself as soon as the store takes it.", status=503,
                                 transient=True)  # fmt: skip
-        return ServiceError(exc.code, f"{exc.message.rstrip('.')}. The credential stays on this "
-                            "machine, and is not saved for restarts or shared with other "
-                            "containers until an operator fixes that; then the service stores "
-                            "it by itself.", status=exc.status, next="tell_user")  # fmt: skip
+        # In our words only: this goes to the user through the agent, and a store's own text
+        # (Vault's "errors") is whatever answers at its address. `doctor` shows the operator
+        # the store's answer.
+        why = _REFUSALS.get(exc.code, "the secrets store refused the service's request")
+        return ServiceError(exc.code, f"{why[:1].upper()}{why[1:]} ({exc.code}). The credential "
+                            "stays on this machine, and is not saved for restarts or shared with "
+                            "other containers until an operator fixes that (`chatgpt-login "
+                            "doctor` on this machine says what is wrong); then the service "
+                            "stores it by itself.", status=exc.status,
+                            next="tell_user")  # fmt: skip
     return None
+
+
+_REFUSALS = {
+    "secrets_forbidden": "the secrets store refused the service's token (FAT_TOOLS_TOKEN or the "
+    "secrets_api_token secret; for Vault, its token or AppRole)",
+    "vault_token_expired": "the Vault token of the service has expired",
+    "secrets_bad_response": "the secrets store refused the write or answered in a way the "
+    "service cannot use: check its address (CHATGPT_LOGIN_SECRETS_API_URL or VAULT_ADDR)",
+    "secrets_rejected": "Vault refused the request: check the path and the token's policy",
+}
 
 
 # The status view is what the operator API serves most, and it only changes when one of three
