@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import threading
 import urllib.error
@@ -19,6 +20,27 @@ def serve(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server
+
+
+def answering(status: int, document: object) -> ThreadingHTTPServer:
+    """A server that answers every GET, POST, PUT and PATCH with ``status`` and ``document``
+    as JSON (a store or an issuer saying one thing, whatever is asked)."""
+
+    class Fixed(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps(document).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_PATCH = _answer  # noqa: N815 - http.server names them
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return serve(Fixed)
 
 
 def stop(server: ThreadingHTTPServer | None) -> None:
