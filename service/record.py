@@ -397,7 +397,10 @@ def decide(  # noqa: PLR0911 - one return per case of the rule reads best
         # was once agreed at a higher generation would put a spent token over a fresh one.
         return "push" if local.expires_ms > stored.expires_ms else "adopt"
     if state.synced is not None and generation <= state.generation:  # only this machine moved
-        return "push"
+        # Forward (a refresh or a sign-in made here) or back (a home restored from a backup, a
+        # program writing back the tokens it held): an older copy's refresh token is spent, and
+        # pushed it would sign every holder out. The later expiry wins here too.
+        return "push" if local.expires_ms >= stored.expires_ms else "adopt"
     # Both moved, or this machine never agreed with the store (a new container whose file came
     # from elsewhere): the later expiry wins, so nothing is ever downgraded.
     return "push" if local.expires_ms > stored.expires_ms else "adopt"

@@ -124,6 +124,8 @@ def test_the_rule_table(issuer: FakeIssuer) -> None:
         (mine, record(newer, 4), agreed, "adopt"),  # only the store moved
         (mine, record(other, 4), agreed, "conflict"),  # never another account
         (newer, record(mine, 3), agreed, "push"),  # only this machine moved
+        # ... back: an older copy over the agreed one (a home restored from a backup)
+        (mine, record(newer, 3), LocalState(generation=3, synced=fingerprint(newer)), "adopt"),
         (newer, record(mine, 0), fresh, "push"),  # never agreed: the later expiry wins
         (mine, record(newer, 0), fresh, "adopt"),
         (mine, record(None, 0, Tombstone(generation=4, at=later)), agreed, "drop"),
@@ -228,6 +230,27 @@ def test_a_persist_of_an_older_copy_adopts_the_stored_one(
     Persistence(c, store).persist()
     entry = Persistence(a, store).pull().live
     assert entry is not None and entry.refresh_token == fresh.refresh_token
+    assert issuer.calls["refresh_token_reused"] == 0
+
+
+def test_an_older_file_put_back_under_a_holder_is_replaced_not_stored(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    """A holder's file goes back to an older copy after the holders agreed on a newer one (a
+    home restored from a backup, a program writing back what it held): the next sync adopts
+    the stored one; pushed, its spent refresh token signed every holder out (new-user
+    review)."""
+    a, b, pa, pb, _ = pair(tmp_path, issuer, store)
+    assert pb.sync().decision == "adopt"
+    backup = a.pi_auth_file.read_bytes()
+    time.sleep(1.1)  # a renewal's expiry is later by the second at least
+    assert pb.renew(Refresher(b), force=True).outcome == "refreshed"
+    assert pa.sync().decision == "adopt"
+    a.pi_auth_file.write_bytes(backup)
+    assert pa.sync().decision == "adopt"
+    here, there = local(a), local(b)
+    assert here is not None and there is not None and here.refresh_token == there.refresh_token
+    assert pa.renew(Refresher(a), force=True).outcome == "refreshed"  # the chain lives on
     assert issuer.calls["refresh_token_reused"] == 0
 
 
