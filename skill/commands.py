@@ -238,8 +238,8 @@ def _service_lines(
         )
     if service is None:
         lines.append(
-            "The chatgpt-login service is not running here, so the sign-in is neither renewed "
-            "nor saved for restarts until it starts."
+            "The chatgpt-login service is not running here: until it starts, the sign-in is not "
+            "renewed, and a change to it is not saved for restarts."
             if signed_in
             else "The chatgpt-login service is not running here: a sign-in made now is saved "
             "for restarts only once it starts."
@@ -258,7 +258,7 @@ def _service_lines(
                      f"(stored generation {service['generation']}).")  # fmt: skip
     if service.get("store_error"):
         lines.append(
-            f"The store of the copy kept for restarts did not answer as it should "
+            f"The store of the copy kept for restarts refused the service or did not answer "
             f"({service['store_error']}): {service.get('store_problem') or ''}".rstrip()
         )
     if service.get("conflict"):
@@ -269,7 +269,8 @@ def _service_lines(
     others = [h for h in service.get("holders") or [] if isinstance(h, dict) and not h.get("me")]
     if others and service.get("status") != "logged_out":
         names = ", ".join(f"{h.get('host') or h.get('id')} ({h.get('id')})" for h in others)
-        lines.append(f"Shared with {len(others)} other container(s): {names}.")
+        when = " when the store was last read" if service.get("store_error") else ""
+        lines.append(f"Shared with {len(others)} other container(s){when}: {names}.")
     lease = service.get("lease")
     if isinstance(lease, dict):
         mine = lease.get("holder") == service.get("holder")

@@ -101,7 +101,7 @@ def test_status_says_when_the_access_token_expired_and_what_renews_it(
     PiAuthFile(Path(env["PI_CODING_AGENT_DIR"]) / "auth.json").save(expired)
     said = status()
     assert "access token expired at " in said and "the service renews it when it runs" in said
-    assert "renewable until" not in said and "neither renewed nor saved" in said
+    assert "renewable until" not in said and "until it starts, the sign-in is not renewed" in said
 
 
 def test_a_bad_paste_is_exit_2_and_the_attempt_lives_on(env: dict[str, str]) -> None:

@@ -312,8 +312,8 @@ def test_a_token_that_cannot_be_renewed_says_so_when_it_runs_out(
     lines = _service_lines({"store_error": state.store_error,
                             "store_problem": state.store_problem}, False,
                            signed_in=True)  # fmt: skip
-    assert lines == [f"The store of the copy kept for restarts did not answer as it should "
-                     f"(vault_token_expired): {caught.value.message}"]  # fmt: skip
+    assert lines == [f"The store of the copy kept for restarts refused the service or did not "
+                     f"answer (vault_token_expired): {caught.value.message}"]  # fmt: skip
 
 
 def test_approle_logs_in_and_in_again_when_its_token_ends(

@@ -47,7 +47,8 @@ def persist_now() -> ServiceError | None:
                             "stays on this machine, and is not saved for restarts or shared with "
                             "other containers until an operator fixes that (`chatgpt-login "
                             "doctor` on this machine says what is wrong); then the service "
-                            "stores it by itself.", status=exc.status,
+                            "stores it by itself (a changed setting counts once the service "
+                            "restarts).", status=exc.status,
                             next="tell_user")  # fmt: skip
     return None
 
