@@ -48,8 +48,9 @@ class ServiceError(Exception):
 def unreachable(why: str, label: str = "The secrets API") -> ServiceError:
     return ServiceError(
         "secrets_unreachable",
-        f"{label} could not be reached ({why}). Nothing on this machine was changed; the "
-        "service keeps trying, and stores what is here as soon as the store answers.",
+        f"{label} could not be reached ({why}). Nothing was changed for it; the service keeps "
+        "trying, and what waits for the store (a change here, a logout) reaches it as soon as "
+        "it answers.",
         status=503,
         transient=True,
     )

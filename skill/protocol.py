@@ -4,8 +4,9 @@ line of that protocol written and parsed here, once.
 The program prints to its tmux pane, and answers a relayed callback over HTTP with the same
 lines in the body (plus :data:`ERROR_HEADER` naming the error code of a rejected one):
 
-- ``Waiting (<where>; times out in N min)...``: a typed paste is safe from here on (terminal
-  echo is off, so it never reaches the scrollback); the runner types nothing before it.
+- ``Waiting (<where>; times out in N min)...`` (N s under a minute): a typed paste is safe from
+  here on (terminal echo is off, so it never reaches the scrollback); the runner types nothing
+  before it.
 - ``Rejected: <message> (<code>)``: this paste or callback failed, the attempt goes on.
 - ``Signed in as <email> (plan: <plan>).``, then ``Credentials saved to <path>`` once per file
   written (``Warning: <message>`` beside, for a file moved aside), then the API key line when
@@ -38,7 +39,8 @@ _WARNING_RE = re.compile(r"^Warning: (.+)$", re.MULTILINE)
 
 
 def ready_line(where: str, minutes: float) -> str:
-    return f"{READY} ({where}; times out in {minutes:.0f} min)..."
+    left = f"{minutes:.0f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"  # never "0 min"
+    return f"{READY} ({where}; times out in {left})..."
 
 
 def signed_in_line(email: str | None, plan: str) -> str:

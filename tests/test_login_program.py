@@ -226,6 +226,7 @@ def test_no_port_at_all_still_takes_a_paste(
 def test_timeout_ends_cleanly(login_env: dict[str, str], ports: tuple[int, int]) -> None:
     program = start(login_env, "--timeout", "1")
     program.authorize_url()
+    program.wait_for(r"; times out in 1 s\)\.\.\.$")  # not "in 0 min"
     program.wait_for(r"^Error: The sign-in attempt timed out", timeout=10)
     assert program.finish() == 6
     assert port_is_free(ports[0])

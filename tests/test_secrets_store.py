@@ -122,7 +122,7 @@ def test_down_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ServiceError) as caught:
         dead.read()
     assert caught.value.code == "secrets_unreachable"
-    assert "Nothing on this machine was changed" in caught.value.message
+    assert "Nothing was changed for it" in caught.value.message
 
 
 def test_file_store(tmp_path: Path) -> None:
