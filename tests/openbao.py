@@ -119,9 +119,10 @@ class OpenBao:
     def healthy(self) -> bool:
         context = None
         if self.ca_file is not None:
-            if not self.ca_file.exists():
+            try:  # the server writes its CA file while it starts: empty or half of it, at first
+                context = ssl.create_default_context(cafile=str(self.ca_file))
+            except OSError:  # ssl.SSLError included
                 return False
-            context = ssl.create_default_context(cafile=str(self.ca_file))
         try:
             with urllib.request.urlopen(f"{self.addr}/v1/sys/health", timeout=1,
                                         context=context) as answer:  # fmt: skip
