@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from service.errors import ServiceError
@@ -35,6 +35,9 @@ from skill.files import unwritable
 from skill.procs import descendants, listener_inodes, listener_pids
 from skill.relay import loopback_request
 from skill.service_client import call, json_body, service_url
+
+if TYPE_CHECKING:
+    from service.vault import VaultSecretsStore
 
 Status = Literal["ok", "warn", "fail", "skip"]
 TMUX_MINIMUM = (3, 0)  # load-buffer from stdin, pipe-pane -o, display -p formats
@@ -317,6 +320,7 @@ def _store(settings: ServiceSettings) -> Iterator[Check]:
     """Read (never write) the stored copy with this process's settings; where the store's
     token is not here (the agent's side), ask the service, which holds it."""
     from service.secrets import FileSecretsStore, secrets_store  # noqa: PLC0415
+    from service.vault import VaultSecretsStore  # noqa: PLC0415
 
     store = secrets_store(settings, until=time.monotonic() + 15)
     # An AppRole login would spend one of the secret id's uses and leave a token behind: the
@@ -336,6 +340,8 @@ def _store(settings: ServiceSettings) -> Iterator[Check]:
         where = _safe_url(settings.vault_addr if settings.secrets_backend == "vault"
                           else settings.secrets_api_url)  # fmt: skip
         yield Check("secrets store", "ok", f"{where} answered a read with the configured token")
+        if isinstance(store, VaultSecretsStore):
+            yield from _vault_policy(store)
         return
     try:
         answer = loopback_request("GET", service_url(settings).rstrip("/") + "/readyz", timeout=5)
@@ -417,10 +423,33 @@ def _untrusted(exc: BaseException | None) -> bool:
     return False
 
 
+def _vault_policy(store: VaultSecretsStore) -> Iterator[Check]:
+    """Whether the token may do all the service does (a read answered says nothing of writes)."""
+    try:
+        missing = store.missing_capabilities()
+    except ServiceError as exc:
+        yield Check("vault policy", "warn",
+                    f"its capabilities could not be looked up: {_message(exc)}",
+                    "compare the token's policy with service/vault-policy.hcl")  # fmt: skip
+        return
+    if not missing:
+        yield Check("vault policy", "ok", "the token may read, write and (after a logout) destroy "
+                    "the stored copy's older versions")  # fmt: skip
+        return
+    lacking = "; ".join(f"{', '.join(caps)} on {path}" for path, caps in missing.items())
+    yield Check("vault policy", "fail", f"the token's policy lacks {lacking}: the store would "
+                "refuse those requests", "grant what service/vault-policy.hcl grants")  # fmt: skip
+
+
 def _store_fix(code: str, *, vault: bool) -> str:
+    if code == "vault_token_expired":
+        return "give the service a new Vault token (VAULT_TOKEN or the vault_token secret)"
+    if code == "secrets_rejected" and vault:
+        return "check CHATGPT_LOGIN_VAULT_MOUNT and CHATGPT_LOGIN_VAULT_PATH against the message"
     if "unauthorized" in code or "forbidden" in code or "token" in code or "rejected" in code:
         if vault:
-            return "check VAULT_TOKEN (or the vault_token secret) and its policy"
+            return ("check VAULT_TOKEN (or the vault_token secret) and that its policy grants "
+                    "what service/vault-policy.hcl does")  # fmt: skip
         return "check FAT_TOOLS_TOKEN (or the secrets_api_token secret) and the store's address"
     if "unavailable" in code or "unreachable" in code or "timeout" in code:
         return "check the store's address and that it is running"

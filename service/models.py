@@ -91,6 +91,15 @@ class CredentialStatus(BaseModel):
     store_read_at: datetime | None = Field(default=None, description="the last read of the store")
     store_error: str | None = Field(default=None, description="the last read's error code")
     store_problem: str | None = Field(default=None, description="and what to do about it")
+    store_write_error: str | None = Field(
+        default=None, description="the last write's error code, while the store refuses writes"
+    )
+    store_write_problem: str | None = Field(default=None, description="and what to do about it")
+    history_problem: str | None = Field(
+        default=None,
+        description="why a logout's older stored versions (they hold the signed-out credential) "
+        "are not destroyed yet",
+    )
 
 
 class Outcome(BaseModel):

@@ -77,6 +77,14 @@ _WRITE_ATTEMPTS = 4  # compare-and-set retries (a heartbeat landing in between i
 # A logout must win against every other holder's heartbeats and renewals, which keep writing
 # while it retries: more attempts, spread out (a retry at once meets the same writers in step).
 _LOGOUT_ATTEMPTS = 8
+# A store's own text (Vault's "errors") is whatever answers at its address; status shows the
+# agent ours. `chatgpt-login doctor` shows the operator the store's answer.
+_WRITE_REFUSALS = {
+    "secrets_rejected": "Vault refused the request: check the token's policy against "
+    "service/vault-policy.hcl, and CHATGPT_LOGIN_VAULT_MOUNT and CHATGPT_LOGIN_VAULT_PATH. "
+    "`chatgpt-login doctor` shows Vault's answer.",
+}
+_FORGET_BACKOFF_CAP = 600.0  # seconds between tries to destroy a logout's older versions, at most
 _VIEW_REFRESH = 10.0  # status says how old the last read is; refreshed at least this often
 
 
@@ -175,6 +183,7 @@ class Persistence:
         self.adopting_as = "adopted"
         self._snapshot: Snapshot | None = None  # the last read, for conditional reads
         self._cas: bool | None = None
+        self._forget_failures, self._forget_retry_at = 0, 0.0  # destroying older versions
 
     # Reading ----------------------------------------------------------------------------------
 
@@ -596,22 +605,30 @@ class Persistence:
     def _forget_history(self) -> None:
         """Older versions of the stored copy hold the signed-out credential: where the store
         keeps versions, destroy them. The logout stands either way; if this fails, the
-        keep-alive tries again (:meth:`finish_forgetting`) until it is done."""
+        keep-alive tries again (:meth:`finish_forgetting`), less often each time, until it is
+        done."""
         try:
             self.store.forget_history()
         except ServiceError as exc:
-            log.warning("the stored copy's older versions were not destroyed yet (%s); "
-                        "trying again", exc.code)  # fmt: skip
+            self._forget_failures += 1
+            why = _WRITE_REFUSALS.get(exc.code, exc.message)
+            delay = backoff(self._forget_failures, base=1.0, cap=_FORGET_BACKOFF_CAP)
+            self._forget_retry_at = time.monotonic() + delay
+            log.warning("the stored copy's older versions (they hold the signed-out credential) "
+                        "were not destroyed yet (%s): %s Trying again in %.0f s.", exc.code, why,
+                        delay)  # fmt: skip
             with self.state.updating() as state:
                 state.history_pending = True
+                state.history_problem = f"{why} ({exc.code})"
             return
+        self._forget_failures = 0
         if self.state.read().history_pending:
             with self.state.updating() as state:
-                state.history_pending = False
+                state.history_pending, state.history_problem = False, None
 
     def finish_forgetting(self) -> None:
-        """Destroy the older versions a logout could not (the store was away)."""
-        if self.state.read().history_pending:
+        """Destroy the older versions a logout could not (the store was away, or refused)."""
+        if self.state.read().history_pending and time.monotonic() >= self._forget_retry_at:
             self._forget_history()
 
     def carry_out_pending_logout(self) -> bool:
@@ -650,7 +667,32 @@ class Persistence:
 
     def _call(self, method: str, call: Callable[[], T]) -> T:
         self.metrics.add("secrets_api_requests", method=method)
-        return self.metrics.timed("secrets_api", call)
+        if method == "GET":
+            return self.metrics.timed("secrets_api", call)
+        try:
+            answer = self.metrics.timed("secrets_api", call)
+        except ServiceError as exc:
+            if exc.code != "store_conflict":  # someone else wrote first: the rule's business
+                self._note_write(exc)
+            raise
+        self._note_write(None)
+        return answer
+
+    def _note_write(self, failed: ServiceError | None) -> None:
+        """Keep the last write's outcome for status and /readyz, and say in the log when writes
+        start failing and when they are taken again: a store may answer every read and refuse
+        every write (a Vault policy without "update"), and nothing else would show it."""
+        error = failed.code if failed else None
+        if error == self.state.read().store_write_error:
+            return
+        problem = None
+        if failed is not None:
+            problem = _WRITE_REFUSALS.get(failed.code, failed.message)
+            log.warning("the secrets store did not take a write (%s): %s", error, problem)
+        else:
+            log.warning("the secrets store takes writes again")
+        with self.state.updating() as state:
+            state.store_write_error, state.store_write_problem = error, problem
 
     def _note_read(self, record: StoredRecord | None, failed: ServiceError | None) -> None:
         """Keep the status view of the store current (written only when it changes, or to say

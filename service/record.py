@@ -340,12 +340,17 @@ class LocalState(BaseModel):
     dead_refresh: str | None = None  # sha256 of that refresh token
     logged_out: Tombstone | None = None  # the logout this machine carried out or honoured
     history_pending: bool = False  # a logout's older versions are still to be destroyed
+    history_problem: str | None = None  # why they are not yet (the last try's message)
     conflict: str | None = None  # the store holds another account (its id) than this machine
     store: StoreView | None = None
     store_read_at: datetime | None = None  # the last read the store answered
     store_tried_at: datetime | None = None  # the last read, answered or not
     store_error: str | None = None  # the last read's error code, None when it answered
     store_problem: str | None = None  # and its message (what to do), for status
+    # The last write's error code and message, None once a write is taken. Kept apart from the
+    # read's: a store may answer every read and refuse every write (a policy without "update").
+    store_write_error: str | None = None
+    store_write_problem: str | None = None
 
 
 # Bringing the two together --------------------------------------------------------------------

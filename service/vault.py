@@ -207,7 +207,15 @@ class VaultSecretsStore:
         self._data = f"{addr}/v1/{mount}/data/{path}"
         self._metadata = f"{addr}/v1/{mount}/metadata/{path}"
         self._destroy = f"{addr}/v1/{mount}/destroy/{path}"
-        self.where, self.mount = f"{mount}/data/{path}", mount
+        self.mount = mount
+        self._capabilities_url = f"{addr}/v1/sys/capabilities-self"
+        # What each path needs, as service/vault-policy.hcl grants it.
+        self._needs: dict[str, tuple[str, ...]] = {
+            f"{mount}/data/{path}": ("create", "read", "update")
+        }
+        if destroy_on_logout:
+            self._needs |= {f"{mount}/metadata/{path}": ("read",),
+                            f"{mount}/destroy/{path}": ("update",)}  # fmt: skip
         self._mount_checked = False  # whether the mount was looked at: is it KV version 2?
         self._mount_url = f"{addr}/v1/sys/internal/ui/mounts/{mount}"
         self.destroy_on_logout = destroy_on_logout
@@ -276,6 +284,22 @@ class VaultSecretsStore:
             self._request("POST", self._destroy, {"versions": older})
             log.info("Vault: destroyed %d older version(s) of the stored copy", len(older))
 
+    def missing_capabilities(self) -> dict[str, list[str]]:
+        """What the token's policies lack of what this store does, by path ({} if nothing):
+        Vault answers reads under a policy that refuses every write, so a read alone does not
+        tell. Asks ``sys/capabilities-self`` (Vault's "default" policy allows it)."""
+        answer = self._request("POST", self._capabilities_url, {"paths": list(self._needs)})
+        granted = _object(_object(answer).get("data")) or _object(answer)
+        missing: dict[str, list[str]] = {}
+        for path, needs in self._needs.items():
+            has = granted.get(path)
+            if not isinstance(has, list):
+                raise _unexpected("a capabilities answer without the paths asked about")
+            lacking = [] if "root" in has else [c for c in needs if c not in has]
+            if lacking:
+                missing[path] = lacking
+        return missing
+
     # KV v2 ------------------------------------------------------------------------------------
 
     def _base(self, if_match: str | None) -> _Version:
@@ -309,6 +333,7 @@ class VaultSecretsStore:
         """The answer's JSON (None for a 404 that means "no secret" or a deleted latest
         version); an AppRole token Vault refuses is replaced once."""
         data = None if body is None else json.dumps(body).encode()
+        where = url.split("/v1/", 1)[1]  # the path refused, if it is: data, metadata or destroy
         for attempt in (1, 2):
             headers = {**self.token.headers(), "Accept": "application/json"}
             if not self._mount_checked:
@@ -318,7 +343,7 @@ class VaultSecretsStore:
             try:
                 return self.client.request(
                     method, url,
-                    lambda r: _judge(self.client, r, where=self.where, mount=self.mount),
+                    lambda r: _judge(self.client, r, where=where, mount=self.mount),
                     body=data, headers=headers,
                 )  # fmt: skip
             except ServiceError as exc:

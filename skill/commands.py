@@ -252,7 +252,7 @@ def _service_lines(
     elif (
         service.get("status") == "logged_in"
         and service.get("generation")
-        and not any(service.get(key) for key in ("conflict", "store_error"))
+        and not any(service.get(key) for key in ("conflict", "store_error", "store_write_error"))
     ):  # said plainly, or a user cannot tell a running service from a stopped one
         lines.append(f"The service renews it and keeps it in the secrets store for restarts "
                      f"(stored generation {service['generation']}).")  # fmt: skip
@@ -260,6 +260,17 @@ def _service_lines(
         lines.append(
             f"The store of the copy kept for restarts refused the service or did not answer "
             f"({service['store_error']}): {service.get('store_problem') or ''}".rstrip()
+        )
+    write_error = service.get("store_write_error")
+    if write_error and write_error != service.get("store_error"):
+        lines.append(
+            f"The store of the copy kept for restarts refused the service's last write "
+            f"({write_error}): {service.get('store_write_problem') or ''}".rstrip()
+        )
+    if service.get("history_problem"):
+        lines.append(
+            "A logout's older stored versions, which hold the signed-out credential, are not "
+            f"destroyed yet; the service keeps trying: {service['history_problem']}"
         )
     if service.get("conflict"):
         lines.append(

@@ -524,7 +524,8 @@ def test_older_versions_a_logout_could_not_destroy_are_destroyed_later(
     tmp_path: Path, openbao: OpenBao, path: str, issuer: FakeIssuer
 ) -> None:
     """The destroy refused (here: a policy without it) leaves the logout standing and a note
-    that the keep-alive carries out once it can."""
+    that the keep-alive carries out once it can: asking again less often each time (it asked
+    twice a second for ever), and status saying why."""
     rules = (f'path "secret/data/{path}" {{ capabilities = ["create", "read", "update"] }}\n'
              f'path "secret/metadata/{path}" {{ capabilities = ["read"] }}\n')  # fmt: skip
     openbao.policy("cgl-no-destroy", rules)
@@ -537,14 +538,93 @@ def test_older_versions_a_logout_could_not_destroy_are_destroyed_later(
     )
     persistence.persist()
     assert persistence.log_out(None) is not None
-    assert persistence.state.read().history_pending
+    state = persistence.state.read()
+    assert state.history_pending and f"secret/destroy/{path}" in (state.history_problem or "")
     assert not any(info["destroyed"] for info in openbao.versions(path).values())
+    lines = _service_lines({"running": True, "status": "logged_out",
+                            "history_problem": state.history_problem}, False,
+                           signed_in=False)  # fmt: skip
+    assert any("older stored versions" in line and "HTTP 403" in line for line in lines), lines
     openbao.policy("cgl-no-destroy", rules + f'path "secret/destroy/{path}" '
                    '{ capabilities = ["update"] }')  # fmt: skip
+    persistence.finish_forgetting()  # within the first second's wait: not asked yet
+    assert persistence.state.read().history_pending
+    time.sleep(1.2)
     persistence.finish_forgetting()
     versions = openbao.versions(path)
-    assert not persistence.state.read().history_pending
+    state = persistence.state.read()
+    assert not state.history_pending and state.history_problem is None
     assert [v for v, info in versions.items() if not info["destroyed"]] == [max(versions, key=int)]
+
+
+def test_a_store_that_reads_and_refuses_writes_is_not_ready_and_says_so(
+    tmp_path: Path, openbao: OpenBao, path: str, issuer: FakeIssuer
+) -> None:
+    """A policy without "update": the first write (a create) lands, every later one is refused
+    while every read is answered. That shows in status, in /readyz and in the log (it showed
+    nowhere: `doctor` read fine, /readyz said ok), until a write is taken again."""
+    from service.app import create_app  # noqa: PLC0415
+
+    rules = f'path "secret/data/{path}" {{ capabilities = ["create", "read"] }}\n'
+    openbao.policy("cgl-no-update", rules)
+    configured = settings(tmp_path, openbao, path, vault_token=openbao.token(["cgl-no-update"]),
+                          issuer=issuer.url, pi_agent_dir=tmp_path / "pi")  # fmt: skip
+    vault = secrets_store(configured)
+    persistence = Persistence(configured, vault)
+    PiAuthFile(configured.pi_auth_file).save(
+        Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    )
+    persistence.persist()  # creates the secret
+    assert persistence.state.read().store_write_error is None
+    with pytest.raises(ServiceError):
+        persistence.heartbeat()  # an update
+    persistence.pull()  # reads are answered all along
+    state = persistence.state.read()
+    assert (state.store_error, state.store_write_error) == (None, "secrets_forbidden")
+    assert f"secret/data/{path}" in (state.store_write_problem or "")
+    lines = _service_lines({"running": True, "status": "logged_in", "generation": 1,
+                            "store_write_error": state.store_write_error,
+                            "store_write_problem": state.store_write_problem}, False,
+                           signed_in=True)  # fmt: skip
+    assert lines == [f"The store of the copy kept for restarts refused the service's last write "
+                     f"(secrets_forbidden): {state.store_write_problem}"]  # fmt: skip
+    ready = create_app(configured, store=vault).test_client().get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json["checks"]["secrets_store"].startswith("secrets_forbidden (on the last write")
+    openbao.policy("cgl-no-update", rules.replace('"read"', '"read", "update"'))
+    persistence.heartbeat()
+    assert persistence.state.read().store_write_error is None
+    assert create_app(configured, store=vault).test_client().get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "lacking"),
+    [
+        ({"data": '"create", "read", "update"', "metadata": '"read"', "destroy": '"update"'}, ""),
+        ({"data": '"create", "read"', "metadata": '"read"'}, "update on secret/data/{path}; "
+         "update on secret/destroy/{path}"),
+    ],
+)  # fmt: skip
+def test_doctor_names_what_the_tokens_policy_lacks(
+    tmp_path: Path, openbao: OpenBao, path: str, capabilities: dict[str, str], lacking: str
+) -> None:
+    """A read answered says nothing of writes: doctor asks Vault what the token may do."""
+    from service.doctor import _store  # noqa: PLC0415
+
+    rules = "".join(f'path "secret/{kind}/{path}" {{ capabilities = [{caps}] }}\n'
+                    for kind, caps in capabilities.items())  # fmt: skip
+    openbao.policy("cgl-doctor", rules)
+    configured = settings(tmp_path, openbao, path, vault_token=openbao.token(["cgl-doctor"]))
+    checks = {check.name: check for check in _store(configured)}
+    assert checks["secrets store"].status == "ok"
+    policy = checks["vault policy"]
+    if not lacking:
+        assert policy.status == "ok", policy
+    else:
+        assert (
+            policy.status == "fail" and policy.fix == "grant what service/vault-policy.hcl grants"
+        )
+        assert f"lacks {lacking.format(path=path)}:" in policy.detail, policy
 
 
 def test_a_restore_budget_ends_every_store_request(tmp_path: Path, api: FakeSecretsAPI) -> None:

@@ -109,6 +109,9 @@ def _status_view() -> dict[str, object]:
         "store_read_at": state.store_read_at,
         "store_error": state.store_error,
         "store_problem": state.store_problem,
+        "store_write_error": state.store_write_error,
+        "store_write_problem": state.store_write_problem,
+        "history_problem": state.history_problem if state.history_pending else None,
         "logout_pending": pending_path(ctx.settings).exists(),
         "conflict": state.conflict,
     }

@@ -61,6 +61,10 @@ def _state_dir(ctx: Context) -> str:
 
 def _store(ctx: Context) -> str:
     state = ctx.state.read()
+    if state.store_write_error and not state.store_error:
+        # Answering reads and refusing writes is not ready: nothing would be stored. Cleared
+        # by the next write the store takes (the keep-alive's heartbeat, at the latest).
+        return f"{state.store_write_error} (on the last write; reads are answered)"
     fresh = max(3 * ctx.settings.store_poll, 90.0)
     if state.store_tried_at is not None:
         age = (datetime.now(UTC) - state.store_tried_at).total_seconds()
