@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from service.errors import ServiceError
 from service.hook import OnChangeHook
 from service.persistence import Persistence, Synced, dead_refresh_token
-from service.record import fingerprint
+from service.record import Lease, fingerprint
 from service.refresher import Refresher, refresh_due_at
 from service.secrets import SecretsStore
 from service.settings import ServiceSettings
@@ -88,6 +88,7 @@ class KeepAlive:
         self._next_sync = 0.0  # monotonic
         self._next_beat = 0.0
         self._watch: tuple[float, float] | None = None  # (from, until), monotonic
+        self._watched: tuple[str, str, int] | None = None  # the lease watched last
         self._jitter = random.random() * _JITTER  # noqa: S311 - spreading holders, not crypto
         self._retry_at = 0.0
         self._failures = 0
@@ -153,7 +154,7 @@ class KeepAlive:
         lease = self.persistence.lease_in_force(synced.record)
         if lease is not None and lease.holder != self.persistence.holder.id:
             result.busy = True  # its result is coming: watch for it, spend nothing
-            self._watch_lease(lease.spend_after.timestamp() if lease.spend_after else self.clock())
+            self._watch_lease(lease)
         else:
             self._watch = None
         return synced
@@ -165,14 +166,21 @@ class KeepAlive:
         result.adopted = result.adopted or renewed.outcome == "adopted"
         result.busy = renewed.outcome == "busy"
         if renewed.outcome == "busy" and renewed.busy_with is not None:
-            spend = renewed.busy_with.spend_after
-            self._watch_lease(spend.timestamp() if spend else self.clock())
+            self._watch_lease(renewed.busy_with)
         if renewed.outcome in ("refreshed", "adopted"):
             self.persistence.clear_relogin()
 
-    def _watch_lease(self, spend_after: float) -> None:
+    def _watch_lease(self, lease: Lease) -> None:
         """Look at the store every WATCH_POLL from when the other holder spends the token
-        until its result is adopted (or WATCH_LIMIT passes)."""
+        until its result is adopted (or WATCH_LIMIT passes). Once per lease: every look at the
+        store while it is in force would start the window again, and a holder that died
+        holding it (or a lease planted in the store) would be watched at 150 looks a second
+        until it ran out; after its window this holder looks as any holder past due does."""
+        key = (lease.holder, lease.nonce, lease.generation)
+        if key == self._watched:
+            return
+        self._watched = key
+        spend_after = lease.spend_after.timestamp() if lease.spend_after else self.clock()
         start = time.monotonic() + max(0.0, spend_after - self.clock())
         self._watch = (start, start + WATCH_LIMIT)
 
@@ -215,6 +223,8 @@ class KeepAlive:
         """Seconds until the next step is due: a tick, the renewal time, or a watch poll."""
         mono = time.monotonic()
         wait = self.tick_seconds
+        if self._watch is not None and mono > self._watch[1]:
+            self._watch = None  # over (run_once does not look when the renewal is due)
         if self._watch is not None:
             close = mono < self._watch[0] + WATCH_CLOSE
             poll = WATCH_POLL if close else WATCH_POLL_LATER

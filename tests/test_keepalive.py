@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,36 @@ def test_a_credential_whose_token_is_not_a_jwt_is_said_once_not_traced(
     assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info]
     warned = [r for r in records if "cannot be renewed on schedule" in r.getMessage()]
     assert len(warned) == 1
+
+
+def test_a_lease_whose_holder_died_is_watched_once_not_until_it_runs_out(
+    keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Another holder took the lease and died (or a lease was planted): this holder, past due,
+    watches it closely for WATCH_LIMIT, then looks as a holder past due does. It looked every
+    WATCH_POLL (about 150 reads a second) until the lease ran out: every read restarted the
+    window."""
+    monkeypatch.setattr(keepalive, "WATCH_LIMIT", 0.5)
+    write(issuer, keep_settings, expires_in=keep_settings.refresh_window - 30)  # due now
+    keep = KeepAlive(keep_settings, http_store(keep_settings))
+    keep.persistence.persist()
+    now = datetime.now(UTC)
+    api.record["codex_credentials_lease"] = {
+        "holder": "died-holding-it", "host": "gone", "nonce": "n1",
+        "generation": stored(api)["generation"], "until": (now + timedelta(seconds=60)).isoformat(),
+        "spend_after": now.isoformat(),
+    }  # fmt: skip
+    stop = threading.Event()
+    loop = threading.Thread(target=keep.run_forever, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        time.sleep(2.0)  # the window (0.5 s), then past due at WATCH_POLL_LATER (0.5 s)
+        before = api.requests.count("GET")
+        time.sleep(1.5)
+        reads = api.requests.count("GET") - before
+    finally:
+        stop.set()
+        loop.join(5)
+    assert api.record["codex_credentials_lease"]["holder"] == "died-holding-it"  # not taken over
+    assert reads <= 8, f"{reads} reads in 1.5 s while the lease of a dead holder is in force"
