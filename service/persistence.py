@@ -40,6 +40,7 @@ from typing import Literal, TypeVar
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.record import (
+    CLOCK_SKEW,
     Beat,
     Decision,
     HolderView,
@@ -53,6 +54,7 @@ from service.record import (
     Tombstone,
     decide,
     fingerprint,
+    parsed,
     render_entry,
     sha,
 )
@@ -651,16 +653,19 @@ class Persistence:
     # Presence ---------------------------------------------------------------------------------
 
     def heartbeat(self) -> None:
-        """Say this holder is alive; forget holders silent for a day (or ten beats)."""
+        """Say this holder is alive; forget holders silent for a day (or ten beats), and beats
+        dated ahead (no holder's clock wrote them: they would never go stale)."""
         now = self.now()
         beat = Beat(host=self.holder.host, seen=now, generation=self.state.read().generation)
-        patch: dict[str, object] = {self.keys.holder(self.holder.id): beat.model_dump(mode="json")}
+        mine = self.keys.holder(self.holder.id)
+        patch: dict[str, object] = {mine: beat.model_dump(mode="json")}
         forget = timedelta(seconds=max(86400.0, 10 * self.settings.holder_heartbeat))
-        if self._snapshot is not None:
-            known = StoredRecord.parse(self._snapshot.document, self.keys, None, now=now).holders
-            for other, seen in known.items():
-                if other != self.holder.id and now - seen.seen > forget:
-                    patch[self.keys.holder(other)] = None
+        document = self._snapshot.document if self._snapshot is not None else {}
+        for key, value in document.items():
+            if key.startswith(self.keys.holder_prefix) and key != mine:
+                other = parsed(Beat, value)
+                if other is not None and not -CLOCK_SKEW <= now - other.seen <= forget:
+                    patch[key] = None
         self._call("PATCH", lambda: self.store.write(patch))
 
     # Bookkeeping ------------------------------------------------------------------------------

@@ -176,14 +176,15 @@ class StoredRecord:
             for name, value in document.items()
             if name.startswith(keys.holder_prefix)
             and _HOLDER_ID.fullmatch(name[len(keys.holder_prefix) :])
-            and (beat := _model(Beat, value)) is not None
+            and (beat := parsed(Beat, value)) is not None
+            and beat.seen <= now + CLOCK_SKEW  # dated ahead: never stale, and never shown
         }
-        tombstone = _model(Tombstone, document.get(keys.tombstone))
+        tombstone = parsed(Tombstone, document.get(keys.tombstone))
         if tombstone is not None and tombstone.at > now + CLOCK_SKEW:
             # Dated after now, it would sign out every sign-in made until then, this machine's
             # newest too: a logout from a clock far ahead, or a forged one, is not acted on.
             tombstone = None
-        lease = _model(Lease, document.get(keys.lease))
+        lease = parsed(Lease, document.get(keys.lease))
         if any(part is not None and part.generation >= IMPLAUSIBLE
                for part in (entry, tombstone, lease)):  # fmt: skip
             return cls(invalid=True, holders=holders, etag=etag, implausible=True)
@@ -215,10 +216,17 @@ class StoredRecord:
 
     @property
     def live(self) -> Credential | None:
-        """The stored credential unless a later logout covers it."""
+        """The stored credential unless a later logout of its account (or of an account not
+        named) covers it. A logout of another account covers nothing here: taken as covering
+        it, every holder stopped renewing and every new container restored nothing."""
         if self.credential is None or self.entry is None:
             return None
-        if self.tombstone is not None and self.tombstone.generation >= self.entry.generation:
+        tombstone = self.tombstone
+        if (
+            tombstone is not None
+            and tombstone.generation >= self.entry.generation
+            and tombstone.accountId in (None, self.credential.account_id)
+        ):
             return None
         return self.credential
 
@@ -249,6 +257,11 @@ def _entry(raw: object, now: datetime) -> tuple[Credential | None, StoredEntry |
         credential = credential.model_copy(update={"expires_ms": exp_ms})
     if entry.idToken:
         credential = credential.model_copy(update={"id_token": entry.idToken})
+    # A sign-in or refresh dated ahead did not happen yet: a signedInAt kept from the future
+    # would put every sign-in, and so every logout, before it (a logout left it alone).
+    ahead = {name: None for name in ("signedInAt", "lastRefresh")
+             if (when := getattr(entry, name)) is not None and when > now + CLOCK_SKEW}  # fmt: skip
+    entry = entry.model_copy(update=ahead) if ahead else entry
     if entry.lastRefresh:
         credential = credential.model_copy(update={"last_refresh": entry.lastRefresh})
     return credential, entry
@@ -259,7 +272,8 @@ _HOLDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as the holder_id setting all
 M = TypeVar("M", bound=BaseModel)
 
 
-def _model(model: type[M], value: object) -> M | None:
+def parsed(model: type[M], value: object) -> M | None:
+    """``value`` as a ``model``, or None if it is not one."""
     if not isinstance(value, dict):
         return None
     try:

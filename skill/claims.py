@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,13 +60,13 @@ class Claims(BaseModel):
         exp, iat = access.get("exp"), access.get("iat")
         return cls(
             account_id=_str(auth.get("chatgpt_account_id")),
-            plan_type=_str(auth.get("chatgpt_plan_type")),
-            email=_str(ident.get("email")) or _str(profile.get("email")),
-            user_id=_str(auth.get("chatgpt_user_id")) or _str(auth.get("user_id")),
+            plan_type=_str(auth.get("chatgpt_plan_type"), _ID),
+            email=_str(ident.get("email"), _EMAIL) or _str(profile.get("email"), _EMAIL),
+            user_id=_str(auth.get("chatgpt_user_id"), _ID) or _str(auth.get("user_id"), _ID),
             expires_at=_time(exp),
             issued_at=_time(iat),
-            organization_id=_str(auth.get("organization_id")),
-            project_id=_str(auth.get("project_id")),
+            organization_id=_str(auth.get("organization_id"), _ID),
+            project_id=_str(auth.get("project_id"), _ID),
         )
 
 
@@ -82,5 +83,15 @@ def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+# What status and the agent are shown of a token: a token is anyone's to make (a stored copy
+# can be planted by whoever writes the store), so a claim that is not an address or an id as
+# the issuer makes them (escape sequences that drive a terminal, prose for the agent) is taken
+# as absent. The account id is checked where the credential is made (ACCOUNT_ID).
+_EMAIL = re.compile(r"[A-Za-z0-9._%+'-]{1,64}@[A-Za-z0-9.-]{1,190}")
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def _str(value: object, shape: re.Pattern[str] | None = None) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return value if shape is None or shape.fullmatch(value) else None
