@@ -142,6 +142,12 @@ class ServiceSettings(Settings):
         # VAULT_NAMESPACE= (set but empty) means "none", as Vault's own tools read it.
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("vault_mount", "vault_path", mode="before")
+    @classmethod
+    def _no_outer_slashes(cls, value: object) -> object:
+        # "secret/" is how `bao secrets list` shows a mount.
+        return value.strip().strip("/") if isinstance(value, str) else value
+
     @field_validator("on_change")
     @classmethod
     def _on_change_is_a_command(cls, value: str | None) -> str | None:
@@ -193,8 +199,12 @@ class ServiceSettings(Settings):
             object.__setattr__(self, "secrets_api_url", TINYFAT_SECRETS_URL)
         if self.secrets_file is None:
             object.__setattr__(self, "secrets_file", self.state_dir / statedir.SECRETS_FILE)
-        if self.vault_path is None:
-            object.__setattr__(self, "vault_path", f"chatgpt-login/{self.secrets_key}")
+        path = self.vault_path or f"chatgpt-login/{self.secrets_key}"
+        object.__setattr__(self, "vault_path", path)
+        if path.startswith(f"{self.vault_mount}/data/"):
+            inside = path.removeprefix(f"{self.vault_mount}/data/")
+            raise ValueError(f"CHATGPT_LOGIN_VAULT_PATH is the path inside the mount: {inside}, "
+                             f"not {path}")  # fmt: skip
         if self.secrets_backend == "http" and not self.uses_secrets_api:
             raise ValueError("CHATGPT_LOGIN_SECRETS_BACKEND=http needs the secrets API's token "
                              "(FAT_TOOLS_TOKEN or the secrets_api_token secret)")  # fmt: skip

@@ -3,7 +3,9 @@
 # its own, and give that agent's service a token (or an AppRole) with only this policy:
 #
 #   sed 's/AGENT/alice/g' service/vault-policy.hcl | bao policy write chatgpt-login-alice -
-#   bao token create -policy=chatgpt-login-alice -period=24h
+#   bao token create -policy=chatgpt-login-alice -period=24h -field=token > vault_token
+#
+# (the token into a file of mode 0600, not onto the terminal: `umask 077` first).
 #
 # The service then runs with CHATGPT_LOGIN_SECRETS_BACKEND=vault and
 # CHATGPT_LOGIN_VAULT_PATH=chatgpt-login/alice. Looking up and renewing its own token come with

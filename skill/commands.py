@@ -257,9 +257,11 @@ def _service_lines(
         lines.append(f"The service renews it and keeps it in the secrets store for restarts "
                      f"(stored generation {service['generation']}).")  # fmt: skip
     if service.get("store_error"):
+        error = service["store_error"]
+        what = "did not answer" if error == "secrets_unreachable" else "refused the service"
         lines.append(
-            f"The store of the copy kept for restarts refused the service or did not answer "
-            f"({service['store_error']}): {service.get('store_problem') or ''}".rstrip()
+            f"The store of the copy kept for restarts {what} "
+            f"({error}): {service.get('store_problem') or ''}".rstrip()
         )
     write_error = service.get("store_write_error")
     if write_error and write_error != service.get("store_error"):

@@ -312,8 +312,8 @@ def test_a_token_that_cannot_be_renewed_says_so_when_it_runs_out(
     lines = _service_lines({"store_error": state.store_error,
                             "store_problem": state.store_problem}, False,
                            signed_in=True)  # fmt: skip
-    assert lines == [f"The store of the copy kept for restarts refused the service or did not "
-                     f"answer (vault_token_expired): {caught.value.message}"]  # fmt: skip
+    assert lines == [f"The store of the copy kept for restarts refused the service "
+                     f"(vault_token_expired): {caught.value.message}"]  # fmt: skip
 
 
 def test_approle_logs_in_and_in_again_when_its_token_ends(
@@ -378,6 +378,11 @@ def test_vaults_own_variables_and_file_secrets_configure_it(tmp_path: Path) -> N
     assert read.vault_token == "hvs.file-secret-token-0123"
     assert read.vault_path == "chatgpt-login/codex_credentials" and read.vault_mount == "secret"
     assert "file-secret" not in repr(read)
+    mistyped = {"CHATGPT_LOGIN_VAULT_MOUNT": "secret/", "CHATGPT_LOGIN_VAULT_PATH": "/team/alice/"}
+    read = ServiceSettings.from_env({**env, **mistyped})
+    assert (read.vault_mount, read.vault_path) == ("secret", "team/alice")  # as `bao` shows them
+    with pytest.raises(ValueError, match="the path inside the mount: team/alice, not secret/data"):
+        ServiceSettings.from_env({**env, "CHATGPT_LOGIN_VAULT_PATH": "secret/data/team/alice"})
 
 
 @pytest.mark.parametrize(
