@@ -85,8 +85,11 @@ class CredentialStatus(BaseModel):
     holder: str = Field(description="this service's holder id")
     generation: int = Field(default=0, description="the stored generation this machine holds")
     holders: list[HolderView] = Field(
-        default_factory=list, description="the services sharing this credential, seen recently"
+        default_factory=list,
+        description="the services sharing this credential, seen recently (20 at most: this "
+        "one and the most recent)",
     )
+    holders_total: int = Field(default=0, description="how many were seen recently in all")
     lease: LeaseView | None = Field(default=None, description="who is renewing it right now")
     store_read_at: datetime | None = Field(default=None, description="the last read of the store")
     store_error: str | None = Field(default=None, description="the last read's error code")

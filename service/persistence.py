@@ -86,6 +86,7 @@ _WRITE_REFUSALS = {
     "service/vault-policy.hcl, and CHATGPT_LOGIN_VAULT_MOUNT and CHATGPT_LOGIN_VAULT_PATH. "
     "`chatgpt-login doctor` shows Vault's answer.",
 }
+SHOWN_HOLDERS = 20  # holders status lists, this one first, then the most recently seen
 _FORGET_BACKOFF_CAP = 600.0  # seconds between tries to destroy a logout's older versions, at most
 _VIEW_REFRESH = 10.0  # status says how old the last read is; refreshed at least this often
 
@@ -725,12 +726,15 @@ class Persistence:
         holders = sorted(
             (HolderView(id=i, host=b.host, seen=b.seen, me=i == self.holder.id)
              for i, b in record.holders.items() if now - b.seen <= recent),
-            key=lambda h: h.id,
+            key=lambda h: (not h.me, now - h.seen, h.id),
         )  # fmt: skip
         lease = self.lease_in_force(record)
         return StoreView(
             generation=record.generation,
-            holders=holders,
+            # The most recent few: status must stay small however many beats the store holds
+            # (whoever writes it can add any number; past 64 KiB status showed nothing).
+            holders=sorted(holders[:SHOWN_HOLDERS], key=lambda h: h.id),
+            holders_total=len(holders),
             lease=LeaseView(holder=lease.holder, host=lease.host, until=lease.until)
             if lease is not None
             else None,

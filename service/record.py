@@ -335,7 +335,8 @@ class StoreView(BaseModel):
     model_config = ConfigDict(defer_build=True)
 
     generation: int = 0
-    holders: list[HolderView] = Field(default_factory=list)
+    holders: list[HolderView] = Field(default_factory=list)  # the most recent, at most 20
+    holders_total: int = 0  # all seen recently
     lease: LeaseView | None = None
 
 

@@ -283,7 +283,11 @@ def _service_lines(
     if others and service.get("status") != "logged_out":
         names = ", ".join(f"{h.get('host') or h.get('id')} ({h.get('id')})" for h in others)
         when = " when the store was last read" if service.get("store_error") else ""
-        lines.append(f"Shared with {len(others)} other container(s){when}: {names}.")
+        total, shown = service.get("holders_total"), service.get("holders") or []
+        me = any(isinstance(h, dict) and h.get("me") for h in shown)
+        count = max(total - me, len(others)) if isinstance(total, int) else len(others)
+        more = f" (the {len(others)} most recent)" if count > len(others) else ""
+        lines.append(f"Shared with {count} other container(s){when}{more}: {names}.")
     lease = service.get("lease")
     if isinstance(lease, dict):
         mine = lease.get("holder") == service.get("holder")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.persistence import Persistence
+from service.persistence import SHOWN_HOLDERS, Persistence
 from service.record import (
     IMPLAUSIBLE,
     LocalState,
@@ -708,3 +708,31 @@ def test_a_beat_dated_ahead_is_not_a_holder_and_is_forgotten(
     assert "ghost" not in pa.pull().holders
     pa.heartbeat()
     assert "codex_credentials_holder_ghost" not in store.read().document  # type: ignore[union-attr]
+
+
+def test_status_lists_the_most_recent_holders_however_many_beats_are_stored(
+    tmp_path: Path, issuer: FakeIssuer
+) -> None:
+    """Whoever writes the store can add any number of beats: status lists this holder and the
+    most recent (it showed nothing once the view passed the 64 KiB a client reads)."""
+    from skill.commands import _service_lines  # noqa: PLC0415
+
+    store = FileSecretsStore(tmp_path / "store.json")
+    _, _, pa, _, _ = pair(tmp_path, issuer, store)
+    pa.heartbeat()
+    now = datetime.now(UTC)
+    beats = {f"codex_credentials_holder_ghost-{n}": {
+        "host": f"h{n}", "seen": (now - timedelta(milliseconds=n)).isoformat()
+    } for n in range(600)}  # fmt: skip
+    store.write(beats)
+    pa.sync()
+    view = pa.state.read().store
+    assert view is not None and view.holders_total == 601
+    assert len(view.holders) == SHOWN_HOLDERS and any(h.me for h in view.holders)
+    assert {h.id for h in view.holders if not h.me} == {f"ghost-{n}" for n in range(19)}
+    listed = [h.model_dump(mode="json") for h in view.holders]
+    service = {"running": True, "status": "logged_in", "holders": listed,
+               "holders_total": view.holders_total}  # fmt: skip
+    lines = _service_lines(service, False, signed_in=True)
+    assert any(line.startswith("Shared with 600 other container(s) (the 19 most recent): ")
+               for line in lines), lines  # fmt: skip

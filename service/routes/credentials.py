@@ -105,6 +105,7 @@ def _status_view() -> dict[str, object]:
         "holder": ctx.holder.id,
         "generation": state.generation,
         "holders": store.holders if store else [],
+        "holders_total": store.holders_total if store else 0,
         "lease": store.lease if store else None,
         "store_read_at": state.store_read_at,
         "store_error": state.store_error,
