@@ -556,9 +556,13 @@ class Persistence:
     def log_out(
         self, account_id: str | None, *, at: datetime | None = None, announce: bool = True
     ) -> Tombstone | None:
-        """Replace the stored copy with a tombstone; None when another account (or a sign-in
-        made after ``at``) is stored, which is left alone. ``announce``: emit the logout event
-        (not for a logout made earlier, which was announced when it was made)."""
+        """Replace the stored copy with a tombstone; None when another account is stored, or,
+        for a logout made earlier (``at``: one noted while the service was down), a sign-in
+        made since; either is left alone. ``announce``: emit the logout event (not for a logout
+        made earlier, which was announced when it was made)."""
+        # A logout made now covers whatever this account has stored: a sign-in dated a little
+        # ahead by another holder's clock (CLOCK_SKEW) is not one made after it.
+        earlier = at is not None
         at = at or self.now()
         for attempt in range(_LOGOUT_ATTEMPTS):
             if attempt:
@@ -568,7 +572,8 @@ class Persistence:
             if stored is not None and account_id is not None and stored.account_id != account_id:
                 return None
             if (
-                entry is not None
+                earlier
+                and entry is not None
                 and stored is not None
                 and entry.signedInAt
                 and entry.signedInAt > at

@@ -71,11 +71,11 @@ def sign_out(persistence: Persistence) -> SignOut:
     held = _files_holding_ours(persistence)
     stored: Stored
     why = None
-    at = persistence.now()
+    started = persistence.now()
     try:
-        tombstone = persistence.log_out(account, at=at)
+        tombstone = persistence.log_out(account)
         stored = "tombstoned" if tombstone is not None else "other_account"
-        already = tombstone is not None and tombstone.at != at  # log_out kept the one it found
+        already = tombstone is not None and tombstone.at < started  # it kept the one it found
     except ServiceError as exc:
         note_pending(settings, account)
         stored, why, already = "pending", exc.code, False

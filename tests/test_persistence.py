@@ -736,3 +736,19 @@ def test_status_lists_the_most_recent_holders_however_many_beats_are_stored(
     lines = _service_lines(service, False, signed_in=True)
     assert any(line.startswith("Shared with 600 other container(s) (the 19 most recent): ")
                for line in lines), lines  # fmt: skip
+
+
+def test_a_logout_made_now_covers_a_sign_in_dated_a_little_ahead(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    """Another holder's clock two minutes ahead stored the sign-in: a logout made now still
+    signs it out (it was left alone, and the user told it belonged to another account); a
+    logout noted before that sign-in (while the service was down) leaves it standing."""
+    _, _, pa, pb, _ = pair(tmp_path, issuer, store)
+    raw = dict(store.read().document["codex_credentials"])  # type: ignore[union-attr]
+    ahead = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
+    raw.update(signedInAt=ahead, generation=raw["generation"] + 1)
+    store.write({"codex_credentials": raw})
+    noted_before = datetime.now(UTC) - timedelta(minutes=1)
+    assert pb.log_out("acct-1111", at=noted_before, announce=False) is None
+    assert pb.log_out("acct-1111") is not None and pa.pull().logged_out
