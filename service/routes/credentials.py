@@ -31,8 +31,9 @@ def persist_now() -> ServiceError | None:
     is then pending and the keep-alive retries), in the words the caller passes on: a store that
     did not answer takes it by itself later; one that refused the service (its token, its
     address) does so only once an operator fixes that."""
+    ctx = context()
     try:
-        context().persistence().persist()
+        ctx.persistence().persist()
     except ServiceError as exc:
         if exc.transient:
             return ServiceError("secrets_unreachable", "The secrets store did not take the "
@@ -42,7 +43,8 @@ def persist_now() -> ServiceError | None:
         # In our words only: this goes to the user through the agent, and a store's own text
         # (Vault's "errors") is whatever answers at its address. `doctor` shows the operator
         # the store's answer.
-        why = _REFUSALS.get(exc.code, "the secrets store refused the service's request")
+        refusals = _VAULT_REFUSALS if ctx.store.name == "vault" else _REFUSALS
+        why = refusals.get(exc.code, "the secrets store refused the service's request")
         return ServiceError(exc.code, f"{why[:1].upper()}{why[1:]} ({exc.code}). The credential "
                             "stays on this machine, and is not saved for restarts or shared with "
                             "other containers until an operator fixes that (`chatgpt-login "
@@ -55,10 +57,15 @@ def persist_now() -> ServiceError | None:
 
 _REFUSALS = {
     "secrets_forbidden": "the secrets store refused the service's token (FAT_TOOLS_TOKEN or the "
-    "secrets_api_token secret; for Vault, its token or AppRole)",
-    "vault_token_expired": "the Vault token of the service has expired",
+    "secrets_api_token secret)",
     "secrets_bad_response": "the secrets store refused the write or answered in a way the "
-    "service cannot use: check its address (CHATGPT_LOGIN_SECRETS_API_URL or VAULT_ADDR)",
+    "service cannot use: check its address (CHATGPT_LOGIN_SECRETS_API_URL)",
+}
+_VAULT_REFUSALS = {
+    "secrets_forbidden": "Vault refused the service's token for the credential's path "
+    "(VAULT_TOKEN, the vault_token secret or AppRole, and the token's policy)",
+    "vault_token_expired": "the Vault token of the service has expired",
+    "secrets_bad_response": "Vault answered in a way the service cannot use: check VAULT_ADDR",
     "secrets_rejected": "Vault refused the request: check the path and the token's policy",
 }
 
