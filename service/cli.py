@@ -172,9 +172,7 @@ def _leave_address(settings: ServiceSettings) -> None:
     from skill import statedir  # noqa: PLC0415
     from skill.files import write_private  # noqa: PLC0415
 
-    host, port = settings.bind.rsplit(":", 1)
-    local = "127.0.0.1" if host.strip("[]") in ("", "0.0.0.0", "::") else host  # noqa: S104
-    write_private(settings.state_dir / statedir.SERVICE_URL, f"http://{local}:{port}".encode())
+    write_private(settings.state_dir / statedir.SERVICE_URL, settings.local_url.encode())
 
 
 def _events(args: argparse.Namespace) -> int:

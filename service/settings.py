@@ -223,5 +223,12 @@ class ServiceSettings(Settings):
         return bool(self.secrets_api_url and self.secrets_api_token)
 
     @property
+    def local_url(self) -> str:
+        """Where this machine's commands reach a service listening on ``bind``."""
+        host, port = self.bind.rsplit(":", 1)
+        local = "127.0.0.1" if host.strip("[]") in ("", "0.0.0.0", "::") else host  # noqa: S104
+        return f"http://{local}:{port}"
+
+    @property
     def bind_host(self) -> str:
         return self.bind.rsplit(":", 1)[0].strip("[]")

@@ -336,3 +336,17 @@ def test_an_invalid_setting_leaves_every_other_as_configured(setup: dict[str, st
     assert "its default" in checks["settings"]["detail"]
     assert checks["issuer"]["status"] == "ok", checks["issuer"]  # the fake one answered
     assert "auth.openai.com" not in json.dumps(report)
+
+
+def test_before_the_first_serve_the_service_is_looked_for_where_it_will_listen(
+    tmp_path: Path,
+) -> None:
+    """`serve` leaves its address in the state directory; before it first ran, doctor looked at
+    the default port whatever CHATGPT_LOGIN_BIND said."""
+    from service.doctor import _service  # noqa: PLC0415
+    from service.settings import ServiceSettings  # noqa: PLC0415
+
+    port = free_port()
+    settings = ServiceSettings(state_dir=tmp_path / "state", bind=f"0.0.0.0:{port}")
+    (service,) = _service(settings)
+    assert service.status == "warn" and f"http://127.0.0.1:{port}" in service.detail, service
