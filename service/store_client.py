@@ -105,8 +105,9 @@ class StoreClient:
                      else backoff(attempt, base=_BACKOFF_BASE, cap=_BACKOFF_CAP))  # fmt: skip
             if attempt == self.attempts or time.monotonic() + delay > deadline:
                 break
-            log.info("%s %s failed (attempt %d), retrying in %.2fs", self.label, method, attempt,
-                     delay)  # fmt: skip
+            # Each attempt, for -v; the service's log says once per keep-alive step what failed.
+            log.debug("%s %s failed (attempt %d), retrying in %.2fs", self.label, method, attempt,
+                      delay)  # fmt: skip
             self._sleep(delay)
         raise error
 
