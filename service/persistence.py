@@ -217,7 +217,9 @@ class Persistence:
 
     def compare_and_set(self) -> bool:
         if self._cas is None:
-            self._cas = self._call("PATCH", self.store.compare_and_set)
+            # A probe, not a write (Vault answers without a request): it says nothing of
+            # whether the store takes writes.
+            self._cas = self._call("PATCH", self.store.compare_and_set, write=False)
         return self._cas
 
     # Bringing this machine and the store together --------------------------------------------
@@ -676,9 +678,9 @@ class Persistence:
 
     # Bookkeeping ------------------------------------------------------------------------------
 
-    def _call(self, method: str, call: Callable[[], T]) -> T:
+    def _call(self, method: str, call: Callable[[], T], *, write: bool = True) -> T:
         self.metrics.add("secrets_api_requests", method=method)
-        if method == "GET":
+        if method == "GET" or not write:
             return self.metrics.timed("secrets_api", call)
         try:
             answer = self.metrics.timed("secrets_api", call)

@@ -31,6 +31,7 @@ class SignOut:
     # it kept changing under the other holders' writes).
     pending_why: str | None = None
     already: bool = False  # the stored copy was a tombstone before this logout: a repeat
+    history_problem: str | None = None  # why its older versions are not destroyed yet
 
     @property
     def message(self) -> str:
@@ -56,7 +57,13 @@ class SignOut:
             f" {path} could not be read; it was moved aside to {path}.corrupt-*, not deleted."
             for path in self.local.moved_aside
         )
-        return f"Signed out: {removed}; {stored}; {revoked}.{moved}"
+        history = (
+            f" The stored copy's older versions, which hold the signed-out credential, are not "
+            f"destroyed yet; the service keeps trying: {self.history_problem}"
+            if self.history_problem
+            else ""
+        )
+        return f"Signed out: {removed}; {stored}; {revoked}.{moved}{history}"
 
     def _pending_cause(self) -> str:
         if self.pending_why == "store_conflict":
@@ -84,7 +91,9 @@ def sign_out(persistence: Persistence) -> SignOut:
     done = sign_out_locally(settings, credential=local)
     gone = [path for path in held if path not in _files_holding_ours(persistence)]
     removed = sorted(set(done.removed) | set(gone))
-    return SignOut(replace(done, removed=removed), stored, why, already)
+    state = persistence.state.read()
+    history = state.history_problem if state.history_pending else None
+    return SignOut(replace(done, removed=removed), stored, why, already, history)
 
 
 def _files_holding_ours(persistence: Persistence) -> list[str]:

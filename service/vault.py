@@ -452,7 +452,7 @@ def _judge(
             "secrets_forbidden",
             f"Vault refused the token for {where} (HTTP {status}). Check VAULT_TOKEN (or the "
             "vault_token secret) and that its policy allows that path (as "
-            "service/vault-policy.hcl does).",
+            "service/vault-policy.hcl does): `chatgpt-login doctor` names what the policy lacks.",
             status=502,
         )
     raise ServiceError(

@@ -5,6 +5,7 @@ sealing, versions)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import subprocess
@@ -20,6 +21,7 @@ from service.errors import ServiceError
 from service.persistence import Persistence
 from service.secrets import secrets_store
 from service.settings import ServiceSettings
+from service.signout import sign_out
 from service.vault import VaultSecretsStore
 from skill.authfiles import PiAuthFile
 from skill.commands import _service_lines
@@ -543,7 +545,8 @@ def test_older_versions_a_logout_could_not_destroy_are_destroyed_later(
     )
     persistence.persist()
     before = time.monotonic()
-    assert persistence.log_out(None) is not None
+    done = sign_out(persistence)  # what `chatgpt-login logout` does
+    assert done.stored == "tombstoned" and "are not destroyed yet" in done.message, done.message
     state = persistence.state.read()
     assert state.history_pending and f"secret/destroy/{path}" in (state.history_problem or "")
     assert not any(info["destroyed"] for info in openbao.versions(path).values())
@@ -567,7 +570,11 @@ def test_older_versions_a_logout_could_not_destroy_are_destroyed_later(
 
 
 def test_a_store_that_reads_and_refuses_writes_is_not_ready_and_says_so(
-    tmp_path: Path, openbao: OpenBao, path: str, issuer: FakeIssuer
+    tmp_path: Path,
+    openbao: OpenBao,
+    path: str,
+    issuer: FakeIssuer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A policy without "update": the first write (a create) lands, every later one is refused
     while every read is answered. That shows in status, in /readyz and in the log (it showed
@@ -597,6 +604,13 @@ def test_a_store_that_reads_and_refuses_writes_is_not_ready_and_says_so(
                            signed_in=True)  # fmt: skip
     assert lines == [f"The store of the copy kept for restarts refused the service's last write "
                      f"(secrets_forbidden): {state.store_write_problem}"]  # fmt: skip
+    PiAuthFile(configured.pi_auth_file).save(  # a new sign-in here, to be stored
+        Credential.from_tokens(TokenSet.model_validate(issuer.seed_refresh_token()))
+    )
+    fresh = Persistence(configured, vault)  # as each API request makes: it first asks whether
+    with caplog.at_level(logging.INFO, logger="service.persistence"), pytest.raises(ServiceError):
+        fresh.persist()  # the store does compare-and-set (Vault answers without a request)
+    assert "takes writes again" not in caplog.text, caplog.text  # that answer takes no write
     ready = create_app(configured, store=vault).test_client().get("/readyz")
     assert ready.status_code == 503
     assert ready.json["checks"]["secrets_store"].startswith("secrets_forbidden (on the last write")
