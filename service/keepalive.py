@@ -55,6 +55,7 @@ TICK = 0.5  # a local change is stored within 2 s
 # machine holds a spent token), then less, for WATCH_LIMIT seconds at most.
 WATCH_POLL, WATCH_POLL_LATER, WATCH_CLOSE = 0.005, 0.05, 0.5
 WATCH_LIMIT = 10.0
+WATCH_NEAR = 60.0  # seconds before this holder's own renewal from which a lease is watched
 _BACKOFF_CAP = 60.0  # the issuer failing
 _STORE_BACKOFF_CAP = 10.0  # the store failing
 _JITTER = 0.25  # holders due at the same moment start within this many seconds of each other
@@ -177,12 +178,21 @@ class KeepAlive:
         holding it (or a lease planted in the store) would be watched at 150 looks a second
         until it ran out; after its window this holder looks as any holder past due does."""
         key = (lease.holder, lease.nonce, lease.generation)
-        if key == self._watched:
+        if key == self._watched or not self._renewal_near():
             return
         self._watched = key
         spend_after = lease.spend_after.timestamp() if lease.spend_after else self.clock()
         start = time.monotonic() + max(0.0, spend_after - self.clock())
         self._watch = (start, start + WATCH_LIMIT)
+
+    def _renewal_near(self) -> bool:
+        """Whether this holder's own renewal is due within WATCH_NEAR: every holder's is within
+        a fraction of a second of the others' (one credential, one expiry), so a lease taken
+        then is the renewal it would make. Further off, the rotation is adopted at the next
+        store_poll, long before this holder would spend the token; watching closely then would
+        let anyone who writes the store (a fresh lease every moment) set every holder reading
+        it hundreds of times a second."""
+        return self._due is not None and self._due - self.clock() <= WATCH_NEAR
 
     def _watching(self, mono: float) -> bool:
         if self._watch is None:
@@ -281,6 +291,7 @@ class KeepAlive:
         return True
 
     def run_forever(self, stop: threading.Event) -> None:
+        broken = 0  # ticks in a row that failed unexpectedly
         while not stop.is_set():
             wait = self.tick_seconds
             try:
@@ -290,8 +301,18 @@ class KeepAlive:
                     self.hook_changes()
                     self.persistence.metrics.count_journal(self.settings.state_dir)
                     wait = self.next_wait()
-            except Exception:  # the loop must outlive any one bad tick
-                log.exception("keep-alive tick failed")
+                broken = 0
+            except Exception as exc:  # the loop must outlive any one bad tick
+                # A fault that repeats (something in the store no check foresaw) is traced
+                # once, then said in a line, and tried less often: not a traceback twice a
+                # second for ever.
+                broken += 1
+                wait = backoff(broken, base=self.tick_seconds, cap=_BACKOFF_CAP)
+                if broken == 1:
+                    log.exception("keep-alive tick failed")
+                else:
+                    log.error("keep-alive tick failed again (%s, %d in a row); next try in "
+                              "%.0f s", type(exc).__name__, broken, wait)  # fmt: skip
             stop.wait(wait)
         if self._leader is not None:
             self._leader.release()

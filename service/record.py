@@ -255,7 +255,7 @@ def _entry(raw: object, now: datetime) -> tuple[Credential | None, StoredEntry |
     exp_ms = int(claims.expires_at.timestamp() * 1000)
     if credential.expires_ms > exp_ms + CLOCK_SKEW.total_seconds() * 1000:
         credential = credential.model_copy(update={"expires_ms": exp_ms})
-    if entry.idToken:
+    if entry.idToken and _same_account(entry.idToken, credential):
         credential = credential.model_copy(update={"id_token": entry.idToken})
     # A sign-in or refresh dated ahead did not happen yet: a signedInAt kept from the future
     # would put every sign-in, and so every logout, before it (a logout left it alone).
@@ -265,6 +265,16 @@ def _entry(raw: object, now: datetime) -> tuple[Credential | None, StoredEntry |
     if entry.lastRefresh:
         credential = credential.model_copy(update={"last_refresh": entry.lastRefresh})
     return credential, entry
+
+
+def _same_account(id_token: str, credential: Credential) -> bool:
+    """Whether a stored id_token is one, of the credential's account (or naming none): it is
+    written into codex's file, whose reader trusts its claims. One that is not is dropped."""
+    try:
+        claims = Claims.from_tokens(access_token=credential.access_token, id_token=id_token)
+    except SkillError:
+        return False
+    return claims.account_id in (None, credential.account_id)
 
 
 _HOLDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as the holder_id setting allows
@@ -391,7 +401,10 @@ def decide(  # noqa: PLR0911 - one return per case of the rule reads best
         if local is None:
             return "logged_out"
         if record.tombstone.accountId not in (None, local.account_id):
-            return "conflict"  # another account was logged out; this one is not ours to drop
+            # Another account was logged out, and nothing live is stored: ours replaces it
+            # (above the tombstone), as when nothing at all is stored. Taken as a conflict, the
+            # credential here was neither stored nor renewed, and nothing said so.
+            return "push"
         if not changed and state.synced is not None:
             # Agreed with the store after the logout (a later sign-in): the tombstone does not
             # cover it, and its entry is what went missing or bad there. Put it back.

@@ -20,15 +20,21 @@ AUTH_CLAIM = "https://api.openai.com/auth"
 PROFILE_CLAIM = "https://api.openai.com/profile"
 
 
+# ChatGPT's tokens are a few KiB. A token is anyone's to make (a stored copy can be planted):
+# a huge one, or one nesting thousands of levels (json raises RecursionError, which no caller
+# expects), is not one.
+MAX_TOKEN_LENGTH = 64 * 1024
+
+
 def decode_jwt_payload(token: str) -> dict[str, Any]:
     """The JSON payload of a JWT, or ``credentials_invalid`` if it is not one."""
     parts = token.split(".")
-    if len(parts) != 3:
+    if len(parts) != 3 or len(token) > MAX_TOKEN_LENGTH:
         raise SkillError("credentials_invalid", "A token is not a JWT. Sign in again.")
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         data = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
-    except (ValueError, UnicodeError) as exc:
+    except (ValueError, UnicodeError, RecursionError) as exc:
         raise SkillError("credentials_invalid", "A token's payload is unreadable.") from exc
     if not isinstance(data, dict):
         raise SkillError("credentials_invalid", "A token's payload is not an object.")

@@ -333,11 +333,20 @@ def logout(settings: Settings, out: Output) -> int:
     if credential is not None:
         lines.append("The sign-in was revoked." if local.revoked else "Could not revoke the "
                      "sign-in at OpenAI (offline?); it ends when it expires.")  # fmt: skip
-    lines.append(
-        "The chatgpt-login service is not running: the copy kept for restarts is signed out "
-        "when it starts (or at the next `chatgpt-login restore` here), and until then the "
-        "user's other containers stay signed in."
-    )
+    if answer is None:
+        lines.append(
+            "The chatgpt-login service is not running: the copy kept for restarts is signed out "
+            "when it starts (or at the next `chatgpt-login restore` here), and until then the "
+            "user's other containers stay signed in."
+        )
+    else:  # it answered, with an error: the logout waits for it as for a service not running
+        said = json_body(answer).get("error") or f"HTTP {answer.status}"
+        lines.append(
+            f"The chatgpt-login service failed to sign out the copy kept for restarts ({said}): "
+            "it does so when it next starts (or at the next `chatgpt-login restore` here), and "
+            "until then the user's other containers stay signed in. `chatgpt-login doctor` "
+            "says what is wrong."
+        )
     out.emit(lines, {"removed": local.removed, "moved_aside": local.moved_aside,
                      "revoked": local.revoked, "stored": "pending",
                      "message": " ".join(lines)})  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -291,3 +292,59 @@ def test_a_lease_whose_holder_died_is_watched_once_not_until_it_runs_out(
         loop.join(5)
     assert api.record["codex_credentials_lease"]["holder"] == "died-holding-it"  # not taken over
     assert reads <= 8, f"{reads} reads in 1.5 s while the lease of a dead holder is in force"
+
+
+def test_fresh_leases_planted_while_the_renewal_is_far_off_are_not_watched(
+    keep_settings: ServiceSettings, issuer: FakeIssuer, api: FakeSecretsAPI
+) -> None:
+    """A new lease every 0.2 s opened a new close watch each time (about 120 reads a second
+    from one holder). Far from its own renewal, a holder adopts a rotation at its next read."""
+    keep_settings = keep_settings.model_copy(update={"store_poll": 0.5})
+    write(issuer, keep_settings, expires_in=3600)  # due in 50 minutes
+    keep = KeepAlive(keep_settings, http_store(keep_settings))
+    keep.persistence.persist()
+    stop = threading.Event()
+    loop = threading.Thread(target=keep.run_forever, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        time.sleep(0.5)
+        before = api.requests.count("GET")
+        for n in range(10):  # 2 s of fresh leases, each to be spent at once
+            now = datetime.now(UTC)
+            api.record["codex_credentials_lease"] = {
+                "holder": "planted", "nonce": f"n{n}", "generation": stored(api)["generation"],
+                "until": (now + timedelta(seconds=60)).isoformat(), "spend_after": now.isoformat(),
+            }  # fmt: skip
+            time.sleep(0.2)
+        reads = api.requests.count("GET") - before
+    finally:
+        stop.set()
+        loop.join(5)
+    assert reads <= 8, f"{reads} reads in 2 s"  # one each store_poll (0.5 s)
+
+
+def test_a_tick_that_keeps_failing_is_traced_once_and_tried_less_often(
+    keep_settings: ServiceSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Something in the store no check foresaw raised in every tick: a traceback twice a second
+    for ever (300 MB of log a day)."""
+    keep = KeepAlive(keep_settings, http_store(keep_settings))
+    calls: list[float] = []
+
+    def broken() -> None:
+        calls.append(time.monotonic())
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(keep, "run_once", broken)
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="service.keepalive"):
+        loop = threading.Thread(target=keep.run_forever, args=(stop,), daemon=True)
+        loop.start()
+        time.sleep(4)
+        stop.set()
+        loop.join(5)
+    traced = [r for r in caplog.records if r.exc_info]
+    assert len(traced) == 1 and "failed again (RecursionError" in caplog.text
+    assert 2 <= len(calls) <= 5, calls  # every 0.5 s (the tick) would be 8

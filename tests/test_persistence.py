@@ -28,11 +28,12 @@ from service.settings import ServiceSettings
 from service.signout import sign_out
 from service.vault import VaultSecretsStore
 from skill.authfiles import PiAuthFile
+from skill.claims import decode_jwt_payload
 from skill.credentials import Credential
 from skill.errors import SkillError
 from skill.signout import note_pending, read_pending
 from skill.tokens import TokenSet
-from tests.fake_issuer import Account, FakeIssuer, make_jwt
+from tests.fake_issuer import Account, FakeIssuer, b64url, make_jwt
 from tests.fake_secrets import FakeSecretsAPI
 
 
@@ -142,6 +143,19 @@ def test_the_rule_table(issuer: FakeIssuer) -> None:
         (mine, record(None, 0, Tombstone(generation=3, at=past)), agreed, "drop"),
         # Dated further ahead than clocks differ: not a logout made by the rule.
         (mine, record(None, 0, Tombstone(generation=4, at=far)), agreed, "push"),
+        # Another account's logout, and nothing live stored: ours goes up, as on an empty store.
+        (
+            mine,
+            record(None, 0, Tombstone(generation=4, at=later, accountId="acct-2222")),
+            agreed,
+            "push",
+        ),
+        (
+            None,
+            record(None, 0, Tombstone(generation=4, at=later, accountId="acct-2222")),
+            fresh,
+            "logged_out",
+        ),
     ]
     for number, (here, stored, state, expected) in enumerate(cases):
         assert decide(here, stored, state) == expected, number
@@ -752,3 +766,63 @@ def test_a_logout_made_now_covers_a_sign_in_dated_a_little_ahead(
     noted_before = datetime.now(UTC) - timedelta(minutes=1)
     assert pb.log_out("acct-1111", at=noted_before, announce=False) is None
     assert pb.log_out("acct-1111") is not None and pa.pull().logged_out
+
+
+# From the second round of the attacker's review -------------------------------------------------
+
+
+def _nested_token() -> str:
+    """A JWT whose payload nests 3000 arrays: json.loads raises RecursionError on it."""
+    return "eyJhbGciOiJSUzI1NiJ9." + b64url(b"[" * 3000) + ".sig"
+
+
+def test_a_token_nesting_thousands_of_levels_is_no_credential(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    """Every holder's reads raised RecursionError: no sync, no renewal, no logout."""
+    _, _, pa, pb, _ = pair(tmp_path, issuer, store)
+    raw = dict(store.read().document["codex_credentials"])  # type: ignore[union-attr]
+    raw.update(access=_nested_token(), generation=raw["generation"] + 1)
+    store.write({"codex_credentials": raw})
+    assert pb.pull().invalid
+    assert pa.sync().decision == "push"  # the malformed entry is replaced by a good copy
+    with pytest.raises(SkillError):
+        decode_jwt_payload("a." + b64url(b'{"x": "' + b"y" * 70_000 + b'"}') + ".s")
+
+
+@pytest.mark.parametrize("kind", ["nested", "another account", "not a JWT"])
+def test_a_stored_id_token_that_is_not_one_of_the_account_is_dropped(
+    tmp_path: Path, issuer: FakeIssuer, kind: str
+) -> None:
+    """It is written into codex's file, whose reader trusts its claims (and it broke status and
+    logout where it nested too deep): kept only when it is a JWT of the credential's account."""
+    store = FileSecretsStore(tmp_path / "store.json")
+    _, _, _, pb, _ = pair(tmp_path, issuer, store)
+    planted = {"nested": _nested_token(), "not a JWT": "\x1b[2J not a token",
+               "another account": make_jwt({"https://api.openai.com/auth": {
+                   "chatgpt_account_id": "acct-2222"}})}[kind]  # fmt: skip
+    raw = dict(store.read().document["codex_credentials"])  # type: ignore[union-attr]
+    raw.update(idToken=planted, generation=raw["generation"] + 1)
+    store.write({"codex_credentials": raw})
+    live = pb.pull().live
+    assert live is not None and live.id_token is None
+    real = make_jwt({"https://api.openai.com/auth": {"chatgpt_account_id": "acct-1111"}})
+    raw.update(idToken=real, generation=raw["generation"] + 1)
+    store.write({"codex_credentials": raw})
+    live = pb.pull().live
+    assert live is not None and live.id_token == real
+
+
+def test_another_accounts_logout_over_an_emptied_store_is_covered_by_ours(
+    tmp_path: Path, issuer: FakeIssuer, store: SecretsStore
+) -> None:
+    """The entry deleted and another account's tombstone planted: the holder neither stored nor
+    renewed its credential, and status said all was well."""
+    _, _, pa, _, credential = pair(tmp_path, issuer, store)
+    now = datetime.now(UTC).isoformat()
+    store.write({"codex_credentials": None, "codex_credentials_tombstone": {
+        "generation": 1, "at": now, "accountId": "acct-2222"}})  # fmt: skip
+    assert pa.sync().decision == "push"
+    live = pa.pull().live
+    assert live is not None and live.refresh_token == credential.refresh_token
+    assert pa.renew(Refresher(pa.settings), force=True).outcome == "refreshed"
