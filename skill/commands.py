@@ -343,9 +343,9 @@ def logout(settings: Settings, out: Output) -> int:
         said = json_body(answer).get("error") or f"HTTP {answer.status}"
         lines.append(
             f"The chatgpt-login service failed to sign out the copy kept for restarts ({said}): "
-            "it does so when it next starts (or at the next `chatgpt-login restore` here), and "
-            "until then the user's other containers stay signed in. `chatgpt-login doctor` "
-            "says what is wrong."
+            "that is noted as pending, and the service tries it again by itself (as does the "
+            "next `chatgpt-login restore` here); until then the user's other containers stay "
+            "signed in. `chatgpt-login doctor` says what is wrong."
         )
     out.emit(lines, {"removed": local.removed, "moved_aside": local.moved_aside,
                      "revoked": local.revoked, "stored": "pending",
