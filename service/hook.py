@@ -270,5 +270,10 @@ def _kill_leftover(running: Path) -> None:
     if sid > 1 and _is_that_run(sid, started, namespace):
         log.warning("on-change hook: killing the run a stopped worker left (session %d)", sid)
         _signal_session(sid, signal.SIGKILL)
+        # Gone, not only told to go, before the change is hooked again: on a busy machine a
+        # killed process takes a while to exit, and two runs must never overlap.
+        deadline = time.monotonic() + TERM_GRACE
+        while _members(sid) and time.monotonic() < deadline:
+            time.sleep(0.01)
     with contextlib.suppress(OSError):
         running.unlink(missing_ok=True)
