@@ -28,7 +28,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from service.errors import ServiceError
 from service.settings import ServiceSettings
-from skill import statedir
 from skill.attempt import AttemptFile
 from skill.authfiles import auth_files
 from skill.errors import SkillError
@@ -282,9 +281,7 @@ def _credential_files(settings: ServiceSettings) -> Iterator[Check]:
 
 
 def _service(settings: ServiceSettings) -> Iterator[Check]:
-    full = service_url(settings)
-    if not settings.service_url and not (settings.state_dir / statedir.SERVICE_URL).exists():
-        full = settings.local_url  # `serve` has not run here yet: where it will listen
+    full = service_url(settings, default=settings.local_url)  # before `serve` ran: its bind
     url = _safe_url(full)
     try:
         health = loopback_request("GET", full.rstrip("/") + "/healthz", timeout=3)

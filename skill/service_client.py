@@ -190,9 +190,9 @@ def _refuse_a_stranger(url: str) -> None:
         )
 
 
-def service_url(settings: Settings) -> str:
+def service_url(settings: Settings, *, default: str = DEFAULT_URL) -> str:
     """Where the service listens: the setting, else what `serve` left in the state directory,
-    else the default."""
+    else ``default`` (where `serve` listens unless told otherwise)."""
     if settings.service_url:
         return settings.service_url
     try:
@@ -200,7 +200,7 @@ def service_url(settings: Settings) -> str:
     except (OSError, UnicodeDecodeError):
         found = ""
     # Not an address (left by an older version, or damaged): as if none was left.
-    return found if found and http_address_problem(found) is None else DEFAULT_URL
+    return found if found and http_address_problem(found) is None else default
 
 
 def json_body(answer: Answer) -> dict[str, Any]:
